@@ -1,0 +1,73 @@
+"""The FastAPI application: one per API replica process (``uvicorn iot.api.app:app``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from iot import cache, db
+from iot.api.broker import Publisher
+from iot.api.deps import State
+from iot.api.metrics import MetricsMiddleware
+from iot.api.routes import auth, devices, health, sensors
+from iot.errors import AuthError, IotError, Unavailable
+from iot.settings import Settings, get_settings
+
+log = logging.getLogger("iot.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.require_secrets()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = db.open_pool(settings)
+        await pool.open(wait=False)
+        publisher = Publisher(settings.broker_url, settings.publish_timeout_seconds)
+        await publisher.start()
+        redis = cache.async_client(settings.redis_url, settings.redis_timeout_seconds)
+        app.state.iot = State(settings, pool, publisher, redis, {})
+        try:
+            yield
+        finally:
+            await publisher.stop()
+            await redis.aclose()
+            await pool.close()
+
+    app = FastAPI(
+        title="IoT remote control",
+        version="0.1.0",
+        description="Devices send readings and fetch commands; people watch and command them. "
+        "A 2xx answer means the message is durable; 503 means retry (see Retry-After).",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware)
+
+    @app.exception_handler(IotError)
+    async def _iot_error(request: Request, exc: IotError) -> JSONResponse:
+        headers: dict[str, str] = {}
+        if isinstance(exc, Unavailable):
+            headers["Retry-After"] = str(settings.retry_after_seconds)
+        if isinstance(exc, AuthError):
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for module in (auth, devices, sensors, health):
+        app.include_router(module.router)
+    return app
+

@@ -1,0 +1,104 @@
+"""Dependencies shared by the routes: state, the caller's identity, ownership checks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import AsyncConnectionPool
+
+from iot import db, security
+from iot.api.broker import Publisher
+from iot.errors import AuthError, Forbidden
+from iot.settings import Settings
+from iot.sql import devices as devices_sql
+
+
+@dataclass
+class State:
+    settings: Settings
+    pool: AsyncConnectionPool
+    publisher: Publisher
+    redis: aioredis.Redis
+    device_cache: dict[str, tuple[float, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a person (user) or a device."""
+
+    kind: str  # "user" | "device"
+    user_id: uuid.UUID  # for a device: its owner
+    is_admin: bool = False
+    device_id: uuid.UUID | None = None
+    username: str = ""
+
+    @property
+    def owner_filter(self) -> uuid.UUID | None:
+        """The owner to restrict queries to; None for admins (they see all)."""
+        return None if self.is_admin else self.user_id
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.iot  # type: ignore[no-any-return]
+
+
+AppState = Annotated[State, Depends(get_state)]
+_bearer = HTTPBearer(auto_error=False, description="A person's access token or a device token")
+DEVICE_CACHE_MAX = 100_000
+
+
+async def _device_by_token(state: State, token: str) -> dict[str, Any]:
+    token_hash = security.hash_device_token(token)
+    now = time.monotonic()
+    hit = state.device_cache.get(token_hash)
+    if hit and hit[0] > now:
+        return hit[1]
+    async with db.connection(state.pool) as conn:
+        device = await devices_sql.find_by_token_hash(conn, token_hash)
+    if device is None:
+        state.device_cache.pop(token_hash, None)
+        raise AuthError("unknown device token")
+    if len(state.device_cache) >= DEVICE_CACHE_MAX:
+        state.device_cache.clear()
+    state.device_cache[token_hash] = (now + state.settings.device_auth_cache_seconds, device)
+    return device
+
+
+async def get_principal(
+    state: AppState,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Raises AuthError (401) without valid credentials."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+    token = credentials.credentials
+    if token.startswith(security.DEVICE_TOKEN_PREFIX):
+        device = await _device_by_token(state, token)
+        return Principal("device", device["owner_id"], device_id=device["id"])
+    claims = security.read_access_token(token, state.settings.secret_key)
+    return Principal("user", claims.user_id, claims.is_admin, username=claims.username)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_device_principal(principal: CurrentPrincipal) -> Principal:
+    if principal.kind != "device":
+        raise Forbidden("this route is for devices; use a device token")
+    return principal
+
+
+async def get_user_principal(principal: CurrentPrincipal) -> Principal:
+    if principal.kind != "user":
+        raise Forbidden("this route is for people; use an access token from POST /auth/token")
+    return principal
+
+
+CurrentDevice = Annotated[Principal, Depends(get_device_principal)]
+CurrentUser = Annotated[Principal, Depends(get_user_principal)]

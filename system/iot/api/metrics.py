@@ -1,0 +1,71 @@
+"""Prometheus metrics of one API process.
+
+Each replica is its own process with its own registry, scraped directly by Prometheus on its
+own port (nginx does not expose ``/metrics``), so counts are exact with several replicas.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter(
+    "iot_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "iot_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+IN_FLIGHT = Gauge("iot_http_requests_in_flight", "HTTP requests being answered")
+PUBLISHES = Counter(
+    "iot_broker_publishes_total",
+    "Messages published to RabbitMQ, by result (confirmed, nacked, timeout, failed, ...)",
+    ["queue", "result"],
+)
+PUBLISH_SECONDS = Histogram(
+    "iot_broker_publish_confirm_seconds",
+    "Time from publish to the broker's confirm",
+    ["queue"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BROKER_CONNECTED = Gauge("iot_broker_connected", "1 while this process holds a broker connection")
+READINGS_ACCEPTED = Counter("iot_readings_accepted_total", "Sensor readings answered with 201")
+SENSOR_READS = Counter(
+    "iot_sensor_reads_total", "GET /sensors answers by source", ["source"]
+)
+CACHE_ERRORS = Counter("iot_cache_errors_total", "Redis calls that failed in the API")
+
+
+class MetricsMiddleware:
+    """Count and time every request by its route template (not its raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            IN_FLIGHT.dec()
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            REQUESTS.labels(method, path, str(status)).inc()
+            REQUEST_SECONDS.labels(method, path).observe(time.perf_counter() - started)

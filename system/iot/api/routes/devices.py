@@ -1,0 +1,71 @@
+"""Devices, registered by their owner. A person sees only their own devices (admins all)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from iot import db, security
+from iot.api.deps import AppState, CurrentUser
+from iot.api.schemas import Device, DeviceCreate, DeviceList, DeviceWithToken
+from iot.errors import NotFound
+from iot.sql import devices as devices_sql
+
+router = APIRouter(tags=["devices"])
+
+
+@router.post("/devices", status_code=201, response_model=DeviceWithToken)
+async def create_device(body: DeviceCreate, user: CurrentUser, state: AppState) -> DeviceWithToken:
+    token = security.new_device_token()
+    async with db.connection(state.pool) as conn:
+        row = await devices_sql.create_device(
+            conn, user.user_id, body.name, security.hash_device_token(token)
+        )
+    return DeviceWithToken(id=row["id"], name=row["name"], token=token)
+
+
+@router.get("/devices", response_model=DeviceList)
+async def list_devices(
+    user: CurrentUser,
+    state: AppState,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DeviceList:
+    async with db.connection(state.pool) as conn:
+        rows = await devices_sql.list_devices(conn, user.owner_filter, limit, offset)
+    return DeviceList(devices=[Device(**r) for r in rows], limit=limit, offset=offset)
+
+
+@router.get("/devices/{device_id}", response_model=Device)
+async def get_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -> Device:
+    async with db.connection(state.pool) as conn:
+        row = await devices_sql.get_device(conn, device_id, user.owner_filter)
+    if row is None:
+        raise NotFound("no such device")
+    return Device(**row)
+
+
+@router.post("/devices/{device_id}/token", response_model=DeviceWithToken)
+async def rotate_token(device_id: uuid.UUID, user: CurrentUser, state: AppState) -> DeviceWithToken:
+    """Issue a new token; the old one stops working (within the auth cache's few seconds)."""
+    token = security.new_device_token()
+    async with db.connection(state.pool) as conn:
+        row = await devices_sql.rotate_token(
+            conn, device_id, user.owner_filter, security.hash_device_token(token)
+        )
+    if row is None:
+        raise NotFound("no such device")
+    state.device_cache.clear()
+    return DeviceWithToken(id=row["id"], name=row["name"], token=token)
+
+
+@router.delete("/devices/{device_id}", status_code=204)
+async def delete_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -> Response:
+    async with db.connection(state.pool) as conn:
+        deleted = await devices_sql.delete_device(conn, device_id, user.owner_filter)
+    if not deleted:
+        raise NotFound("no such device")
+    state.device_cache.clear()
+    return Response(status_code=204)

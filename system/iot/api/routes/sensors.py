@@ -1,0 +1,192 @@
+"""Sensor readings: devices POST them, people (and the device itself) read them back."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Query
+
+from iot import cache, db, messages
+from iot.api import metrics
+from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal, Principal, State
+from iot.api.schemas import (
+    History,
+    HistoryPoint,
+    LatestReading,
+    LatestReadings,
+    ReadingsAccepted,
+    ReadingsIn,
+    SensorName,
+)
+from iot.errors import CacheUnavailable, DatabaseUnavailable, InvalidInput, NotFound
+from iot.sql import devices as devices_sql
+from iot.sql import readings as readings_sql
+
+router = APIRouter(tags=["sensors"])
+log = logging.getLogger(__name__)
+
+_REDIS_ERRORS = (redis.RedisError, OSError)
+OWNERS_KEY = "device-owners"  # Redis hash device id -> owner id, to authorise reads without Postgres
+
+
+@router.post("/sensors", status_code=201, response_model=ReadingsAccepted)
+async def post_readings(body: ReadingsIn, device: CurrentDevice, state: AppState) -> ReadingsAccepted:
+    """Accept 1 to 1000 readings. 201 only after RabbitMQ confirmed them; 503 means retry."""
+    assert device.device_id is not None
+    batch = {
+        "device_id": str(device.device_id),
+        "received_at": datetime.now(UTC).isoformat(),
+        "readings": [
+            {"sensor": r.sensor, "value": r.value, "ts": r.ts.isoformat(), "id": r.id}
+            for r in body.readings
+        ],
+    }
+    await state.publisher.publish_task(
+        messages.SENSORS_QUEUE, messages.SENSORS_TASK, {"batch": batch}
+    )
+    metrics.READINGS_ACCEPTED.inc(len(body.readings))
+    return ReadingsAccepted(accepted=len(body.readings))
+
+
+async def _remember_owner(state: State, device_id: uuid.UUID, owner_id: uuid.UUID) -> None:
+    try:
+        await state.redis.hset(OWNERS_KEY, str(device_id), str(owner_id))
+    except _REDIS_ERRORS:
+        metrics.CACHE_ERRORS.inc()
+
+
+async def _owner_from_cache(state: State, device_id: uuid.UUID) -> uuid.UUID | None:
+    try:
+        raw = await state.redis.hget(OWNERS_KEY, str(device_id))
+    except _REDIS_ERRORS:
+        metrics.CACHE_ERRORS.inc()
+        return None
+    return uuid.UUID(raw.decode()) if raw else None
+
+
+async def _visible_devices(
+    state: State, who: Principal, device_id: uuid.UUID | None
+) -> list[uuid.UUID]:
+    """The devices the caller may read, narrowed to ``device_id`` when given.
+
+    Raises:
+        NotFound: the device is unknown or not the caller's.
+        DatabaseUnavailable: Postgres is needed to answer and is down.
+    """
+    if who.kind == "device":
+        if device_id is not None and device_id != who.device_id:
+            raise NotFound("no such device")
+        assert who.device_id is not None
+        return [who.device_id]
+    if device_id is None:
+        async with db.connection(state.pool) as conn:
+            return await devices_sql.device_ids(conn, who.owner_filter)
+    try:
+        async with db.connection(state.pool) as conn:
+            row = await devices_sql.get_device(conn, device_id, who.owner_filter)
+    except DatabaseUnavailable:
+        owner = await _owner_from_cache(state, device_id)
+        if owner is None or not (who.is_admin or owner == who.user_id):
+            raise
+        return [device_id]
+    if row is None:
+        raise NotFound("no such device")
+    await _remember_owner(state, device_id, row["owner_id"])
+    return [device_id]
+
+
+def _flatten(latest: dict[uuid.UUID, dict[str, dict]]) -> list[LatestReading]:
+    return [
+        LatestReading(device_id=d, sensor=s, value=v["value"], ts=v["ts"])
+        for d, sensors in latest.items()
+        for s, v in sorted(sensors.items())
+    ]
+
+
+@router.get("/sensors", response_model=LatestReadings)
+async def latest_readings(
+    who: CurrentPrincipal,
+    state: AppState,
+    device_id: uuid.UUID | None = None,
+) -> LatestReadings:
+    """The latest value of each sensor: from Redis, or from Postgres when Redis is down or cold."""
+    ids = await _visible_devices(state, who, device_id)
+    try:
+        cached = await cache.aget_latest(state.redis, ids)
+    except CacheUnavailable:
+        metrics.CACHE_ERRORS.inc()
+        cached = None
+    if cached is not None and len(cached) == len(ids):
+        metrics.SENSOR_READS.labels("cache").inc()
+        return LatestReadings(source="cache", readings=_flatten(cached))
+
+    missing = ids if cached is None else [d for d in ids if d not in cached]
+    async with db.connection(state.pool) as conn:
+        rows = await readings_sql.latest(conn, missing)
+    from_db: dict[uuid.UUID, dict[str, dict]] = {}
+    for r in rows:
+        from_db.setdefault(r["device_id"], {})[r["sensor"]] = {"value": r["value"], "ts": r["ts"]}
+    if cached is not None:  # Redis is up but cold for these devices: warm it
+        for d, sensors in from_db.items():
+            readings = [{"sensor": s, **v} for s, v in sensors.items()]
+            try:
+                await cache.astore_latest(state.redis, d, readings)
+            except CacheUnavailable:
+                metrics.CACHE_ERRORS.inc()
+                break
+    metrics.SENSOR_READS.labels("database").inc()
+    return LatestReadings(source="database", readings=_flatten({**(cached or {}), **from_db}))
+
+
+_STEP = re.compile(r"^(\d+)(s|m|h|d)?$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_step(step: str) -> timedelta:
+    """'60', '30s', '5m', '1h', '1d' -> timedelta. Raises InvalidInput."""
+    match = _STEP.match(step)
+    if not match or int(match.group(1)) == 0:
+        raise InvalidInput("step must be a positive number of seconds or like 30s, 5m, 1h, 1d")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+@router.get("/sensors/history", response_model=History, response_model_by_alias=True)
+async def sensor_history(
+    who: CurrentPrincipal,
+    state: AppState,
+    device_id: uuid.UUID,
+    sensor: SensorName,
+    start: Annotated[datetime | None, Query(alias="from")] = None,
+    end: Annotated[datetime | None, Query(alias="to")] = None,
+    step: str = "60s",
+) -> History:
+    """One sensor's readings between ``from`` and ``to`` (default: the last hour), aggregated
+    in Postgres into buckets of ``step`` (avg, min, max, count per bucket)."""
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(hours=1)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidInput("from and to need a time zone (RFC 3339)")
+    if start >= end:
+        raise InvalidInput("from must be before to")
+    width = parse_step(step)
+    if (end - start) / width > state.settings.history_max_points:
+        raise InvalidInput(
+            f"too many points: (to - from) / step must be at most {state.settings.history_max_points}"
+        )
+    (device,) = await _visible_devices(state, who, device_id)
+    async with db.connection(state.pool) as conn:
+        rows = await readings_sql.history(conn, device, sensor, start, end, width)
+    return History(
+        device_id=device,
+        sensor=sensor,
+        start=start,
+        end=end,
+        step_seconds=width.total_seconds(),
+        points=[HistoryPoint(ts=r["bucket"], **{k: r[k] for k in ("avg", "min", "max", "count")})
+                for r in rows],
+    )

@@ -1,0 +1,109 @@
+"""Latest readings in Redis: one hash per device, ``sensor -> "<ts ms>|<json>"``.
+
+Redis holds only derived data (Postgres is the record), so a failure here is never a reason to
+refuse a reading. The update is a Lua script that compares timestamps inside Redis, so an older
+reading (a redelivery, a device flushing its buffer) never overwrites a newer one, whatever the
+order in which workers run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from iot.errors import CacheUnavailable
+
+KEY_PREFIX = "latest:"
+
+UPDATE_LATEST = """
+for i = 1, #ARGV, 3 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  local newer = true
+  if current then
+    local current_ts = tonumber(string.match(current, '^(-?%d+)|'))
+    if current_ts and current_ts >= tonumber(ARGV[i + 1]) then newer = false end
+  end
+  if newer then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
+  end
+end
+return 1
+"""
+
+_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def key(device_id: uuid.UUID | str) -> str:
+    return f"{KEY_PREFIX}{device_id}"
+
+
+def _ts(value: datetime | str) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def update_args(readings: Iterable[dict[str, Any]]) -> list[str]:
+    """Flatten readings into the script's (sensor, ts ms, payload) triples."""
+    args: list[str] = []
+    for r in readings:
+        ts = _ts(r["ts"])
+        payload = orjson.dumps({"value": r["value"], "ts": ts.isoformat()}).decode()
+        args += [r["sensor"], str(int(ts.timestamp() * 1000)), payload]
+    return args
+
+
+def decode(raw: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for sensor, value in raw.items():
+        _, _, payload = value.partition(b"|")
+        out[sensor.decode()] = orjson.loads(payload)
+    return out
+
+
+def sync_client(url: str, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def async_client(url: str, timeout: float) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def store_latest(client: redis.Redis, device_id: str, readings: list[dict[str, Any]]) -> None:
+    """Raises CacheUnavailable when Redis does not answer."""
+    try:
+        client.eval(UPDATE_LATEST, 1, key(device_id), *update_args(readings))
+    except _ERRORS as exc:
+        raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
+
+
+async def astore_latest(
+    client: aioredis.Redis, device_id: uuid.UUID, readings: list[dict[str, Any]]
+) -> None:
+    """Raises CacheUnavailable when Redis does not answer."""
+    try:
+        await client.eval(UPDATE_LATEST, 1, key(device_id), *update_args(readings))
+    except _ERRORS as exc:
+        raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
+
+
+async def aget_latest(
+    client: aioredis.Redis, device_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, dict[str, Any]]]:
+    """Cached latest readings; a device with no hash is absent from the answer (cold).
+
+    Raises:
+        CacheUnavailable: Redis does not answer.
+    """
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for d in device_ids:
+                pipe.hgetall(key(d))
+            results = await pipe.execute()
+    except _ERRORS as exc:
+        raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
+    return {d: decode(raw) for d, raw in zip(device_ids, results, strict=True) if raw}

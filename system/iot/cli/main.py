@@ -1,0 +1,275 @@
+"""``iotctl``: run and operate the IoT remote-control stack on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import typer
+
+from iot import db, security
+from iot.errors import Conflict
+from iot.settings import Settings, get_settings
+from iot.sql import users as users_sql
+from iot.stack import setup as stack_setup
+from iot.stack.control import ControlError, Supervisor, probe, wait_healthy
+from iot.stack.processes import programs
+
+app = typer.Typer(
+    help="Run and operate the IoT remote-control stack: RabbitMQ, Postgres, Redis, nginx, "
+    "toxiproxy, the API replicas, the workers, Flower and Prometheus, all as our own "
+    "processes (data under var/, own ports) under one supervisor.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+users_app = typer.Typer(help="Manage the people who use the API.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _print_urls(s: Settings) -> None:
+    typer.echo("\nThe stack is up:")
+    rows = [
+        ("API (HTTP)", f"http://{s.host}:{s.http_port}/  (OpenAPI: /docs)"),
+        ("API (HTTPS)", f"https://{s.host}:{s.https_port}/  (self-signed: var/tls/server.crt)"),
+        ("RabbitMQ management", f"http://{s.host}:{s.rabbitmq_management_port}/"),
+        ("Flower", f"http://{s.host}:{s.flower_port}/"),
+        ("Prometheus", f"http://{s.host}:{s.prometheus_port}/"),
+        ("toxiproxy API", f"http://{s.host}:{s.toxiproxy_port}/proxies"),
+    ]
+    for label, url in rows:
+        typer.echo(f"  {label:<22} {url}")
+    typer.echo("  Credentials of the services: var/secrets.env   Logs: iotctl logs NAME")
+    typer.echo("  First user: echo 'a-long-password' | iotctl users create alice --admin "
+               "--password-stdin")
+
+
+@app.command()
+def up(
+    timeout: float = typer.Option(180, help="Seconds to wait for every component to be healthy."),
+) -> None:
+    """Prepare var/ (secrets, TLS, Postgres cluster, configs), start every process under the
+    supervisor, apply database migrations, wait until all are healthy and print the URLs.
+    Running it again is harmless: it applies changed configuration and starts what is stopped."""
+    base = _settings()
+    created = stack_setup.ensure_secrets(base.home)
+    s = _settings()
+    if created:
+        typer.echo("wrote new secrets to var/secrets.env")
+    if not s.toxiproxy_bin.exists():
+        _fail(f"{s.toxiproxy_bin} is missing: run `make up` (it builds toxiproxy)")
+    try:
+        stack_setup.make_dirs(s)
+        stack_setup.ensure_certificate(s)
+        stack_setup.ensure_postgres_cluster(s)
+        stack_setup.render_configs(s)
+        Supervisor(s).start()
+    except (stack_setup.SetupError, ControlError) as exc:
+        _fail(str(exc))
+    typer.echo("supervisor running; waiting for Postgres ...")
+    started = time.monotonic()
+    _wait_postgres_socket(s, timeout)
+    stack_setup.bootstrap_database(s)
+    applied = stack_setup.migrate(s.database_direct_url)
+    typer.echo(f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ""))
+
+    def progress(name: str, health: object) -> None:
+        typer.echo(f"  {name:<18} healthy  ({time.monotonic() - started:4.1f}s)")
+
+    results = wait_healthy(s, None, timeout, progress)
+    bad = {n: h for n, h in results.items() if not h.ok}
+    if bad:
+        for name, h in bad.items():
+            typer.secho(f"  {name:<18} NOT healthy: {h.detail}", fg=typer.colors.RED, err=True)
+        _fail(f"{len(bad)} component(s) not healthy after {timeout:.0f}s; see `iotctl logs NAME`")
+    _print_urls(s)
+
+
+def _wait_postgres_socket(s: Settings, timeout: float) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(host=str(s.var / "run" / "postgres"), port=s.postgres_port,
+                                 user="postgres", dbname="postgres", connect_timeout=2):
+                return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                _fail(f"Postgres did not start: {exc}; see `iotctl logs postgres`")
+            time.sleep(0.5)
+
+
+@app.command()
+def down(
+    purge: bool = typer.Option(False, help="Also delete all data under var/ (databases, queues, "
+                               "secrets, certificates)."),
+) -> None:
+    """Stop every process of the stack (and the supervisor)."""
+    s = _settings()
+    try:
+        stopped = Supervisor(s).shutdown()
+    except ControlError as exc:
+        _fail(str(exc))
+    typer.echo("stack stopped" if stopped else "stack was not running")
+    if purge:
+        import shutil
+
+        shutil.rmtree(s.var, ignore_errors=True)
+        typer.echo(f"deleted {s.var}")
+
+
+@app.command()
+def status(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Each component's process state and health. Exit status 1 if any is unhealthy."""
+    s = _settings()
+    info = Supervisor(s).info()
+    rows = []
+    for p in programs(s):
+        state = info.get(p.name, {}).get("statename", "NOT RUNNING")
+        pid = info.get(p.name, {}).get("pid", 0)
+        health = probe(p, s, timeout=1.5)
+        rows.append({"name": p.name, "state": state, "pid": pid, "healthy": health.ok,
+                     "detail": health.detail, "url": p.url})
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        typer.echo(f"{'NAME':<18} {'STATE':<11} {'PID':>7}  {'HEALTH':<9} DETAIL")
+        for r in rows:
+            color = typer.colors.GREEN if r["healthy"] else typer.colors.RED
+            typer.echo(f"{r['name']:<18} {r['state']:<11} {r['pid'] or '-':>7}  ", nl=False)
+            typer.secho(f"{'healthy' if r['healthy'] else 'UNHEALTHY':<9}", fg=color, nl=False)
+            typer.echo(f" {r['detail']}")
+    if not all(r["healthy"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    name: str = typer.Argument(..., help="Component name, as listed by `iotctl status`."),
+    lines: int = typer.Option(50, "-n", "--lines", help="How many lines from the end."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
+) -> None:
+    """Show a component's log (var/log/NAME.log)."""
+    s = _settings()
+    names = [p.name for p in programs(s)] + ["supervisord"]
+    if name not in names:
+        _fail(f"unknown component {name!r}; one of: {', '.join(names)}")
+    path = s.var / "log" / f"{name}.log"
+    if not path.exists():
+        _fail(f"{path} does not exist yet (has the stack run?)")
+    cmd = ["tail", "-n", str(lines)] + (["-F"] if follow else []) + [str(path)]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def _component(name: str) -> str:
+    s = _settings()
+    names = [p.name for p in programs(s)]
+    if name not in names:
+        _fail(f"unknown component {name!r}; one of: {', '.join(names)}")
+    return name
+
+
+@app.command()
+def stop(name: str = typer.Argument(..., help="Component name.")) -> None:
+    """Stop one component (the supervisor will not restart it until `iotctl start NAME`)."""
+    Supervisor(_settings()).stop_program(_component(name))
+    typer.echo(f"{name} stopped")
+
+
+@app.command()
+def start(name: str = typer.Argument(..., help="Component name.")) -> None:
+    """Start one stopped component."""
+    Supervisor(_settings()).start_program(_component(name))
+    typer.echo(f"{name} started")
+
+
+@app.command()
+def restart(name: str = typer.Argument(..., help="Component name.")) -> None:
+    """Restart one component."""
+    Supervisor(_settings()).restart_program(_component(name))
+    typer.echo(f"{name} restarted")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending database migrations (also done by `iotctl up`)."""
+    applied = stack_setup.migrate(_settings().database_direct_url)
+    typer.echo(f"{len(applied)} migration(s) applied" + (f": {', '.join(applied)}" if applied else ""))
+
+
+@users_app.command("create")
+def users_create(
+    name: str = typer.Argument(..., help="User name (letters, digits, _ . @ -)."),
+    admin: bool = typer.Option(False, "--admin", help="Admins see and manage every device."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from standard input (first line)."
+    ),
+) -> None:
+    """Create a user. The password is read from stdin (--password-stdin) or prompted for."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        _fail("the password needs at least 8 characters")
+
+    async def create() -> dict:
+        s = _settings()
+        pool = db.open_pool(s)
+        await pool.open(wait=True, timeout=10)
+        try:
+            async with db.connection(pool) as conn:
+                return await users_sql.create_user(conn, name, security.hash_password(password),
+                                                   admin)
+        finally:
+            await pool.close()
+
+    try:
+        user = asyncio.run(create())
+    except Conflict as exc:
+        _fail(exc.detail)
+    except Exception as exc:  # noqa: BLE001 - report any failure to the operator plainly
+        _fail(f"could not create the user: {exc}")
+    typer.echo(f"created {'admin' if admin else 'user'} {user['username']} ({user['id']})")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users."""
+
+    async def fetch() -> list[dict]:
+        pool = db.open_pool(_settings())
+        await pool.open(wait=True, timeout=10)
+        try:
+            async with db.connection(pool) as conn:
+                return await users_sql.list_users(conn)
+        finally:
+            await pool.close()
+
+    for u in asyncio.run(fetch()):
+        typer.echo(f"{u['username']:<24} {'admin' if u['is_admin'] else 'user':<6} {u['id']}")
+
+
+def _register_bench() -> None:
+    from iot.cli import bench
+
+    app.add_typer(bench.app, name="bench")
+
+
+_register_bench()

@@ -1,0 +1,58 @@
+"""The message contract between the API and the workers.
+
+The API publishes Celery-protocol (v2) messages by task name and body shape; it never imports
+the workers' modules. Both sides import only the names and shapes defined here.
+
+Queues (all durable, on the direct exchange ``iot``):
+
+- ``sensors.data``  task ``iot.sensors.store``  kwargs ``{"batch": SensorBatch}``
+- ``commands.log``  task ``iot.commands.log``   kwargs ``{"event": CommandEvent}``
+
+``SensorBatch``: ``{"device_id": str, "received_at": RFC 3339,
+"readings": [{"sensor": str, "value": float, "ts": RFC 3339, "id": str | None}]}``
+
+``CommandEvent``: ``{"event_id": str, "command_id": str, "device_id": str, "status": str,
+"at": RFC 3339, "attempt": int, "detail": dict}``
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from typing import Any
+
+import orjson
+
+EXCHANGE = "iot"
+SENSORS_QUEUE = "sensors.data"
+SENSORS_TASK = "iot.sensors.store"
+COMMAND_LOG_QUEUE = "commands.log"
+COMMAND_LOG_TASK = "iot.commands.log"
+
+_ORIGIN = f"api@{socket.gethostname()}"
+
+
+def celery_message(task: str, kwargs: dict[str, Any], task_id: str | None = None) -> tuple[
+    bytes, dict[str, Any], str
+]:
+    """Build a Celery protocol-2 message: (body, headers, task id)."""
+    task_id = task_id or str(uuid.uuid4())
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "argsrepr": "()",
+        "kwargsrepr": "{...}",
+        "origin": _ORIGIN,
+        "ignore_result": True,
+    }
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = orjson.dumps([[], kwargs, embed])
+    return body, headers, task_id

@@ -1,0 +1,149 @@
+"""One settings object for every process of the product.
+
+Values come from the environment (prefix ``IOT_``), then ``.env`` in the project root, then
+``var/secrets.env`` (written once by ``iotctl up`` with random secrets). Read them through
+:func:`get_settings`; tests clear its cache to override.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PLACEHOLDERS = {"", "change-me", "changeme", "secret", "password", "placeholder"}
+
+
+def _env_files() -> tuple[Path, ...]:
+    return (PROJECT_ROOT / ".env", PROJECT_ROOT / "var" / "secrets.env")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IOT_", env_file=_env_files(), env_file_encoding="utf-8", extra="ignore"
+    )
+
+    home: Path = PROJECT_ROOT
+    host: str = "127.0.0.1"
+
+    # Public entry points (nginx).
+    http_port: int = 8080
+    https_port: int = 8443
+    nginx_status_port: int = 8089
+    max_body_bytes: int = 1024 * 1024
+    rate_limit_per_second: int = 200
+    rate_limit_burst: int = 400
+
+    # Our own processes.
+    api_ports: list[int] = Field(default_factory=lambda: [8101, 8102])
+    worker_sensors_metrics_port: int = 9811
+    worker_commandlog_metrics_port: int = 9812
+    flower_port: int = 5566
+
+    # Backing services (their real ports) and the toxiproxy listeners in front of them.
+    rabbitmq_port: int = 5682
+    rabbitmq_dist_port: int = 25682
+    rabbitmq_management_port: int = 15682
+    rabbitmq_prometheus_port: int = 15702
+    rabbitmq_nodename: str = "iot@localhost"
+    postgres_port: int = 5442
+    redis_port: int = 6389
+    toxiproxy_port: int = 8575
+    proxy_rabbitmq_port: int = 5782
+    proxy_postgres_port: int = 5542
+    proxy_redis_port: int = 6489
+
+    # Monitoring.
+    prometheus_port: int = 9190
+    postgres_exporter_port: int = 9287
+    redis_exporter_port: int = 9221
+    nginx_exporter_port: int = 9213
+    scrape_interval: str = "5s"
+
+    # Credentials: generated into var/secrets.env by `iotctl up`, never committed.
+    secret_key: str = ""
+    postgres_password: str = ""
+    rabbitmq_password: str = ""
+    postgres_user: str = "iot"
+    postgres_db: str = "iot"
+    rabbitmq_user: str = "iot"
+
+    # Behaviour.
+    publish_timeout_seconds: float = 5.0
+    retry_after_seconds: int = 2
+    access_token_ttl_seconds: int = 3600
+    device_auth_cache_seconds: float = 5.0
+    redis_timeout_seconds: float = 0.5
+    db_pool_size: int = 10
+    worker_concurrency: int = 4
+    worker_prefetch_multiplier: int = 4
+    history_max_points: int = 10_000
+
+    # Binaries that do not come from the virtualenv.
+    toxiproxy_bin: Path = PROJECT_ROOT / "var" / "bin" / "toxiproxy-server"
+    postgres_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+
+    @field_validator("api_ports", mode="before")
+    @classmethod
+    def _split_ports(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [int(p) for p in value.split(",") if p.strip()]
+        return value
+
+    # ----- derived values -----
+    @property
+    def var(self) -> Path:
+        return self.home / "var"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def database_url(self) -> str:
+        """Postgres as the product's processes see it: through toxiproxy."""
+        return self._pg_url(self.proxy_postgres_port)
+
+    @property
+    def database_direct_url(self) -> str:
+        """Postgres without toxiproxy: migrations, auditors, exporters."""
+        return self._pg_url(self.postgres_port)
+
+    def _pg_url(self, port: int) -> str:
+        return (
+            f"postgresql://{self.postgres_user}:{self.postgres_password}"
+            f"@{self.host}:{port}/{self.postgres_db}"
+        )
+
+    @property
+    def broker_url(self) -> str:
+        return (
+            f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}"
+            f"@{self.host}:{self.proxy_rabbitmq_port}/"
+        )
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.proxy_redis_port}/0"
+
+    def require_secrets(self) -> None:
+        """Refuse to run with a missing or placeholder secret.
+
+        Raises:
+            RuntimeError: naming the first variable that is missing.
+        """
+        for name in ("secret_key", "postgres_password", "rabbitmq_password"):
+            value = getattr(self, name)
+            if value.strip().lower() in PLACEHOLDERS or len(value) < 16:
+                raise RuntimeError(
+                    f"IOT_{name.upper()} is missing or a placeholder; run `iotctl up` once "
+                    "(it writes var/secrets.env) or set it in the environment (16+ characters)"
+                )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

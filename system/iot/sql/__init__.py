@@ -1,0 +1,1 @@
+"""One module per table; one function per use case, taking a connection."""

@@ -1,0 +1,89 @@
+"""SQL for the ``devices`` table. ``owner_id=None`` means "any owner" (admins)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+
+_COLUMNS = "id, owner_id, name, created_at, token_rotated_at"
+
+
+async def create_device(
+    conn: psycopg.AsyncConnection, owner_id: uuid.UUID, name: str, token_hash: str
+) -> dict[str, Any]:
+    cur = await conn.execute(
+        f"INSERT INTO devices (id, owner_id, name, token_hash) VALUES (%s, %s, %s, %s)"
+        f" RETURNING {_COLUMNS}",
+        (uuid.uuid4(), owner_id, name, token_hash),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return dict(row)
+
+
+async def get_device(
+    conn: psycopg.AsyncConnection, device_id: uuid.UUID, owner_id: uuid.UUID | None
+) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s)",
+        (device_id, owner_id, owner_id),
+    )
+    row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def list_devices(
+    conn: psycopg.AsyncConnection, owner_id: uuid.UUID | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE (%s::uuid IS NULL OR owner_id = %s)"
+        " ORDER BY created_at, id LIMIT %s OFFSET %s",
+        (owner_id, owner_id, limit, offset),
+    )
+    return [dict(r) for r in await cur.fetchall()]
+
+
+async def device_ids(conn: psycopg.AsyncConnection, owner_id: uuid.UUID | None) -> list[uuid.UUID]:
+    cur = await conn.execute(
+        "SELECT id FROM devices WHERE (%s::uuid IS NULL OR owner_id = %s) ORDER BY created_at",
+        (owner_id, owner_id),
+    )
+    return [r["id"] for r in await cur.fetchall()]
+
+
+async def find_by_token_hash(
+    conn: psycopg.AsyncConnection, token_hash: str
+) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE token_hash = %s", (token_hash,)
+    )
+    row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def rotate_token(
+    conn: psycopg.AsyncConnection, device_id: uuid.UUID, owner_id: uuid.UUID | None, token_hash: str
+) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "UPDATE devices SET token_hash = %s, token_rotated_at = now()"
+        f" WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s) RETURNING {_COLUMNS}",
+        (token_hash, device_id, owner_id, owner_id),
+    )
+    row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def delete_device(
+    conn: psycopg.AsyncConnection, device_id: uuid.UUID, owner_id: uuid.UUID | None
+) -> bool:
+    """Delete a device and its stored readings."""
+    cur = await conn.execute(
+        "DELETE FROM devices WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s)",
+        (device_id, owner_id, owner_id),
+    )
+    if cur.rowcount != 1:
+        return False
+    await conn.execute("DELETE FROM readings WHERE device_id = %s", (device_id,))
+    return True

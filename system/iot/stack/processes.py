@@ -1,0 +1,194 @@
+"""Every process of the native stack, as supervisord programs, with a health probe each.
+
+The project runs its own instances (own ports, data under ``var/``), so services already on the
+machine never collide with ours and experiments may stop or kill ours freely.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from iot.settings import Settings
+
+
+@dataclass
+class Program:
+    name: str
+    command: list[str]
+    group: str  # data | proxy | app | edge | monitoring
+    priority: int
+    probe: str  # "tcp:PORT", "http:URL" or "sql"
+    url: str = ""  # shown to people by `iotctl up` / `status`
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 20
+    directory: str | None = None
+
+
+def _venv_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def programs(s: Settings) -> list[Program]:
+    var = s.var
+    h = s.host
+    rabbit_env = {
+        "HOME": str(var / "rabbitmq" / "home"),
+        "RABBITMQ_NODENAME": s.rabbitmq_nodename,
+        "RABBITMQ_NODE_IP_ADDRESS": h,
+        "RABBITMQ_NODE_PORT": str(s.rabbitmq_port),
+        "RABBITMQ_DIST_PORT": str(s.rabbitmq_dist_port),
+        "RABBITMQ_MNESIA_BASE": str(var / "rabbitmq" / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(var / "rabbitmq" / "log"),
+        "RABBITMQ_CONFIG_FILE": str(var / "conf" / "rabbitmq.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(var / "conf" / "rabbitmq-plugins"),
+        "RABBITMQ_PID_FILE": str(var / "run" / "rabbitmq.pid"),
+        "RABBITMQ_CONF_ENV_FILE": str(var / "conf" / "rabbitmq-env.conf"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(var / "conf" / "rabbitmq-advanced.config"),
+    }
+    pg = s.postgres_bin_dir
+    app_env = {"IOT_HOME": str(s.home), "PYTHONUNBUFFERED": "1"}
+    celery = _venv_bin("celery")
+    progs = [
+        Program(
+            "rabbitmq", ["/usr/lib/rabbitmq/bin/rabbitmq-server"], "data", 10,
+            f"tcp:{s.rabbitmq_port}", f"http://{h}:{s.rabbitmq_management_port}/",
+            env=rabbit_env, stopwaitsecs=60,
+        ),
+        Program(
+            "postgres",
+            [str(pg / "postgres"), "-D", str(var / "postgres" / "data"), "-p", str(s.postgres_port),
+             "-k", str(var / "run" / "postgres"), "-c", f"listen_addresses={h}",
+             "-c", "max_connections=200", "-c", "shared_buffers=256MB",
+             "-c", "log_min_messages=warning"],
+            "data", 10, "sql", f"postgresql://{h}:{s.postgres_port}/{s.postgres_db}",
+            user="postgres", stopsignal="INT", stopwaitsecs=60,
+        ),
+        Program(
+            "redis", ["/usr/bin/redis-server", str(var / "conf" / "redis.conf")], "data", 10,
+            f"tcp:{s.redis_port}", f"redis://{h}:{s.redis_port}",
+        ),
+        Program(
+            "toxiproxy",
+            [str(s.toxiproxy_bin), "-host", h, "-port", str(s.toxiproxy_port),
+             "-config", str(var / "conf" / "toxiproxy.json"), "-proxy-metrics", "-runtime-metrics"],
+            "proxy", 15, f"http:http://{h}:{s.toxiproxy_port}/version",
+            f"http://{h}:{s.toxiproxy_port}/proxies",
+        ),
+    ]
+    for i, port in enumerate(s.api_ports, start=1):
+        progs.append(Program(
+            f"api-{i}",
+            [_venv_bin("uvicorn"), "iot.api.app:create_app", "--factory", "--host", h,
+             "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5",
+             "--loop", "uvloop", "--http", "httptools", "--backlog", "4096"],
+            "app", 30, f"http:http://{h}:{port}/health", f"http://{h}:{port}/docs",
+            env=app_env,
+        ))
+    for name, queue, port in (
+        ("worker-sensors", "sensors.data", s.worker_sensors_metrics_port),
+        ("worker-commandlog", "commands.log", s.worker_commandlog_metrics_port),
+    ):
+        progs.append(Program(
+            name,
+            [celery, "-A", "iot.workers.app", "worker", "-Q", queue, "-n", f"{name}@%%h",
+             "--pool", "threads", "-c", str(s.worker_concurrency), "-E", "--without-gossip",
+             "--without-mingle", "-l", "INFO"],
+            "app", 30, f"http:http://{h}:{port}/metrics", f"http://{h}:{port}/metrics",
+            env={**app_env, "IOT_WORKER_METRICS_PORT": str(port)}, stopwaitsecs=30,
+        ))
+    progs += [
+        Program(
+            "flower",
+            [celery, "-A", "iot.workers.app", "flower", f"--address={h}", f"--port={s.flower_port}",
+             f"--broker_api=http://{s.rabbitmq_user}:{s.rabbitmq_password}@{h}:"
+             f"{s.rabbitmq_management_port}/api/", "--purge_offline_workers=60"],
+            "monitoring", 40, f"http:http://{h}:{s.flower_port}/healthcheck",
+            f"http://{h}:{s.flower_port}/", env=app_env,
+        ),
+        Program(
+            "nginx",
+            ["/usr/sbin/nginx", "-c", str(var / "conf" / "nginx.conf"), "-e",
+             str(var / "log" / "nginx-error.log"), "-g", "daemon off;"],
+            "edge", 50, f"http:http://{h}:{s.http_port}/nginx/health",
+            f"http://{h}:{s.http_port}/docs", stopsignal="QUIT",
+        ),
+        Program(
+            "prometheus",
+            ["/usr/bin/prometheus", f"--config.file={var / 'conf' / 'prometheus.yml'}",
+             f"--storage.tsdb.path={var / 'prometheus'}", f"--web.listen-address={h}:{s.prometheus_port}",
+             "--storage.tsdb.retention.time=7d", "--web.enable-lifecycle"],
+            "monitoring", 40, f"http:http://{h}:{s.prometheus_port}/-/ready",
+            f"http://{h}:{s.prometheus_port}/",
+        ),
+        Program(
+            "postgres-exporter",
+            ["/usr/bin/prometheus-postgres-exporter",
+             f"--web.listen-address={h}:{s.postgres_exporter_port}"],
+            "monitoring", 40, f"http:http://{h}:{s.postgres_exporter_port}/metrics",
+            env={"DATA_SOURCE_NAME": s.database_direct_url + "?sslmode=disable"},
+        ),
+        Program(
+            "redis-exporter",
+            ["/usr/bin/prometheus-redis-exporter", "-redis.addr", f"redis://{h}:{s.redis_port}",
+             "-web.listen-address", f"{h}:{s.redis_exporter_port}"],
+            "monitoring", 40, f"http:http://{h}:{s.redis_exporter_port}/metrics",
+        ),
+        Program(
+            "nginx-exporter",
+            ["/usr/bin/prometheus-nginx-exporter",
+             f"-nginx.scrape-uri=http://{h}:{s.nginx_status_port}/stub_status",
+             f"-web.listen-address={h}:{s.nginx_exporter_port}"],
+            "monitoring", 40, f"http:http://{h}:{s.nginx_exporter_port}/metrics",
+        ),
+    ]
+    return progs
+
+
+def supervisord_conf(s: Settings, progs: list[Program]) -> str:
+    var = s.var
+    lines = [
+        "; Rendered by `iotctl up`: the process supervisor of the whole native stack.",
+        "[unix_http_server]",
+        f"file={var / 'run' / 'supervisor.sock'}",
+        "chmod=0700",
+        "[supervisord]",
+        f"logfile={var / 'log' / 'supervisord.log'}",
+        f"pidfile={var / 'run' / 'supervisord.pid'}",
+        f"childlogdir={var / 'log'}",
+        "identifier=iot",
+        "minfds=20000",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "[supervisorctl]",
+        f"serverurl=unix://{var / 'run' / 'supervisor.sock'}",
+    ]
+    for p in progs:
+        env = ",".join(f'{k}="{v}"' for k, v in p.env.items())
+        lines += [
+            f"[program:{p.name}]",
+            "command=" + " ".join(shlex.quote(c) for c in p.command),
+            f"priority={p.priority}",
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=2",
+            "startretries=1000",
+            f"stopsignal={p.stopsignal}",
+            f"stopwaitsecs={p.stopwaitsecs}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={var / 'log' / (p.name + '.log')}",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=2",
+            f"directory={p.directory or s.home}",
+        ]
+        if p.user:
+            lines.append(f"user={p.user}")
+        if env:
+            lines.append(f"environment={env}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,159 @@
+"""Prepare ``var/``: folders, secrets, TLS certificate, Postgres cluster, rendered configs.
+
+Every step is idempotent: running ``iotctl up`` twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from iot.settings import PROJECT_ROOT, Settings
+from iot.stack.processes import programs, supervisord_conf
+
+TEMPLATES = Path(__file__).parent / "templates"
+PROMETHEUS_TEMPLATE = PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+class SetupError(RuntimeError):
+    """A setup step failed; the message says which and what to do."""
+
+
+def render(template: str, values: dict[str, object]) -> str:
+    """Replace ``{{name}}`` placeholders. Raises SetupError on an unknown name."""
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise SetupError(f"template placeholder {{{{{name}}}}} has no value")
+        return str(values[name])
+
+    return _PLACEHOLDER.sub(sub, template)
+
+
+def ensure_secrets(home: Path) -> bool:
+    """Write var/secrets.env with random secrets once. Returns True when it was created."""
+    path = home / "var" / "secrets.env"
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Generated once by `iotctl up`. Keep private; deleting it needs `iotctl down --purge`.",
+        f"IOT_SECRET_KEY={secrets.token_urlsafe(48)}",
+        f"IOT_POSTGRES_PASSWORD={secrets.token_urlsafe(24)}",
+        f"IOT_RABBITMQ_PASSWORD={secrets.token_urlsafe(24)}",
+    ]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return True
+
+
+def make_dirs(s: Settings) -> None:
+    var = s.var
+    for sub in ("conf", "log", "run", "tls", "redis", "prometheus", "bin",
+                "nginx/body", "nginx/proxy", "nginx/fastcgi", "nginx/uwsgi", "nginx/scgi",
+                "rabbitmq/home", "rabbitmq/mnesia", "rabbitmq/log", "postgres", "run/postgres"):
+        (var / sub).mkdir(parents=True, exist_ok=True)
+    pg_user = pwd.getpwnam("postgres")
+    for sub in ("postgres", "run/postgres"):
+        os.chown(var / sub, pg_user.pw_uid, pg_user.pw_gid)
+    # The postgres user must be able to reach var/postgres.
+    for parent in [var, *var.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            raise SetupError(
+                f"{parent} is not traversable by the postgres user; run `chmod o+x {parent}`"
+            )
+
+
+def ensure_certificate(s: Settings) -> None:
+    crt, key = s.var / "tls" / "server.crt", s.var / "tls" / "server.key"
+    if crt.exists() and key.exists():
+        return
+    _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
+          "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+          "-keyout", str(key), "-out", str(crt)], "create the self-signed TLS certificate")
+    key.chmod(0o600)
+
+
+def ensure_postgres_cluster(s: Settings) -> None:
+    data = s.var / "postgres" / "data"
+    if (data / "PG_VERSION").exists():
+        return
+    _run(["runuser", "-u", "postgres", "--", str(s.postgres_bin_dir / "initdb"), "-D", str(data),
+          "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+          "--locale=C.UTF-8"], "initialise the Postgres cluster")
+
+
+def render_configs(s: Settings) -> None:
+    conf = s.var / "conf"
+    values: dict[str, object] = {k: v for k, v in s.model_dump().items()
+                                 if isinstance(v, str | int | float)}
+    values["var"] = s.var
+    values["upstream_servers"] = "\n".join(
+        f"        server {s.host}:{p} max_fails=1 fail_timeout=3s;" for p in s.api_ports
+    )
+    values["api_targets"] = ", ".join(f'"{s.host}:{p}"' for p in s.api_ports)
+    outputs = {
+        "nginx.conf": render((TEMPLATES / "nginx.conf").read_text(), values),
+        "redis.conf": render((TEMPLATES / "redis.conf").read_text(), values),
+        "rabbitmq.conf": render((TEMPLATES / "rabbitmq.conf").read_text(), values),
+        "toxiproxy.json": render((TEMPLATES / "toxiproxy.json").read_text(), values),
+        "prometheus.yml": render(PROMETHEUS_TEMPLATE.read_text(), values),
+        "rabbitmq-plugins": "[rabbitmq_management,rabbitmq_prometheus].\n",
+        "rabbitmq-env.conf": "# our node is configured by environment variables\n",
+        "rabbitmq-advanced.config": "[].\n",
+        "supervisord.conf": supervisord_conf(s, programs(s)),
+    }
+    for name, text in outputs.items():
+        path = conf / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        path.chmod(0o600)
+
+
+def bootstrap_database(s: Settings) -> None:
+    """Create the application role and database (as the cluster's superuser, over the socket)."""
+    with psycopg.connect(host=str(s.var / "run" / "postgres"), port=s.postgres_port,
+                         user="postgres", dbname="postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                              (s.postgres_user,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(s.postgres_user), sql.Literal(s.postgres_password)))
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (s.postgres_db,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(s.postgres_db), sql.Identifier(s.postgres_user)))
+        conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(s.postgres_user)))
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply pending migrations (yoyo); returns the ids applied."""
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    migrations = read_migrations(str(MIGRATIONS))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [m.id for m in pending]
+
+
+def _run(cmd: list[str], what: str) -> None:
+    if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
+        raise SetupError(f"cannot {what}: {cmd[0]} is not installed (run `make up`)")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SetupError(f"cannot {what}: {result.stderr.strip() or result.stdout.strip()}")

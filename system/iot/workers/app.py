@@ -1,0 +1,56 @@
+"""The Celery application shared by the workers (``celery -A iot.workers.app worker -Q ...``).
+
+Reliability settings, and why:
+
+- ``task_acks_late``: a message is acked only after its task finished, so a worker killed
+  mid-task leaves it in RabbitMQ to be delivered again.
+- ``task_reject_on_worker_lost``: if the process running a task dies, the message is requeued
+  instead of acked.
+- ``worker_prefetch_multiplier`` = 4 with 4 threads: at most 16 unacked messages per worker.
+  Each message is a batch of up to 1000 readings, so a small prefetch keeps throughput (the
+  round trip is amortised over the batch) while bounding what a crash sends back to the queue
+  and what one busy worker holds away from the others.
+- Tasks are idempotent (unique keys in Postgres), so a redelivery is harmless.
+- Publishing (retries) waits for the broker's confirm.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from iot import messages
+from iot.settings import get_settings
+
+settings = get_settings()
+exchange = Exchange(messages.EXCHANGE, type="direct", durable=True)
+
+app = Celery("iot", broker=settings.broker_url, include=["iot.workers.sensors",
+                                                          "iot.workers.commandlog"])
+app.conf.update(
+    task_queues=[
+        Queue(messages.SENSORS_QUEUE, exchange, routing_key=messages.SENSORS_QUEUE, durable=True),
+        Queue(messages.COMMAND_LOG_QUEUE, exchange, routing_key=messages.COMMAND_LOG_QUEUE,
+              durable=True),
+    ],
+    task_routes={
+        messages.SENSORS_TASK: {"queue": messages.SENSORS_QUEUE},
+        messages.COMMAND_LOG_TASK: {"queue": messages.COMMAND_LOG_QUEUE},
+    },
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_acks_on_failure_or_timeout=True,
+    worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+    worker_concurrency=settings.worker_concurrency,
+    worker_send_task_events=True,
+    task_send_sent_event=False,
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    broker_heartbeat=10,
+    broker_transport_options={"confirm_publish": True},
+    worker_hijack_root_logger=False,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+)
