@@ -1,0 +1,1 @@
+"""Shared fixtures. Integration tests run against the stack that `iotctl up` started."""
