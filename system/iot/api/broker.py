@@ -71,28 +71,42 @@ class Publisher:
         backoff = 0.2
         while not self._closing:
             try:
-                await self._connect()
+                lost = asyncio.Event()
+                await self._connect(lost)
                 backoff = 0.2
                 metrics.BROKER_CONNECTED.set(1)
-                assert self._connection is not None
-                await self._connection.closed()
+                await lost.wait()
+                log.warning("broker connection lost; reconnecting")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means "try again later"
                 log.warning("broker connection failed: %s", exc)
             self._ready.clear()
             metrics.BROKER_CONNECTED.set(0)
+            await self._close_quietly()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _connect(self) -> None:
+    async def _close_quietly(self) -> None:
+        connection, self._connection, self._exchange = self._connection, None, None
+        if connection is not None and not connection.is_closed:
+            try:
+                await asyncio.wait_for(connection.close(), 2)
+            except Exception as exc:  # noqa: BLE001 - it is being thrown away anyway
+                log.info("closing the old broker connection: %s", exc)
+
+    async def _connect(self, lost: asyncio.Event) -> None:
+        """Connect, declare the topology, and arrange for ``lost`` to be set when the
+        connection or the channel closes for any reason."""
         connection = await aio_pika.connect(
             self._url, timeout=5, heartbeat=self._heartbeat, client_properties={
                 "connection_name": "iot-api"
             }
         )
+        connection.close_callbacks.add(lambda *_: lost.set())
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel.close_callbacks.add(lambda *_: lost.set())
             exchange = await channel.declare_exchange(
                 messages.EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
             )

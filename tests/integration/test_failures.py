@@ -1,0 +1,54 @@
+"""Failure behaviour of DESIGN §5 for scenario 1: stop a real component, watch the API."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import Person, eventually, reading, rows_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_with_redis_stopped_readings_are_stored_and_served_from_the_database(
+    alice: Person, pg: psycopg.Connection, restart_guard
+):
+    device = alice.new_device()
+    assert device.post([reading("t", 1.0, age_s=5)]).status_code == 201
+    eventually(lambda: rows_for(pg, device.id) == 1, what="first reading stored")
+
+    restart_guard("redis")
+    # Writes still succeed: Redis holds derived data only, Postgres is the record.
+    assert device.post([reading("t", 2.0)]).status_code == 201
+    eventually(lambda: rows_for(pg, device.id) == 2, what="reading stored while Redis is down")
+    r = alice.api.get("/sensors", params={"device_id": str(device.id)}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["source"] == "database"
+    assert [x["value"] for x in r.json()["readings"]] == [2.0]
+
+
+def test_with_rabbitmq_stopped_posts_answer_503_with_retry_after_never_201(
+    alice: Person, pg: psycopg.Connection, restart_guard, stack
+):
+    device = alice.new_device()
+    restart_guard("rabbitmq")
+    answers = []
+    for i in range(10):
+        r = device.post([reading("t", float(i))])
+        answers.append(r.status_code)
+        if r.status_code == 503:
+            assert int(r.headers["Retry-After"]) >= 1
+            assert "detail" in r.json()
+        time.sleep(0.1)
+    assert answers == [503] * 10, answers
+    assert rows_for(pg, device.id) == 0
+
+    stack.start_program("rabbitmq")
+
+    def accepted():
+        return device.post([reading("t", 42.0)]).status_code == 201
+
+    eventually(accepted, timeout=90, what="POST /sensors accepted again after RabbitMQ is back")
+    eventually(lambda: rows_for(pg, device.id) >= 1, timeout=30, what="the reading stored")
