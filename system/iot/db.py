@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -43,7 +44,7 @@ def open_pool(settings: Settings) -> AsyncConnectionPool:
 
 
 @asynccontextmanager
-async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection]:
+async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A pooled connection in a transaction.
 
     Raises:
@@ -58,7 +59,7 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
 
 
-def connect(url: str) -> psycopg.Connection:
+def connect(url: str) -> psycopg.Connection[Any]:
     """A plain connection (workers, CLI).
 
     Raises:

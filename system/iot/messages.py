@@ -32,9 +32,9 @@ COMMAND_LOG_TASK = "iot.commands.log"
 _ORIGIN = f"api@{socket.gethostname()}"
 
 
-def celery_message(task: str, kwargs: dict[str, Any], task_id: str | None = None) -> tuple[
-    bytes, dict[str, Any], str
-]:
+def celery_message(
+    task: str, kwargs: dict[str, Any], task_id: str | None = None
+) -> tuple[bytes, dict[str, Any], str]:
     """Build a Celery protocol-2 message: (body, headers, task id)."""
     task_id = task_id or str(uuid.uuid4())
     headers: dict[str, Any] = {

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDERS = {"", "change-me", "changeme", "secret", "password", "placeholder"}
@@ -38,7 +39,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 400
 
     # Our own processes.
-    api_ports: list[int] = Field(default_factory=lambda: [8101, 8102])
+    api_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [8101, 8102])
     worker_sensors_metrics_port: int = 9811
     worker_commandlog_metrics_port: int = 9812
     flower_port: int = 5566

@@ -92,8 +92,9 @@ class Device:
         return self.api.post("/sensors", json={"readings": readings}, headers=self.headers)
 
 
-def reading(sensor: str = "temperature", value: float = 21.5, age_s: float = 0,
-            **extra: Any) -> dict[str, Any]:
+def reading(
+    sensor: str = "temperature", value: float = 21.5, age_s: float = 0, **extra: Any
+) -> dict[str, Any]:
     ts = datetime.now(UTC) - timedelta(seconds=age_s)
     return {"sensor": sensor, "value": value, "ts": ts.isoformat(), **extra}
 

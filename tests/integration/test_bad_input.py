@@ -13,40 +13,55 @@ pytestmark = pytest.mark.integration
 
 
 def _raw(device: Device, body: str | bytes, **headers: str):
-    return device.api.post("/sensors", content=body,
-                           headers={**device.headers, "Content-Type": "application/json",
-                                    **headers})
+    return device.api.post(
+        "/sensors",
+        content=body,
+        headers={**device.headers, "Content-Type": "application/json", **headers},
+    )
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_values_are_refused(alice: Person, pg, value: str):
     device = alice.new_device()
-    body = '{"readings":[{"sensor":"t","value":%s,"ts":"2026-01-01T00:00:00Z"}]}' % value
+    body = '{"readings":[{"sensor":"t","value":VALUE,"ts":"2026-01-01T00:00:00Z"}]}'
+    body = body.replace("VALUE", value)
     r = _raw(device, body)
     assert r.status_code == 422, r.text
     assert r.json()["detail"]
 
 
-@pytest.mark.parametrize("payload,why", [
-    ({"readings": []}, "no readings"),
-    ({"readings": [reading()] * 1001}, "more than 1000"),
-    ({"readings": [reading(sensor="bad name")]}, "space in sensor name"),
-    ({"readings": [reading(sensor="x" * 65)]}, "sensor name too long"),
-    ({"readings": [reading(sensor="")]}, "empty sensor name"),
-    ({"readings": [reading(sensor="temp/1")]}, "slash in sensor name"),
-    ({"readings": [reading(colour="red")]}, "unknown field in a reading"),
-    ({"readings": [reading()], "extra": 1}, "unknown top-level field"),
-    ({"readings": [{"sensor": "t", "value": 1.0, "ts": "2026-01-01T00:00:00"}]}, "ts without zone"),
-    ({"readings": [{"sensor": "t", "value": 1.0, "ts": "yesterday"}]}, "ts not RFC 3339"),
-    ({"readings": [{"sensor": "t", "value": "warm", "ts": "2026-01-01T00:00:00Z"}]}, "not a number"),
-    ({"readings": [{"sensor": "t", "ts": "2026-01-01T00:00:00Z"}]}, "missing value"),
-    ({"readings": [reading(age_s=-3 * 86400)]}, "ts far in the future"),
-    ({"reading": [reading()]}, "wrong key"),
-])
+@pytest.mark.parametrize(
+    "payload,why",
+    [
+        ({"readings": []}, "no readings"),
+        ({"readings": [reading()] * 1001}, "more than 1000"),
+        ({"readings": [reading(sensor="bad name")]}, "space in sensor name"),
+        ({"readings": [reading(sensor="x" * 65)]}, "sensor name too long"),
+        ({"readings": [reading(sensor="")]}, "empty sensor name"),
+        ({"readings": [reading(sensor="temp/1")]}, "slash in sensor name"),
+        ({"readings": [reading(colour="red")]}, "unknown field in a reading"),
+        ({"readings": [reading()], "extra": 1}, "unknown top-level field"),
+        (
+            {"readings": [{"sensor": "t", "value": 1.0, "ts": "2026-01-01T00:00:00"}]},
+            "ts without zone",
+        ),
+        ({"readings": [{"sensor": "t", "value": 1.0, "ts": "yesterday"}]}, "ts not RFC 3339"),
+        (
+            {"readings": [{"sensor": "t", "value": "warm", "ts": "2026-01-01T00:00:00Z"}]},
+            "not a number",
+        ),
+        ({"readings": [{"sensor": "t", "ts": "2026-01-01T00:00:00Z"}]}, "missing value"),
+        ({"readings": [reading(age_s=-3 * 86400)]}, "ts far in the future"),
+        ({"reading": [reading()]}, "wrong key"),
+    ],
+)
 def test_invalid_bodies_are_refused_with_422(alice: Person, pg, payload, why):
     device = alice.new_device()
-    r = device.post.__func__(device, payload["readings"]) if list(payload) == ["readings"] else \
-        _raw(device, json.dumps(payload))
+    r = (
+        device.post.__func__(device, payload["readings"])
+        if list(payload) == ["readings"]
+        else _raw(device, json.dumps(payload))
+    )
     assert r.status_code == 422, f"{why}: {r.status_code} {r.text}"
     assert r.json()["detail"], why
 
@@ -66,8 +81,10 @@ def test_body_over_the_size_limit_is_413_json(alice: Person, settings):
     assert "too large" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("auth", [None, "Bearer", "Bearer dvc_not-a-real-token",
-                                  "Bearer not.a.jwt", "Basic dXNlcjpwYXNz"])
+@pytest.mark.parametrize(
+    "auth",
+    [None, "Bearer", "Bearer dvc_not-a-real-token", "Bearer not.a.jwt", "Basic dXNlcjpwYXNz"],
+)
 def test_missing_or_wrong_token_is_401(api, auth):
     headers = {"Authorization": auth} if auth else {}
     r = api.post("/sensors", json={"readings": [reading()]}, headers=headers)
@@ -93,16 +110,21 @@ def test_bad_input_loses_nothing_already_accepted(alice: Person, pg: psycopg.Con
     assert rows_for(pg, device.id) == 2
 
 
-@pytest.mark.parametrize("params", [
-    {"sensor": "t", "step": "0"}, {"sensor": "t", "step": "fast"},
-    {"sensor": "t", "step": "1", "from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
-    {"sensor": "t", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
-    {"sensor": "bad name"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"sensor": "t", "step": "0"},
+        {"sensor": "t", "step": "fast"},
+        {"sensor": "t", "step": "1", "from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+        {"sensor": "t", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+        {"sensor": "bad name"},
+    ],
+)
 def test_bad_history_queries_are_422(alice: Person, params):
     device = alice.new_device()
-    r = alice.api.get("/sensors/history", params={"device_id": str(device.id), **params},
-                      headers=alice.headers)
+    r = alice.api.get(
+        "/sensors/history", params={"device_id": str(device.id), **params}, headers=alice.headers
+    )
     assert r.status_code == 422, r.text
     assert r.json()["detail"]
 

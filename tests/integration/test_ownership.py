@@ -16,8 +16,9 @@ def test_a_device_cannot_read_another_devices_data(alice: Person, make_person, p
     eventually(lambda: rows_for(pg, b.id) == 1, what="b's reading stored")
     r = a.api.get("/sensors", params={"device_id": str(b.id)}, headers=a.headers)
     assert r.status_code == 404
-    r = a.api.get("/sensors/history", params={"device_id": str(b.id), "sensor": "secret"},
-                  headers=a.headers)
+    r = a.api.get(
+        "/sensors/history", params={"device_id": str(b.id), "sensor": "secret"}, headers=a.headers
+    )
     assert r.status_code == 404
     own = a.api.get("/sensors", headers=a.headers).json()
     assert own["readings"] == []
@@ -70,8 +71,9 @@ def test_device_token_is_shown_once_and_rotation_retires_the_old_one(alice: Pers
     assert r.status_code == 200
     new_token = r.json()["token"]
     assert new_token != device.token
-    eventually(lambda: device.post([reading()]).status_code == 401, timeout=15,
-               what="old token refused")
+    eventually(
+        lambda: device.post([reading()]).status_code == 401, timeout=15, what="old token refused"
+    )
     new = {"Authorization": f"Bearer {new_token}"}
     r = device.api.post("/sensors", json={"readings": [reading()]}, headers=new)
     assert r.status_code == 201

@@ -22,8 +22,9 @@ def test_reading_appears_in_latest_from_cache_and_in_history(alice: Person, pg: 
     assert r.status_code == 201 and r.json() == {"accepted": 2}
 
     def latest():
-        body = alice.api.get("/sensors", params={"device_id": str(device.id)},
-                             headers=alice.headers).json()
+        body = alice.api.get(
+            "/sensors", params={"device_id": str(device.id)}, headers=alice.headers
+        ).json()
         return body if len(body["readings"]) == 2 and body["source"] == "cache" else None
 
     body = eventually(latest, what="both readings in GET /sensors from the cache")
@@ -31,11 +32,17 @@ def test_reading_appears_in_latest_from_cache_and_in_history(alice: Person, pg: 
     assert values == {"temperature": 21.5, "humidity": 40.0}
     assert rows_for(pg, device.id) == 2
 
-    r = alice.api.get("/sensors/history", headers=alice.headers, params={
-        "device_id": str(device.id), "sensor": "temperature", "step": "1m",
-        "from": (datetime.now(UTC) - timedelta(minutes=10)).isoformat(),
-        "to": (datetime.now(UTC) + timedelta(minutes=1)).isoformat(),
-    })
+    r = alice.api.get(
+        "/sensors/history",
+        headers=alice.headers,
+        params={
+            "device_id": str(device.id),
+            "sensor": "temperature",
+            "step": "1m",
+            "from": (datetime.now(UTC) - timedelta(minutes=10)).isoformat(),
+            "to": (datetime.now(UTC) + timedelta(minutes=1)).isoformat(),
+        },
+    )
     assert r.status_code == 200, r.text
     points = r.json()["points"]
     assert len(points) == 1 and points[0]["avg"] == 21.5 and points[0]["count"] == 1
@@ -47,8 +54,13 @@ def test_history_aggregates_in_buckets(alice: Person):
     values = [(base + timedelta(seconds=10 * i), float(i)) for i in range(12)]  # 2 minutes
     r = device.post([{"sensor": "t", "value": v, "ts": ts.isoformat()} for ts, v in values])
     assert r.status_code == 201
-    params = {"device_id": str(device.id), "sensor": "t", "step": "60",
-              "from": base.isoformat(), "to": (base + timedelta(minutes=2)).isoformat()}
+    params = {
+        "device_id": str(device.id),
+        "sensor": "t",
+        "step": "60",
+        "from": base.isoformat(),
+        "to": (base + timedelta(minutes=2)).isoformat(),
+    }
 
     def history():
         pts = alice.api.get("/sensors/history", params=params, headers=alice.headers).json()
@@ -56,7 +68,9 @@ def test_history_aggregates_in_buckets(alice: Person):
 
     points = eventually(history, what="12 readings in history")
     assert [(p["count"], p["min"], p["max"], p["avg"]) for p in points] == [
-        (6, 0.0, 5.0, 2.5), (6, 6.0, 11.0, 8.5)]
+        (6, 0.0, 5.0, 2.5),
+        (6, 6.0, 11.0, 8.5),
+    ]
 
 
 def test_an_older_reading_never_replaces_a_newer_one(alice: Person, pg: psycopg.Connection):
@@ -84,34 +98,51 @@ def test_a_cold_cache_is_filled_from_the_database(alice: Person, pg, stack, sett
 
 def test_same_message_delivered_twice_stores_one_row(alice: Person, pg, settings: Settings):
     device = alice.new_device()
-    batch = {"device_id": str(device.id), "received_at": datetime.now(UTC).isoformat(),
-             "readings": [{"sensor": f"s{i}", "value": float(i),
-                           "ts": datetime.now(UTC).isoformat(), "id": None} for i in range(5)]}
+    batch = {
+        "device_id": str(device.id),
+        "received_at": datetime.now(UTC).isoformat(),
+        "readings": [
+            {"sensor": f"s{i}", "value": float(i), "ts": datetime.now(UTC).isoformat(), "id": None}
+            for i in range(5)
+        ],
+    }
     body, headers, task_id = messages.celery_message(messages.SENSORS_TASK, {"batch": batch})
-    params = pika.URLParameters(settings.broker_url.replace(
-        str(settings.proxy_rabbitmq_port), str(settings.rabbitmq_port)))
+    params = pika.URLParameters(
+        settings.broker_url.replace(str(settings.proxy_rabbitmq_port), str(settings.rabbitmq_port))
+    )
     connection = pika.BlockingConnection(params)
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        props = pika.BasicProperties(headers=headers, content_type="application/json",
-                                     content_encoding="utf-8", delivery_mode=2,
-                                     correlation_id=task_id)
+        props = pika.BasicProperties(
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            correlation_id=task_id,
+        )
         for _ in range(2):  # the same message, delivered twice (as after a lost ack)
-            channel.basic_publish(messages.EXCHANGE, messages.SENSORS_QUEUE, body, props,
-                                  mandatory=True)
+            channel.basic_publish(
+                messages.EXCHANGE, messages.SENSORS_QUEUE, body, props, mandatory=True
+            )
     finally:
         connection.close()
 
     def both_processed():
-        n = pg.execute("SELECT count(*) FROM readings WHERE device_id = %s AND received_at = %s",
-                       (device.id, batch["received_at"])).fetchone()[0]
+        n = pg.execute(
+            "SELECT count(*) FROM readings WHERE device_id = %s AND received_at = %s",
+            (device.id, batch["received_at"]),
+        ).fetchone()[0]
         return n
 
     eventually(lambda: both_processed() == 5, what="first delivery stored")
     # A client retry of the same readings through the API is just as harmless.
-    assert device.post([{k: r[k] for k in ("sensor", "value", "ts")}
-                        for r in batch["readings"]]).status_code == 201
+    assert (
+        device.post(
+            [{k: r[k] for k in ("sensor", "value", "ts")} for r in batch["readings"]]
+        ).status_code
+        == 201
+    )
     marker = device.post([reading("marker", 1.0)])
     assert marker.status_code == 201
     eventually(lambda: rows_for(pg, device.id) == 6, what="marker stored after the duplicates")
@@ -121,8 +152,15 @@ def test_same_message_delivered_twice_stores_one_row(alice: Person, pg, settings
 def test_many_readings_in_one_post_are_all_stored(alice: Person, pg):
     device = alice.new_device()
     start = datetime.now(UTC) - timedelta(hours=1)
-    batch = [{"sensor": "t", "value": float(i), "ts": (start + timedelta(seconds=i)).isoformat(),
-              "id": f"r{i}"} for i in range(1000)]
+    batch = [
+        {
+            "sensor": "t",
+            "value": float(i),
+            "ts": (start + timedelta(seconds=i)).isoformat(),
+            "id": f"r{i}",
+        }
+        for i in range(1000)
+    ]
     r = device.post(batch)
     assert r.status_code == 201 and r.json() == {"accepted": 1000}
     eventually(lambda: rows_for(pg, device.id) == 1000, what="1000 rows")
@@ -137,8 +175,11 @@ def test_deleting_a_device_deletes_its_readings(alice: Person, pg):
     assert alice.api.get(f"/devices/{device.id}", headers=alice.headers).status_code == 404
     r = device.api.get("/sensors", headers=device.headers)
     assert r.status_code == 401 or r.status_code == 200  # its token dies within the auth cache
-    r = eventually(lambda: device.api.get("/sensors", headers=device.headers).status_code == 401,
-                   timeout=10, what="deleted device's token refused")
+    r = eventually(
+        lambda: device.api.get("/sensors", headers=device.headers).status_code == 401,
+        timeout=10,
+        what="deleted device's token refused",
+    )
 
 
 def test_token_is_accepted_over_https(alice: Person, settings: Settings):
@@ -154,6 +195,9 @@ def test_token_is_accepted_over_https(alice: Person, settings: Settings):
 
 
 def test_unknown_device_id_in_history_is_404(alice: Person):
-    r = alice.api.get("/sensors/history", headers=alice.headers,
-                      params={"device_id": str(uuid.uuid4()), "sensor": "t"})
+    r = alice.api.get(
+        "/sensors/history",
+        headers=alice.headers,
+        params={"device_id": str(uuid.uuid4()), "sensor": "t"},
+    )
     assert r.status_code == 404 and "detail" in r.json()

@@ -21,8 +21,8 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from iot import messages
-from iot.errors import BrokerUnavailable
 from iot.api import metrics
+from iot.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,10 @@ class Publisher:
         """Connect, declare the topology, and arrange for ``lost`` to be set when the
         connection or the channel closes for any reason."""
         connection = await aio_pika.connect(
-            self._url, timeout=5, heartbeat=self._heartbeat, client_properties={
-                "connection_name": "iot-api"
-            }
+            self._url,
+            timeout=5,
+            heartbeat=self._heartbeat,
+            client_properties={"connection_name": "iot-api"},
         )
         connection.close_callbacks.add(lambda *_: lost.set())
         try:

@@ -34,9 +34,7 @@ PUBLISH_SECONDS = Histogram(
 )
 BROKER_CONNECTED = Gauge("iot_broker_connected", "1 while this process holds a broker connection")
 READINGS_ACCEPTED = Counter("iot_readings_accepted_total", "Sensor readings answered with 201")
-SENSOR_READS = Counter(
-    "iot_sensor_reads_total", "GET /sensors answers by source", ["source"]
-)
+SENSOR_READS = Counter("iot_sensor_reads_total", "GET /sensors answers by source", ["source"])
 CACHE_ERRORS = Counter("iot_cache_errors_total", "Redis calls that failed in the API")
 
 

@@ -51,8 +51,9 @@ def _print_urls(s: Settings) -> None:
     for label, url in rows:
         typer.echo(f"  {label:<22} {url}")
     typer.echo("  Credentials of the services: var/secrets.env   Logs: iotctl logs NAME")
-    typer.echo("  First user: echo 'a-long-password' | iotctl users create alice --admin "
-               "--password-stdin")
+    typer.echo(
+        "  First user: echo 'a-long-password' | iotctl users create alice --admin --password-stdin"
+    )
 
 
 @app.command()
@@ -82,7 +83,9 @@ def up(
     _wait_postgres_socket(s, timeout)
     stack_setup.bootstrap_database(s)
     applied = stack_setup.migrate(s.database_direct_url)
-    typer.echo(f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ""))
+    typer.echo(
+        f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else "")
+    )
 
     def progress(name: str, health: object) -> None:
         typer.echo(f"  {name:<18} healthy  ({time.monotonic() - started:4.1f}s)")
@@ -102,8 +105,13 @@ def _wait_postgres_socket(s: Settings, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with psycopg.connect(host=str(s.var / "run" / "postgres"), port=s.postgres_port,
-                                 user="postgres", dbname="postgres", connect_timeout=2):
+            with psycopg.connect(
+                host=str(s.var / "run" / "postgres"),
+                port=s.postgres_port,
+                user="postgres",
+                dbname="postgres",
+                connect_timeout=2,
+            ):
                 return
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
@@ -113,8 +121,9 @@ def _wait_postgres_socket(s: Settings, timeout: float) -> None:
 
 @app.command()
 def down(
-    purge: bool = typer.Option(False, help="Also delete all data under var/ (databases, queues, "
-                               "secrets, certificates)."),
+    purge: bool = typer.Option(
+        False, help="Also delete all data under var/ (databases, queues, secrets, certificates)."
+    ),
 ) -> None:
     """Stop every process of the stack (and the supervisor)."""
     s = _settings()
@@ -142,8 +151,16 @@ def status(
         state = info.get(p.name, {}).get("statename", "NOT RUNNING")
         pid = info.get(p.name, {}).get("pid", 0)
         health = probe(p, s, timeout=1.5)
-        rows.append({"name": p.name, "state": state, "pid": pid, "healthy": health.ok,
-                     "detail": health.detail, "url": p.url})
+        rows.append(
+            {
+                "name": p.name,
+                "state": state,
+                "pid": pid,
+                "healthy": health.ok,
+                "detail": health.detail,
+                "url": p.url,
+            }
+        )
     if json_out:
         import json
 
@@ -210,7 +227,9 @@ def restart(name: str = typer.Argument(..., help="Component name.")) -> None:
 def migrate() -> None:
     """Apply pending database migrations (also done by `iotctl up`)."""
     applied = stack_setup.migrate(_settings().database_direct_url)
-    typer.echo(f"{len(applied)} migration(s) applied" + (f": {', '.join(applied)}" if applied else ""))
+    typer.echo(
+        f"{len(applied)} migration(s) applied" + (f": {', '.join(applied)}" if applied else "")
+    )
 
 
 @users_app.command("create")
@@ -235,8 +254,9 @@ def users_create(
         await pool.open(wait=True, timeout=10)
         try:
             async with db.connection(pool) as conn:
-                return await users_sql.create_user(conn, name, security.hash_password(password),
-                                                   admin)
+                return await users_sql.create_user(
+                    conn, name, security.hash_password(password), admin
+                )
         finally:
             await pool.close()
 

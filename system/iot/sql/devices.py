@@ -11,7 +11,7 @@ _COLUMNS = "id, owner_id, name, created_at, token_rotated_at"
 
 
 async def create_device(
-    conn: psycopg.AsyncConnection, owner_id: uuid.UUID, name: str, token_hash: str
+    conn: psycopg.AsyncConnection[Any], owner_id: uuid.UUID, name: str, token_hash: str
 ) -> dict[str, Any]:
     cur = await conn.execute(
         f"INSERT INTO devices (id, owner_id, name, token_hash) VALUES (%s, %s, %s, %s)"
@@ -24,7 +24,7 @@ async def create_device(
 
 
 async def get_device(
-    conn: psycopg.AsyncConnection, device_id: uuid.UUID, owner_id: uuid.UUID | None
+    conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID, owner_id: uuid.UUID | None
 ) -> dict[str, Any] | None:
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM devices WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s)",
@@ -35,7 +35,7 @@ async def get_device(
 
 
 async def list_devices(
-    conn: psycopg.AsyncConnection, owner_id: uuid.UUID | None, limit: int, offset: int
+    conn: psycopg.AsyncConnection[Any], owner_id: uuid.UUID | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM devices WHERE (%s::uuid IS NULL OR owner_id = %s)"
@@ -45,7 +45,9 @@ async def list_devices(
     return [dict(r) for r in await cur.fetchall()]
 
 
-async def device_ids(conn: psycopg.AsyncConnection, owner_id: uuid.UUID | None) -> list[uuid.UUID]:
+async def device_ids(
+    conn: psycopg.AsyncConnection[Any], owner_id: uuid.UUID | None
+) -> list[uuid.UUID]:
     cur = await conn.execute(
         "SELECT id FROM devices WHERE (%s::uuid IS NULL OR owner_id = %s) ORDER BY created_at",
         (owner_id, owner_id),
@@ -54,17 +56,18 @@ async def device_ids(conn: psycopg.AsyncConnection, owner_id: uuid.UUID | None) 
 
 
 async def find_by_token_hash(
-    conn: psycopg.AsyncConnection, token_hash: str
+    conn: psycopg.AsyncConnection[Any], token_hash: str
 ) -> dict[str, Any] | None:
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM devices WHERE token_hash = %s", (token_hash,)
-    )
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE token_hash = %s", (token_hash,))
     row = await cur.fetchone()
     return dict(row) if row else None
 
 
 async def rotate_token(
-    conn: psycopg.AsyncConnection, device_id: uuid.UUID, owner_id: uuid.UUID | None, token_hash: str
+    conn: psycopg.AsyncConnection[Any],
+    device_id: uuid.UUID,
+    owner_id: uuid.UUID | None,
+    token_hash: str,
 ) -> dict[str, Any] | None:
     cur = await conn.execute(
         "UPDATE devices SET token_hash = %s, token_rotated_at = now()"
@@ -76,7 +79,7 @@ async def rotate_token(
 
 
 async def delete_device(
-    conn: psycopg.AsyncConnection, device_id: uuid.UUID, owner_id: uuid.UUID | None
+    conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID, owner_id: uuid.UUID | None
 ) -> bool:
     """Delete a device and its stored readings."""
     cur = await conn.execute(

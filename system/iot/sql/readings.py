@@ -20,7 +20,7 @@ ON CONFLICT (device_id, sensor, ts) DO NOTHING
 """
 
 
-def insert_batch(conn: psycopg.Connection, batch: dict[str, Any]) -> int:
+def insert_batch(conn: psycopg.Connection[Any], batch: dict[str, Any]) -> int:
     """Store one batch of readings; returns how many rows were new."""
     readings = batch["readings"]
     cur = conn.execute(
@@ -38,7 +38,7 @@ def insert_batch(conn: psycopg.Connection, batch: dict[str, Any]) -> int:
 
 
 async def latest(
-    conn: psycopg.AsyncConnection, device_ids: list[uuid.UUID]
+    conn: psycopg.AsyncConnection[Any], device_ids: list[uuid.UUID]
 ) -> list[dict[str, Any]]:
     """The newest reading of each sensor of the given devices."""
     if not device_ids:
@@ -52,7 +52,7 @@ async def latest(
 
 
 async def history(
-    conn: psycopg.AsyncConnection,
+    conn: psycopg.AsyncConnection[Any],
     device_id: uuid.UUID,
     sensor: str,
     start: datetime,
@@ -70,7 +70,9 @@ async def history(
     return [dict(r) for r in await cur.fetchall()]
 
 
-async def count_for_device(conn: psycopg.AsyncConnection, device_id: uuid.UUID) -> int:
-    cur = await conn.execute("SELECT count(*) AS n FROM readings WHERE device_id = %s", (device_id,))
+async def count_for_device(conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID) -> int:
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM readings WHERE device_id = %s", (device_id,)
+    )
     row = await cur.fetchone()
     return int(row["n"]) if row else 0

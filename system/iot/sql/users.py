@@ -11,7 +11,7 @@ from iot.errors import Conflict
 
 
 async def create_user(
-    conn: psycopg.AsyncConnection, username: str, password_hash: str, is_admin: bool
+    conn: psycopg.AsyncConnection[Any], username: str, password_hash: str, is_admin: bool
 ) -> dict[str, Any]:
     """Insert a user.
 
@@ -31,7 +31,9 @@ async def create_user(
     return dict(row)
 
 
-async def get_user_by_name(conn: psycopg.AsyncConnection, username: str) -> dict[str, Any] | None:
+async def get_user_by_name(
+    conn: psycopg.AsyncConnection[Any], username: str
+) -> dict[str, Any] | None:
     cur = await conn.execute(
         "SELECT id, username, password_hash, is_admin FROM users WHERE username = %s", (username,)
     )
@@ -39,14 +41,16 @@ async def get_user_by_name(conn: psycopg.AsyncConnection, username: str) -> dict
     return dict(row) if row else None
 
 
-async def set_password(conn: psycopg.AsyncConnection, username: str, password_hash: str) -> bool:
+async def set_password(
+    conn: psycopg.AsyncConnection[Any], username: str, password_hash: str
+) -> bool:
     cur = await conn.execute(
         "UPDATE users SET password_hash = %s WHERE username = %s", (password_hash, username)
     )
     return cur.rowcount == 1
 
 
-async def list_users(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+async def list_users(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
     cur = await conn.execute(
         "SELECT id, username, is_admin, created_at FROM users ORDER BY username"
     )

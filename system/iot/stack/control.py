@@ -69,14 +69,17 @@ class Supervisor:
             self._ctl("update")
             self._ctl("start", "all")
             return
-        result = subprocess.run(["/usr/bin/supervisord", "-c", str(self.conf)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["/usr/bin/supervisord", "-c", str(self.conf)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise ControlError(f"supervisord did not start: {result.stderr or result.stdout}")
         deadline = time.monotonic() + 15
         while not self.running():
             if time.monotonic() > deadline:
-                raise ControlError(f"supervisord did not answer; see {self.s.var}/log/supervisord.log")
+                raise ControlError(
+                    f"supervisord did not answer; see {self.s.var}/log/supervisord.log"
+                )
             time.sleep(0.2)
 
     def shutdown(self, timeout: float = 120) -> bool:
@@ -109,8 +112,9 @@ class Supervisor:
         self._ctl("restart", name)
 
     def _ctl(self, *args: str) -> str:
-        result = subprocess.run(["/usr/bin/supervisorctl", "-c", str(self.conf), *args],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["/usr/bin/supervisorctl", "-c", str(self.conf), *args], capture_output=True, text=True
+        )
         out = (result.stdout + result.stderr).strip()
         if result.returncode != 0 and "ERROR" in out:
             raise ControlError(f"supervisorctl {' '.join(args)}: {out}")
@@ -144,9 +148,10 @@ def probe(p: Program, s: Settings, timeout: float = 2.0) -> Health:
     raise ControlError(f"unknown probe {p.probe!r}")
 
 
-def wait_healthy(s: Settings, names: list[str] | None, timeout: float,
-                 progress: Any = None) -> dict[str, Health]:
-    """Probe until every named program is healthy or ``timeout`` passes; returns the last results."""
+def wait_healthy(
+    s: Settings, names: list[str] | None, timeout: float, progress: Any = None
+) -> dict[str, Health]:
+    """Probe until every named program is healthy or ``timeout`` passes; return the results."""
     progs = [p for p in programs(s) if names is None or p.name in names]
     deadline = time.monotonic() + timeout
     results: dict[str, Health] = {}

@@ -61,9 +61,25 @@ def ensure_secrets(home: Path) -> bool:
 
 def make_dirs(s: Settings) -> None:
     var = s.var
-    for sub in ("conf", "log", "run", "tls", "redis", "prometheus", "bin",
-                "nginx/body", "nginx/proxy", "nginx/fastcgi", "nginx/uwsgi", "nginx/scgi",
-                "rabbitmq/home", "rabbitmq/mnesia", "rabbitmq/log", "postgres", "run/postgres"):
+    for sub in (
+        "conf",
+        "log",
+        "run",
+        "tls",
+        "redis",
+        "prometheus",
+        "bin",
+        "nginx/body",
+        "nginx/proxy",
+        "nginx/fastcgi",
+        "nginx/uwsgi",
+        "nginx/scgi",
+        "rabbitmq/home",
+        "rabbitmq/mnesia",
+        "rabbitmq/log",
+        "postgres",
+        "run/postgres",
+    ):
         (var / sub).mkdir(parents=True, exist_ok=True)
     pg_user = pwd.getpwnam("postgres")
     for sub in ("postgres", "run/postgres"):
@@ -81,9 +97,27 @@ def ensure_certificate(s: Settings) -> None:
     crt, key = s.var / "tls" / "server.crt", s.var / "tls" / "server.key"
     if crt.exists() and key.exists():
         return
-    _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
-          "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-          "-keyout", str(key), "-out", str(crt)], "create the self-signed TLS certificate")
+    _run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "825",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+        ],
+        "create the self-signed TLS certificate",
+    )
     key.chmod(0o600)
 
 
@@ -91,15 +125,32 @@ def ensure_postgres_cluster(s: Settings) -> None:
     data = s.var / "postgres" / "data"
     if (data / "PG_VERSION").exists():
         return
-    _run(["runuser", "-u", "postgres", "--", str(s.postgres_bin_dir / "initdb"), "-D", str(data),
-          "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-          "--locale=C.UTF-8"], "initialise the Postgres cluster")
+    _run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(s.postgres_bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ],
+        "initialise the Postgres cluster",
+    )
 
 
 def render_configs(s: Settings) -> None:
     conf = s.var / "conf"
-    values: dict[str, object] = {k: v for k, v in s.model_dump().items()
-                                 if isinstance(v, str | int | float)}
+    values: dict[str, object] = {
+        k: v for k, v in s.model_dump().items() if isinstance(v, str | int | float)
+    }
     values["var"] = s.var
     values["upstream_servers"] = "\n".join(
         f"        server {s.host}:{p} max_fails=1 fail_timeout=3s;" for p in s.api_ports
@@ -125,17 +176,30 @@ def render_configs(s: Settings) -> None:
 
 def bootstrap_database(s: Settings) -> None:
     """Create the application role and database (as the cluster's superuser, over the socket)."""
-    with psycopg.connect(host=str(s.var / "run" / "postgres"), port=s.postgres_port,
-                         user="postgres", dbname="postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                              (s.postgres_user,)).fetchone()
+    with psycopg.connect(
+        host=str(s.var / "run" / "postgres"),
+        port=s.postgres_port,
+        user="postgres",
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", (s.postgres_user,)
+        ).fetchone()
         verb = "ALTER" if exists else "CREATE"
-        conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(s.postgres_user), sql.Literal(s.postgres_password)))
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                            (s.postgres_db,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(s.postgres_db), sql.Identifier(s.postgres_user)))
+        conn.execute(
+            sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(s.postgres_user), sql.Literal(s.postgres_password)
+            )
+        )
+        if not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (s.postgres_db,)
+        ).fetchone():
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(s.postgres_db), sql.Identifier(s.postgres_user)
+                )
+            )
         conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(s.postgres_user)))
 
 

@@ -28,13 +28,18 @@ from iot.settings import get_settings
 settings = get_settings()
 exchange = Exchange(messages.EXCHANGE, type="direct", durable=True)
 
-app = Celery("iot", broker=settings.broker_url, include=["iot.workers.sensors",
-                                                          "iot.workers.commandlog"])
+app = Celery(
+    "iot", broker=settings.broker_url, include=["iot.workers.sensors", "iot.workers.commandlog"]
+)
 app.conf.update(
     task_queues=[
         Queue(messages.SENSORS_QUEUE, exchange, routing_key=messages.SENSORS_QUEUE, durable=True),
-        Queue(messages.COMMAND_LOG_QUEUE, exchange, routing_key=messages.COMMAND_LOG_QUEUE,
-              durable=True),
+        Queue(
+            messages.COMMAND_LOG_QUEUE,
+            exchange,
+            routing_key=messages.COMMAND_LOG_QUEUE,
+            durable=True,
+        ),
     ],
     task_routes={
         messages.SENSORS_TASK: {"queue": messages.SENSORS_QUEUE},

@@ -22,7 +22,7 @@ _INSERT = (
 )
 
 
-def _insert(conn: psycopg.Connection, event: dict[str, Any]) -> int:
+def _insert(conn: psycopg.Connection[Any], event: dict[str, Any]) -> int:
     cur = conn.execute(
         _INSERT,
         (

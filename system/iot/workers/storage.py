@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -26,8 +26,8 @@ _local = threading.local()
 MAX_BACKOFF_SECONDS = 10.0
 
 
-def _connection() -> psycopg.Connection:
-    conn: psycopg.Connection | None = getattr(_local, "conn", None)
+def _connection() -> psycopg.Connection[Any]:
+    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
     if conn is None or conn.closed or conn.broken:
         conn = db.connect(get_settings().database_url)
         _local.conn = conn
@@ -44,7 +44,7 @@ def _drop_connection() -> None:
             pass
 
 
-def write(task: str, work: Callable[[psycopg.Connection], T]) -> T:
+def write(task: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
     """Run ``work`` in a transaction, retrying for as long as Postgres is unavailable."""
     backoff = 0.25
     while True:

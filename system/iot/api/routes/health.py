@@ -35,5 +35,6 @@ async def health(state: AppState) -> JSONResponse:
     except (redis.RedisError, OSError):
         checks["cache"] = "down"
     status = 200 if checks["broker"] == "ok" else 503
-    return JSONResponse({"status": "ok" if status == 200 else "degraded", "checks": checks},
-                          status_code=status)
+    return JSONResponse(
+        {"status": "ok" if status == 200 else "degraded", "checks": checks}, status_code=status
+    )

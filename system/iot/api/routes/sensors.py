@@ -31,11 +31,15 @@ router = APIRouter(tags=["sensors"])
 log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
-OWNERS_KEY = "device-owners"  # Redis hash device id -> owner id, to authorise reads without Postgres
+OWNERS_KEY = (
+    "device-owners"  # Redis hash device id -> owner id, to authorise reads without Postgres
+)
 
 
 @router.post("/sensors", status_code=201, response_model=ReadingsAccepted)
-async def post_readings(body: ReadingsIn, device: CurrentDevice, state: AppState) -> ReadingsAccepted:
+async def post_readings(
+    body: ReadingsIn, device: CurrentDevice, state: AppState
+) -> ReadingsAccepted:
     """Accept 1 to 1000 readings. 201 only after RabbitMQ confirmed them; 503 means retry."""
     assert device.device_id is not None
     batch = {
@@ -66,7 +70,7 @@ async def _owner_from_cache(state: State, device_id: uuid.UUID) -> uuid.UUID | N
     except _REDIS_ERRORS:
         metrics.CACHE_ERRORS.inc()
         return None
-    return uuid.UUID(raw.decode()) if raw else None
+    return uuid.UUID(raw.decode() if isinstance(raw, bytes) else raw) if raw else None
 
 
 async def _visible_devices(
@@ -174,10 +178,9 @@ async def sensor_history(
     if start >= end:
         raise InvalidInput("from must be before to")
     width = parse_step(step)
-    if (end - start) / width > state.settings.history_max_points:
-        raise InvalidInput(
-            f"too many points: (to - from) / step must be at most {state.settings.history_max_points}"
-        )
+    limit = state.settings.history_max_points
+    if (end - start) / width > limit:
+        raise InvalidInput(f"too many points: (to - from) / step must be at most {limit}")
     (device,) = await _visible_devices(state, who, device_id)
     async with db.connection(state.pool) as conn:
         rows = await readings_sql.history(conn, device, sensor, start, end, width)
@@ -187,6 +190,8 @@ async def sensor_history(
         start=start,
         end=end,
         step_seconds=width.total_seconds(),
-        points=[HistoryPoint(ts=r["bucket"], **{k: r[k] for k in ("avg", "min", "max", "count")})
-                for r in rows],
+        points=[
+            HistoryPoint(ts=r["bucket"], **{k: r[k] for k in ("avg", "min", "max", "count")})
+            for r in rows
+        ],
     )
