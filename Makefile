@@ -17,6 +17,8 @@ status:
 	$(VENV)/iotctl status
 
 test: setup
+	$(VENV)/ruff check system tests
+	$(VENV)/mypy system
 	$(VENV)/iotctl up
 	$(VENV)/pytest
 
