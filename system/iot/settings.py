@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = 4
     worker_prefetch_multiplier: int = 4
     history_max_points: int = 10_000
+    replica_name: str = ""
+
+    # Commands.
+    command_lease_seconds: float = 60
+    command_max_attempts: int = 5
+    command_queue_max: int = 100
+    command_prefetch: int = 100
+    command_consumer_idle_seconds: float = 40
+    command_max_args_bytes: int = 4096
 
     # Binaries that do not come from the virtualenv.
     toxiproxy_bin: Path = PROJECT_ROOT / "var" / "bin" / "toxiproxy-server"

@@ -13,9 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from iot import cache, db
 from iot.api.broker import Publisher
+from iot.api.delivery import Deliveries
 from iot.api.deps import State
 from iot.api.metrics import MetricsMiddleware
-from iot.api.routes import auth, devices, health, sensors
+from iot.api.routes import auth, commands, devices, health, sensors
 from iot.errors import AuthError, IotError, Unavailable
 from iot.settings import Settings, get_settings
 
@@ -37,10 +38,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publisher = Publisher(settings.broker_url, settings.publish_timeout_seconds)
         await publisher.start()
         redis = cache.async_client(settings.redis_url, settings.redis_timeout_seconds)
-        app.state.iot = State(settings, pool, publisher, redis, {})
+        state = State(settings, pool, publisher, redis, {})
+        state.deliveries = Deliveries(state)
+        await state.deliveries.start()
+        app.state.iot = state
         try:
             yield
         finally:
+            await state.deliveries.stop()
             await publisher.stop()
             await redis.aclose()
             await pool.close()
@@ -52,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "A 2xx answer means the message is durable; 503 means retry (see Retry-After).",
         lifespan=lifespan,
     )
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(MetricsMiddleware, replica=settings.replica_name)
 
     @app.exception_handler(IotError)
     async def _iot_error(request: Request, exc: IotError) -> JSONResponse:
@@ -79,6 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    for module in (auth, devices, sensors, health):
+    for module in (auth, devices, sensors, commands, health):
         app.include_router(module.router)
     return app

@@ -18,11 +18,12 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from iot import messages
 from iot.api import metrics
-from iot.errors import BrokerUnavailable
+from iot.errors import BrokerUnavailable, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Publisher:
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._default_exchange: AbstractExchange | None = None
+        self._declared: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closing = False
@@ -114,28 +117,79 @@ class Publisher:
             for name in DURABLE_QUEUES:
                 queue = await channel.declare_queue(name, durable=True)
                 await queue.bind(exchange, routing_key=name)
+            dlx = await channel.declare_exchange(
+                messages.COMMANDS_DLX, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            dead = await channel.declare_queue(messages.DEAD_LETTER_QUEUE, durable=True)
+            await dead.bind(dlx)
         except BaseException:
             await connection.close()
             raise
         self._connection, self._channel, self._exchange = connection, channel, exchange
+        self._default_exchange = channel.default_exchange
+        self._declared = set()
         self._ready.set()
         log.info("broker connected")
 
     async def publish(
         self, routing_key: str, body: bytes, headers: dict[str, Any], message_id: str
     ) -> None:
-        """Publish and wait for the broker's confirm.
+        """Publish to the workers' exchange and wait for the broker's confirm.
 
         Raises:
             BrokerUnavailable: not connected, no confirm within the timeout, nacked or
                 unroutable. The message may or may not have been stored: the caller must
                 answer "retry", and consumers are idempotent.
         """
-        exchange = self._exchange
-        if not self._ready.is_set() or exchange is None:
-            metrics.PUBLISHES.labels(routing_key, "unavailable").inc()
+        message = self._message(body, message_id, headers)
+        try:
+            await self._publish(self._exchange, routing_key, message, routing_key)
+        except aiormq.exceptions.DeliveryError as exc:
+            raise BrokerUnavailable("message broker refused the message; retry later") from exc
+
+    async def ensure_command_queue(self, device_id: str) -> str:
+        """Declare the device's command queue (once per connection); returns its name.
+
+        Raises:
+            BrokerUnavailable: not connected or the declaration failed.
+        """
+        name = messages.command_queue(device_id)
+        if name in self._declared:
+            return name
+        channel = self._channel
+        if not self._ready.is_set() or channel is None:
             raise BrokerUnavailable("message broker unavailable; retry later")
-        message = aio_pika.Message(
+        try:
+            await asyncio.wait_for(
+                channel.declare_queue(
+                    name, durable=True, arguments=dict(messages.COMMAND_QUEUE_ARGS)
+                ),
+                self._timeout,
+            )
+        except _FAILURES as exc:
+            raise BrokerUnavailable("message broker unavailable; retry later") from exc
+        self._declared.add(name)
+        return name
+
+    async def publish_command(self, command: dict[str, Any], expiration_s: float) -> None:
+        """Put a command on its device's queue and wait for the confirm.
+
+        Raises:
+            QueueFull: the device's queue is at its cap (the broker refused the message).
+            BrokerUnavailable: as for :meth:`publish`.
+        """
+        queue = await self.ensure_command_queue(command["device_id"])
+        message = self._message(orjson.dumps(command), command["id"], None, expiration_s)
+        try:
+            await self._publish(self._default_exchange, queue, message, "commands")
+        except aiormq.exceptions.DeliveryError as exc:
+            raise QueueFull("the device's command queue is full; retry later") from exc
+
+    @staticmethod
+    def _message(
+        body: bytes, message_id: str, headers: dict[str, Any] | None, expiration_s: float = 0
+    ) -> aio_pika.Message:
+        return aio_pika.Message(
             body,
             headers=headers,
             content_type="application/json",
@@ -143,22 +197,36 @@ class Publisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
             correlation_id=message_id,
+            expiration=max(expiration_s, 0.001) if expiration_s else None,
         )
+
+    async def _publish(
+        self,
+        exchange: AbstractExchange | None,
+        routing_key: str,
+        message: aio_pika.Message,
+        label: str,
+    ) -> None:
+        """Publish with mandatory routing and wait for the confirm; DeliveryError (nack) is
+        left to the caller, every other failure becomes BrokerUnavailable."""
+        if not self._ready.is_set() or exchange is None:
+            metrics.PUBLISHES.labels(label, "unavailable").inc()
+            raise BrokerUnavailable("message broker unavailable; retry later")
         started = time.perf_counter()
         try:
             await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
-        except aiormq.exceptions.DeliveryError as exc:
-            metrics.PUBLISHES.labels(routing_key, "nacked").inc()
-            raise BrokerUnavailable("message broker refused the message; retry later") from exc
-        except aiormq.exceptions.PublishError as exc:
-            metrics.PUBLISHES.labels(routing_key, "unroutable").inc()
+        except aiormq.exceptions.PublishError as exc:  # a DeliveryError too: check it first
+            metrics.PUBLISHES.labels(label, "unroutable").inc()
             raise BrokerUnavailable("message broker could not route the message") from exc
+        except aiormq.exceptions.DeliveryError:
+            metrics.PUBLISHES.labels(label, "nacked").inc()
+            raise
         except _FAILURES as exc:
             result = "timeout" if isinstance(exc, asyncio.TimeoutError) else "failed"
-            metrics.PUBLISHES.labels(routing_key, result).inc()
+            metrics.PUBLISHES.labels(label, result).inc()
             raise BrokerUnavailable("message broker did not confirm; retry later") from exc
-        metrics.PUBLISHES.labels(routing_key, "confirmed").inc()
-        metrics.PUBLISH_SECONDS.labels(routing_key).observe(time.perf_counter() - started)
+        metrics.PUBLISHES.labels(label, "confirmed").inc()
+        metrics.PUBLISH_SECONDS.labels(label).observe(time.perf_counter() - started)
 
     async def publish_task(self, queue: str, task: str, kwargs: dict[str, Any]) -> str:
         """Publish a Celery task message for the workers; returns its task id."""

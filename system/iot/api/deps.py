@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
@@ -14,6 +14,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from iot import db, security
 from iot.api.broker import Publisher
+
+if TYPE_CHECKING:
+    from iot.api.delivery import Deliveries
 from iot.errors import AuthError, Forbidden
 from iot.settings import Settings
 from iot.sql import devices as devices_sql
@@ -26,6 +29,7 @@ class State:
     publisher: Publisher
     redis: aioredis.Redis
     device_cache: dict[str, tuple[float, dict[str, Any]]]
+    deliveries: Deliveries | None = None
 
 
 @dataclass(frozen=True)

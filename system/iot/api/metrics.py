@@ -37,12 +37,29 @@ READINGS_ACCEPTED = Counter("iot_readings_accepted_total", "Sensor readings answ
 SENSOR_READS = Counter("iot_sensor_reads_total", "GET /sensors answers by source", ["source"])
 CACHE_ERRORS = Counter("iot_cache_errors_total", "Redis calls that failed in the API")
 
+# Commands.
+COMMANDS_ACCEPTED = Counter("iot_commands_accepted_total", "Commands answered with 201 (queued)")
+COMMAND_EVENTS = Counter(
+    "iot_command_events_total", "Command transitions published to the log", ["status"]
+)
+COMMANDS_ACKED = Counter("iot_commands_acked_total", "Device acks recorded", ["status"])
+COMMANDS_REDELIVERED = Counter(
+    "iot_commands_redelivered_total", "Commands handed to a device again (attempt > 1)"
+)
+COMMANDS_DEAD = Counter("iot_commands_dead_total", "Commands dead after too many attempts")
+LEASES_EXPIRED = Counter("iot_command_leases_expired_total", "Leases that ran out without an ack")
+LEASES = Gauge("iot_command_leases", "Commands leased to devices by this replica")
+BUFFERED = Gauge("iot_commands_buffered", "Commands this replica holds, not yet handed out")
+POLL_WAITERS = Gauge("iot_command_polls_in_progress", "GET /commands polls being answered")
+
 
 class MetricsMiddleware:
-    """Count and time every request by its route template (not its raw path)."""
+    """Count and time every request by its route template (not its raw path), and name the
+    replica that answered in an ``X-Replica`` header (for operators and failover tests)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, replica: str = "") -> None:
         self.app = app
+        self.replica = replica.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +72,8 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-replica", self.replica)]
             await send(message)
 
         IN_FLIGHT.inc()

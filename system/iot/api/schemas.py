@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 SensorName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -106,3 +107,74 @@ class History(BaseModel):
     end: datetime = Field(serialization_alias="to")
     step_seconds: float
     points: list[HistoryPoint]
+
+
+# ----- commands -----
+CommandName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+MAX_ARGS_BYTES = 4096
+MAX_TTL_SECONDS = 48 * 3600
+
+
+def _small_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(orjson.dumps(value)) > MAX_ARGS_BYTES:
+        raise ValueError(f"must be at most {MAX_ARGS_BYTES} bytes as JSON")
+    return value
+
+
+class CommandCreate(Request):
+    device_id: uuid.UUID
+    name: CommandName
+    args: dict[str, Any] = Field(default_factory=dict)
+    ttl: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS, description="seconds, 1 s to 48 h")] = 3600
+
+    _args_size = field_validator("args")(_small_json)
+
+
+class CommandAck(Request):
+    status: Literal["succeeded", "failed", "rejected"]
+    result: dict[str, Any] | None = None
+
+    _result_size = field_validator("result")(_small_json)
+
+
+class DeliveredCommand(BaseModel):
+    id: uuid.UUID
+    name: str
+    args: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+    attempt: int
+
+
+class DeliveredCommands(BaseModel):
+    commands: list[DeliveredCommand]
+
+
+class CommandEvent(BaseModel):
+    status: str
+    at: datetime
+    attempt: int
+    detail: dict[str, Any]
+
+
+class Command(BaseModel):
+    id: uuid.UUID
+    device_id: uuid.UUID
+    name: str
+    args: dict[str, Any]
+    status: str
+    attempt: int = 0
+    created_at: datetime
+    expires_at: datetime
+    result: dict[str, Any] | None = None
+    events: list[CommandEvent] | None = None
+
+
+class CommandStatus(BaseModel):
+    id: uuid.UUID
+    status: str
+
+
+class CommandPage(BaseModel):
+    commands: list[Command]
+    next: str | None = Field(None, description="pass as `before` to get the next page")

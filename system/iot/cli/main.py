@@ -96,6 +96,10 @@ def up(
         for name, h in bad.items():
             typer.secho(f"  {name:<18} NOT healthy: {h.detail}", fg=typer.colors.RED, err=True)
         _fail(f"{len(bad)} component(s) not healthy after {timeout:.0f}s; see `iotctl logs NAME`")
+    try:
+        stack_setup.apply_broker_policy(s)
+    except stack_setup.SetupError as exc:
+        _fail(str(exc))
     _print_urls(s)
 
 

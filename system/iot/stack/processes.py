@@ -144,7 +144,7 @@ def programs(s: Settings) -> list[Program]:
                 30,
                 f"http:http://{h}:{port}/health",
                 f"http://{h}:{port}/docs",
-                env=app_env,
+                env={**app_env, "IOT_REPLICA_NAME": f"api-{i}"},
             )
         )
     for name, queue, port in (

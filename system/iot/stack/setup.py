@@ -221,3 +221,22 @@ def _run(cmd: list[str], what: str) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise SetupError(f"cannot {what}: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def apply_broker_policy(s: Settings) -> None:
+    """Set the ``commands`` policy (caps, delivery limit, dead-lettering) on our RabbitMQ.
+
+    A policy, not queue arguments, so operators can change these limits on a running system.
+    """
+    import httpx
+
+    from iot import messages
+
+    policy = messages.commands_policy(s.command_queue_max, s.command_max_attempts)
+    url = f"http://{s.host}:{s.rabbitmq_management_port}/api/policies/%2F/commands"
+    try:
+        r = httpx.put(url, json=policy, auth=(s.rabbitmq_user, s.rabbitmq_password), timeout=10)
+    except httpx.HTTPError as exc:
+        raise SetupError(f"cannot set the RabbitMQ policy: {exc}") from exc
+    if r.status_code not in (201, 204):
+        raise SetupError(f"cannot set the RabbitMQ policy: HTTP {r.status_code} {r.text}")

@@ -8,12 +8,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-import redis
 from fastapi import APIRouter, Query
 
 from iot import cache, db, messages
 from iot.api import metrics
-from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal, Principal, State
+from iot.api.access import visible_devices
+from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal
 from iot.api.schemas import (
     History,
     HistoryPoint,
@@ -23,17 +23,11 @@ from iot.api.schemas import (
     ReadingsIn,
     SensorName,
 )
-from iot.errors import CacheUnavailable, DatabaseUnavailable, InvalidInput, NotFound
-from iot.sql import devices as devices_sql
+from iot.errors import CacheUnavailable, InvalidInput
 from iot.sql import readings as readings_sql
 
 router = APIRouter(tags=["sensors"])
 log = logging.getLogger(__name__)
-
-_REDIS_ERRORS = (redis.RedisError, OSError)
-OWNERS_KEY = (
-    "device-owners"  # Redis hash device id -> owner id, to authorise reads without Postgres
-)
 
 
 @router.post("/sensors", status_code=201, response_model=ReadingsAccepted)
@@ -57,53 +51,6 @@ async def post_readings(
     return ReadingsAccepted(accepted=len(body.readings))
 
 
-async def _remember_owner(state: State, device_id: uuid.UUID, owner_id: uuid.UUID) -> None:
-    try:
-        await state.redis.hset(OWNERS_KEY, str(device_id), str(owner_id))
-    except _REDIS_ERRORS:
-        metrics.CACHE_ERRORS.inc()
-
-
-async def _owner_from_cache(state: State, device_id: uuid.UUID) -> uuid.UUID | None:
-    try:
-        raw = await state.redis.hget(OWNERS_KEY, str(device_id))
-    except _REDIS_ERRORS:
-        metrics.CACHE_ERRORS.inc()
-        return None
-    return uuid.UUID(raw.decode() if isinstance(raw, bytes) else raw) if raw else None
-
-
-async def _visible_devices(
-    state: State, who: Principal, device_id: uuid.UUID | None
-) -> list[uuid.UUID]:
-    """The devices the caller may read, narrowed to ``device_id`` when given.
-
-    Raises:
-        NotFound: the device is unknown or not the caller's.
-        DatabaseUnavailable: Postgres is needed to answer and is down.
-    """
-    if who.kind == "device":
-        if device_id is not None and device_id != who.device_id:
-            raise NotFound("no such device")
-        assert who.device_id is not None
-        return [who.device_id]
-    if device_id is None:
-        async with db.connection(state.pool) as conn:
-            return await devices_sql.device_ids(conn, who.owner_filter)
-    try:
-        async with db.connection(state.pool) as conn:
-            row = await devices_sql.get_device(conn, device_id, who.owner_filter)
-    except DatabaseUnavailable:
-        owner = await _owner_from_cache(state, device_id)
-        if owner is None or not (who.is_admin or owner == who.user_id):
-            raise
-        return [device_id]
-    if row is None:
-        raise NotFound("no such device")
-    await _remember_owner(state, device_id, row["owner_id"])
-    return [device_id]
-
-
 def _flatten(latest: dict[uuid.UUID, dict[str, dict]]) -> list[LatestReading]:
     return [
         LatestReading(device_id=d, sensor=s, value=v["value"], ts=v["ts"])
@@ -119,7 +66,7 @@ async def latest_readings(
     device_id: uuid.UUID | None = None,
 ) -> LatestReadings:
     """The latest value of each sensor: from Redis, or from Postgres when Redis is down or cold."""
-    ids = await _visible_devices(state, who, device_id)
+    ids = await visible_devices(state, who, device_id)
     try:
         cached = await cache.aget_latest(state.redis, ids)
     except CacheUnavailable:
@@ -181,7 +128,7 @@ async def sensor_history(
     limit = state.settings.history_max_points
     if (end - start) / width > limit:
         raise InvalidInput(f"too many points: (to - from) / step must be at most {limit}")
-    (device,) = await _visible_devices(state, who, device_id)
+    (device,) = await visible_devices(state, who, device_id)
     async with db.connection(state.pool) as conn:
         rows = await readings_sql.history(conn, device, sensor, start, end, width)
     return History(

@@ -1,0 +1,69 @@
+"""Who may see which device, answerable even while Postgres is down.
+
+Ownership is mirrored in the Redis hash ``device-owners`` (device id -> owner id) whenever
+Postgres answers, so reads of a known device keep working through a database outage.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+from iot import db
+from iot.api import metrics
+from iot.api.deps import Principal, State
+from iot.errors import DatabaseUnavailable, NotFound
+from iot.sql import devices as devices_sql
+
+_REDIS_ERRORS = (redis.RedisError, OSError)
+OWNERS_KEY = (
+    "device-owners"  # Redis hash device id -> owner id, to authorise reads without Postgres
+)
+
+
+async def remember_owner(state: State, device_id: uuid.UUID, owner_id: uuid.UUID) -> None:
+    try:
+        await state.redis.hset(OWNERS_KEY, str(device_id), str(owner_id))
+    except _REDIS_ERRORS:
+        metrics.CACHE_ERRORS.inc()
+
+
+async def _owner_from_cache(state: State, device_id: uuid.UUID) -> uuid.UUID | None:
+    try:
+        raw = await state.redis.hget(OWNERS_KEY, str(device_id))
+    except _REDIS_ERRORS:
+        metrics.CACHE_ERRORS.inc()
+        return None
+    return uuid.UUID(raw.decode() if isinstance(raw, bytes) else raw) if raw else None
+
+
+async def visible_devices(
+    state: State, who: Principal, device_id: uuid.UUID | None
+) -> list[uuid.UUID]:
+    """The devices the caller may read, narrowed to ``device_id`` when given.
+
+    Raises:
+        NotFound: the device is unknown or not the caller's.
+        DatabaseUnavailable: Postgres is needed to answer and is down.
+    """
+    if who.kind == "device":
+        if device_id is not None and device_id != who.device_id:
+            raise NotFound("no such device")
+        assert who.device_id is not None
+        return [who.device_id]
+    if device_id is None:
+        async with db.connection(state.pool) as conn:
+            return await devices_sql.device_ids(conn, who.owner_filter)
+    try:
+        async with db.connection(state.pool) as conn:
+            row = await devices_sql.get_device(conn, device_id, who.owner_filter)
+    except DatabaseUnavailable:
+        owner = await _owner_from_cache(state, device_id)
+        if owner is None or not (who.is_admin or owner == who.user_id):
+            raise
+        return [device_id]
+    if row is None:
+        raise NotFound("no such device")
+    await remember_owner(state, device_id, row["owner_id"])
+    return [device_id]
