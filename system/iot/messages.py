@@ -69,6 +69,9 @@ DEAD_LETTER_QUEUE = "commands.dead-letters"
 COMMAND_QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum", "x-single-active-consumer": True}
 TERMINAL = frozenset({"succeeded", "failed", "rejected", "expired", "cancelled", "dead"})
 ACK_STATUSES = ("succeeded", "failed", "rejected")
+# A command with one of these is never handed to its device again. (Expired and dead ones can
+# be back in a queue only because an operator requeued them.)
+NEVER_AGAIN = frozenset({"succeeded", "failed", "rejected", "cancelled"})
 _EVENT_NS = uuid.UUID("6f1d3c52-8f0e-4c55-9a57-0d1d2a7f3b10")
 
 

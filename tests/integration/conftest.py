@@ -73,6 +73,23 @@ class Person:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    def send(
+        self,
+        device: Device,
+        name: str = "blink",
+        args: dict[str, Any] | None = None,
+        ttl: int = 3600,
+        key: str | None = None,
+    ) -> httpx.Response:
+        headers = {**self.headers, **({"Idempotency-Key": key} if key else {})}
+        body = {"device_id": str(device.id), "name": name, "args": args or {}, "ttl": ttl}
+        return self.api.post("/commands", json=body, headers=headers)
+
+    def command(self, command_id: str) -> dict[str, Any]:
+        r = self.api.get(f"/commands/{command_id}", headers=self.headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
     def new_device(self, name: str = "sensor-box") -> Device:
         r = self.api.post("/devices", json={"name": name}, headers=self.headers)
         assert r.status_code == 201, r.text
@@ -90,6 +107,24 @@ class Device:
 
     def post(self, readings: list[dict[str, Any]]) -> httpx.Response:
         return self.api.post("/sensors", json={"readings": readings}, headers=self.headers)
+
+    def poll(self, wait: float = 0, limit: int = 10, lease: float | None = None) -> httpx.Response:
+        params: dict[str, Any] = {"wait": wait, "limit": limit}
+        if lease is not None:
+            params["lease"] = lease
+        return self.api.get("/commands", params=params, headers=self.headers)
+
+    def commands(self, **kw: Any) -> list[dict[str, Any]]:
+        r = self.poll(**kw)
+        assert r.status_code in (200, 204), r.text
+        return r.json()["commands"] if r.status_code == 200 else []
+
+    def ack(self, command_id: str, status: str = "succeeded", result: Any = None) -> httpx.Response:
+        return self.api.post(
+            f"/commands/{command_id}/ack",
+            json={"status": status, "result": result},
+            headers=self.headers,
+        )
 
 
 def reading(
@@ -118,6 +153,18 @@ def make_person(api: httpx.Client, pg: psycopg.Connection) -> Callable[..., Pers
 @pytest.fixture
 def alice(make_person: Callable[..., Person]) -> Person:
     return make_person()
+
+
+def statuses(person: Person, command_id: str) -> list[str]:
+    return [e["status"] for e in person.command(command_id)["events"]]
+
+
+def status_becomes(person: Person, command_id: str, status: str, timeout: float = 20) -> dict:
+    return eventually(
+        lambda: (c := person.command(command_id))["status"] == status and c,
+        timeout=timeout,
+        what=f"command {command_id} {status}",
+    )
 
 
 def rows_for(pg: psycopg.Connection, device_id: uuid.UUID) -> int:

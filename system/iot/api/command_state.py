@@ -87,7 +87,8 @@ async def descriptor(state: State, command_id: uuid.UUID) -> dict[str, Any] | No
 
 
 async def finals(state: State, command_ids: list[str]) -> dict[str, str]:
-    """Final statuses known for these commands (absent: not final as far as we know).
+    """Statuses that forbid handing these commands out again (acked or cancelled); a command
+    absent from the answer may be delivered.
 
     Asks Redis and Postgres; one of them failing is fine, both failing is not.
 
@@ -107,7 +108,7 @@ async def finals(state: State, command_ids: list[str]) -> dict[str, str]:
     try:
         async with asyncio.timeout(DB_CHECK_TIMEOUT):
             async with db.connection(state.pool) as conn:
-                rows = await commands_sql.terminal_statuses(
+                rows = await commands_sql.never_again_statuses(
                     conn, [uuid.UUID(c) for c in command_ids]
                 )
         for c, status in rows.items():

@@ -344,7 +344,7 @@ class Deliveries:
                 raise NotFound("no such command")
             command, attempt = found, 0
         known = await command_state.finals(self.state, [command_id])
-        if known.get(command_id) not in (None, "cancelled", "expired", "dead"):
+        if known.get(command_id) in messages.ACK_STATUSES:
             if held is not None and slot is not None:
                 slot.leased.pop(command_id, None)
                 await self._ack(held)

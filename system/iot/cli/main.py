@@ -291,9 +291,10 @@ def users_list() -> None:
 
 
 def _register_bench() -> None:
-    from iot.cli import bench
+    from iot.cli import bench, commands
 
     app.add_typer(bench.app, name="bench")
+    app.add_typer(commands.app, name="commands")
 
 
 _register_bench()

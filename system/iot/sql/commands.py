@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from iot.messages import TERMINAL
+from iot.messages import NEVER_AGAIN, TERMINAL
 
 _RANK = {"queued": 0, "delivered": 1}
 
@@ -138,12 +138,12 @@ async def device_history(
     return list(await cur.fetchall())
 
 
-async def terminal_statuses(
+async def never_again_statuses(
     conn: psycopg.AsyncConnection[Any], ids: list[uuid.UUID]
 ) -> dict[str, str]:
     cur = await conn.execute(
         "SELECT id, status FROM commands WHERE id = ANY(%s) AND status = ANY(%s)",
-        (ids, list(TERMINAL)),
+        (ids, list(NEVER_AGAIN)),
     )
     return {str(r["id"]): r["status"] for r in await cur.fetchall()}
 

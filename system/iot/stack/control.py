@@ -37,7 +37,9 @@ class _UnixTransport(xmlrpc.client.Transport):
                 self.sock.settimeout(30)
                 self.sock.connect(path)
 
-        return Conn("localhost")
+        conn = Conn("localhost")
+        self._connection = (host, conn)  # so Transport.close() closes it
+        return conn
 
 
 class Supervisor:
@@ -47,9 +49,11 @@ class Supervisor:
         self.sock = s.var / "run" / "supervisor.sock"
         self.pidfile = s.var / "run" / "supervisord.pid"
 
-    def _rpc(self) -> Any:
-        proxy = xmlrpc.client.ServerProxy("http://localhost", transport=_UnixTransport(self.sock))
-        return proxy.supervisor
+    def _call(self, method: str, *args: Any) -> Any:
+        """One XML-RPC call to supervisord over its unix socket (closed afterwards)."""
+        transport = _UnixTransport(self.sock)
+        with xmlrpc.client.ServerProxy("http://localhost", transport=transport) as proxy:
+            return getattr(proxy.supervisor, method)(*args)
 
     def running(self) -> bool:
         try:
@@ -58,7 +62,7 @@ class Supervisor:
         except (OSError, ValueError):
             return False
         try:
-            self._rpc().getState()
+            self._call("getState")
             return True
         except (OSError, xmlrpc.client.Error):
             return False
@@ -87,7 +91,7 @@ class Supervisor:
         if not self.running():
             return False
         pid = int(self.pidfile.read_text().strip())
-        self._rpc().shutdown()
+        self._call("shutdown")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -100,7 +104,7 @@ class Supervisor:
     def info(self) -> dict[str, dict[str, Any]]:
         if not self.running():
             return {}
-        return {p["name"]: p for p in self._rpc().getAllProcessInfo()}
+        return {p["name"]: p for p in self._call("getAllProcessInfo")}
 
     def stop_program(self, name: str) -> None:
         self._ctl("stop", name)

@@ -152,6 +152,14 @@ async def cancel_command(
     command = await _owned_command(state, user, command_id)
     cid = str(command_id)
     final = (await command_state.finals(state, [cid])).get(cid)
+    if final is None:
+        try:
+            async with db.connection(state.pool) as conn:
+                row = await commands_sql.get_command(conn, command_id)
+            if row and row["status"] in messages.TERMINAL:
+                final = row["status"]
+        except DatabaseUnavailable:
+            pass  # the cache answered; that is enough to cancel
     if final is not None:
         raise Conflict(f"command already {final}")
     event = messages.command_event(
