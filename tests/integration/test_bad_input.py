@@ -132,3 +132,69 @@ def test_bad_history_queries_are_422(alice: Person, params):
 def test_bad_device_id_is_422(alice: Person):
     r = alice.api.get("/devices/not-a-uuid", headers=alice.headers)
     assert r.status_code == 422 and r.json()["detail"]
+
+
+# ----- commands -----
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        ({"args": {"blob": "x" * 4100}}, "args over 4 KiB"),
+        ({"name": "no spaces"}, "bad name"),
+        ({"name": ""}, "empty name"),
+        ({"ttl": 0}, "ttl below 1 s"),
+        ({"ttl": 48 * 3600 + 1}, "ttl over 48 h"),
+        ({"colour": "red"}, "unknown field"),
+        ({"device_id": "not-a-uuid"}, "bad device id"),
+        ({"args": [1, 2]}, "args not an object"),
+    ],
+)
+def test_invalid_commands_are_refused_with_422(alice: Person, change, why):
+    device = alice.new_device()
+    body = {"device_id": str(device.id), "name": "blink", "args": {}, "ttl": 60, **change}
+    r = alice.api.post("/commands", json=body, headers=alice.headers)
+    assert r.status_code == 422, f"{why}: {r.status_code} {r.text}"
+    assert r.json()["detail"]
+    assert device.poll(wait=0).status_code == 204, "nothing was queued"
+
+
+def test_commands_for_unknown_devices_are_404(alice: Person):
+    body = {"device_id": "00000000-0000-4000-8000-000000000000", "name": "blink"}
+    r = alice.api.post("/commands", json=body, headers=alice.headers)
+    assert r.status_code == 404 and r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"wait": 31}, {"wait": -1}, {"limit": 0}, {"limit": 101}, {"wait": "soon"}, {"lease": 0}],
+)
+def test_bad_poll_parameters_are_422(alice: Person, params):
+    device = alice.new_device()
+    r = device.api.get("/commands", params=params, headers=device.headers)
+    assert r.status_code == 422 and r.json()["detail"]
+
+
+def test_bad_ids_and_acks_are_refused(alice: Person):
+    device = alice.new_device()
+    cid = alice.send(device, "blink").json()["id"]
+    assert (
+        device.api.post(
+            "/commands/not-a-uuid/ack", json={"status": "succeeded"}, headers=device.headers
+        ).status_code
+        == 422
+    )
+    assert alice.api.get("/commands/not-a-uuid", headers=alice.headers).status_code == 422
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert device.ack(unknown).status_code == 404
+    assert alice.api.get(f"/commands/{unknown}", headers=alice.headers).status_code == 404
+    for bad in (
+        {"status": "done"},
+        {"status": "succeeded", "result": {"x": "y" * 5000}},
+        {"status": "succeeded", "extra": 1},
+    ):
+        r = device.api.post(f"/commands/{cid}/ack", json=bad, headers=device.headers)
+        assert r.status_code == 422, bad
+    assert [c["id"] for c in device.commands(wait=5)] == [cid], "the command is still there"
+    r = alice.api.get(
+        f"/devices/{device.id}/commands", params={"before": "nonsense"}, headers=alice.headers
+    )
+    assert r.status_code == 422

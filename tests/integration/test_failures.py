@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from tests.integration.conftest import Person, eventually, reading, rows_for
+from tests.integration.conftest import Person, eventually, reading, rows_for, status_becomes
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +29,26 @@ def test_with_redis_stopped_readings_are_stored_and_served_from_the_database(
     assert [x["value"] for x in r.json()["readings"]] == [2.0]
 
 
+def test_with_redis_stopped_commands_are_still_delivered_once(alice: Person, restart_guard):
+    device = alice.new_device()
+    restart_guard("redis")
+    cid = alice.send(device, "no-cache").json()["id"]
+    got = device.commands(wait=5)
+    assert [c["id"] for c in got] == [cid]
+    assert device.ack(cid).status_code == 200
+    assert device.poll(wait=1).status_code == 204
+    status_becomes(alice, cid, "succeeded")
+
+
 def test_with_rabbitmq_stopped_posts_answer_503_with_retry_after_never_201(
     alice: Person, pg: psycopg.Connection, restart_guard, stack
 ):
     device = alice.new_device()
+    assert device.poll().status_code == 204  # subscribed before the broker goes away
     restart_guard("rabbitmq")
+    for r in (alice.send(device, "while-down"), device.poll(wait=1)):
+        assert r.status_code == 503, r.text
+        assert int(r.headers["Retry-After"]) >= 1 and r.json()["detail"]
     answers = []
     for i in range(10):
         r = device.post([reading("t", float(i))])
@@ -52,3 +67,10 @@ def test_with_rabbitmq_stopped_posts_answer_503_with_retry_after_never_201(
 
     eventually(accepted, timeout=90, what="POST /sensors accepted again after RabbitMQ is back")
     eventually(lambda: rows_for(pg, device.id) >= 1, timeout=30, what="the reading stored")
+    cid = eventually(
+        lambda: (r := alice.send(device, "after")).status_code == 201 and r,
+        timeout=30,
+        what="POST /commands accepted again",
+    ).json()["id"]
+    got = eventually(lambda: device.commands(wait=5), timeout=30, what="command delivered")
+    assert [c["id"] for c in got] == [cid]

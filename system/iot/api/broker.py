@@ -171,6 +171,21 @@ class Publisher:
         self._declared.add(name)
         return name
 
+    async def delete_command_queue(self, device_id: str) -> bool:
+        """Delete a device's command queue (its pending commands go with it). Best effort:
+        returns False if the broker could not be asked."""
+        name = messages.command_queue(device_id)
+        channel = self._channel
+        if not self._ready.is_set() or channel is None:
+            return False
+        try:
+            await asyncio.wait_for(channel.queue_delete(name), self._timeout)
+        except _FAILURES as exc:
+            log.warning("command queue %s not deleted: %s", name, exc)
+            return False
+        self._declared.discard(name)
+        return True
+
     async def publish_command(self, command: dict[str, Any], expiration_s: float) -> None:
         """Put a command on its device's queue and wait for the confirm.
 

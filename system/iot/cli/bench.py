@@ -207,6 +207,20 @@ def _cleanup(
         typer.secho(f"warning: cleanup failed ({exc}); remove user {user_id} by hand", err=True)
 
 
+def _create_user(
+    conn: psycopg.Connection, client: httpx.Client, user_id: uuid.UUID, username: str
+) -> str:
+    """Insert the bench's (non-admin) user straight into Postgres; return its access token."""
+    password = secrets.token_urlsafe(24)
+    conn.execute(
+        "INSERT INTO users (id, username, password_hash, is_admin) VALUES (%s, %s, %s, false)",
+        (user_id, username, security.hash_password(password)),
+    )
+    answer = client.post("/auth/token", json={"username": username, "password": password})
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
+
+
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
@@ -282,17 +296,11 @@ def ingest(
         conn = psycopg.connect(s.database_direct_url, autocommit=True, connect_timeout=5)
     except (httpx.HTTPError, psycopg.Error) as exc:
         _fail(f"the stack does not answer ({exc}); start it with `iotctl up`")
-    username, password = f"bench-{uuid.uuid4().hex[:12]}", secrets.token_urlsafe(24)
-    user_id, ids = uuid.uuid4(), []
+    username, user_id, ids = f"bench-{uuid.uuid4().hex[:12]}", uuid.uuid4(), []
     client = httpx.Client(base_url=s.base_url, timeout=60)
     try:
-        conn.execute(
-            "INSERT INTO users (id, username, password_hash, is_admin) VALUES (%s, %s, %s, false)",
-            (user_id, username, security.hash_password(password)),
-        )
-        answer = client.post("/auth/token", json={"username": username, "password": password})
-        answer.raise_for_status()
-        client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+        access_token = _create_user(conn, client, user_id, username)
+        client.headers["Authorization"] = f"Bearer {access_token}"
         typer.echo(f"registering {devices} devices for user {username} ...")
         tokens = []
         for n in range(devices):

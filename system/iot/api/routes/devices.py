@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated
 
+import redis
 from fastapi import APIRouter, Query, Response
 
-from iot import db, security
+from iot import cache, db, security
 from iot.api.deps import AppState, CurrentUser
 from iot.api.schemas import Device, DeviceCreate, DeviceList, DeviceWithToken
 from iot.errors import NotFound
 from iot.sql import devices as devices_sql
 
 router = APIRouter(tags=["devices"])
+log = logging.getLogger(__name__)
 
 
 @router.post("/devices", status_code=201, response_model=DeviceWithToken)
@@ -68,4 +71,10 @@ async def delete_device(device_id: uuid.UUID, user: CurrentUser, state: AppState
     if not deleted:
         raise NotFound("no such device")
     state.device_cache.clear()
+    if not await state.publisher.delete_command_queue(str(device_id)):
+        log.warning("device %s deleted; its command queue is left for `rabbitmqctl`", device_id)
+    try:
+        await state.redis.delete(cache.key(device_id))
+    except (redis.RedisError, OSError):
+        pass  # derived data of a device that no longer exists: nothing reads it
     return Response(status_code=204)
