@@ -59,6 +59,7 @@ class Settings(BaseSettings):
 
     # Monitoring.
     prometheus_port: int = 9190
+    alertmanager_port: int = 9193
     postgres_exporter_port: int = 9287
     redis_exporter_port: int = 9221
     nginx_exporter_port: int = 9213

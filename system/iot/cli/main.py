@@ -74,8 +74,12 @@ def up(
         stack_setup.make_dirs(s)
         stack_setup.ensure_certificate(s)
         stack_setup.ensure_postgres_cluster(s)
-        stack_setup.render_configs(s)
-        Supervisor(s).start()
+        changed = stack_setup.render_configs(s)
+        sup = Supervisor(s)
+        was_running = sup.running()
+        sup.start()
+        if was_running:
+            _apply_changes(sup, changed)
     except (stack_setup.SetupError, ControlError) as exc:
         _fail(str(exc))
     typer.echo("supervisor running; waiting for Postgres ...")
@@ -101,6 +105,19 @@ def up(
     except stack_setup.SetupError as exc:
         _fail(str(exc))
     _print_urls(s)
+
+
+def _apply_changes(sup: Supervisor, changed: list[str]) -> None:
+    """Make running programs pick up configuration files that changed."""
+    for name in changed:
+        program, action = stack_setup.RELOADS.get(name, (None, ""))
+        if program is None:
+            continue
+        typer.echo(f"{name} changed: {action} {program}")
+        if action.startswith("signal "):
+            sup.signal_program(program, action.split()[1])
+        else:
+            sup.restart_program(program)
 
 
 def _wait_postgres_socket(s: Settings, timeout: float) -> None:

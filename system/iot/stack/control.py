@@ -106,6 +106,9 @@ class Supervisor:
             return {}
         return {p["name"]: p for p in self._call("getAllProcessInfo")}
 
+    def signal_program(self, name: str, signal: str) -> None:
+        self._ctl("signal", signal, name)
+
     def stop_program(self, name: str) -> None:
         self._ctl("stop", name)
 

@@ -234,6 +234,20 @@ def programs(s: Settings) -> list[Program]:
             f"http://{h}:{s.prometheus_port}/",
         ),
         Program(
+            "alertmanager",
+            [
+                "/usr/bin/prometheus-alertmanager",
+                f"--config.file={var / 'conf' / 'alertmanager.yml'}",
+                f"--storage.path={var / 'alertmanager'}",
+                f"--web.listen-address={h}:{s.alertmanager_port}",
+                "--cluster.listen-address=",
+            ],
+            "monitoring",
+            40,
+            f"http:http://{h}:{s.alertmanager_port}/-/ready",
+            f"http://{h}:{s.alertmanager_port}/",
+        ),
+        Program(
             "postgres-exporter",
             [
                 "/usr/bin/prometheus-postgres-exporter",

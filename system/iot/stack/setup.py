@@ -21,6 +21,7 @@ from iot.stack.processes import programs, supervisord_conf
 
 TEMPLATES = Path(__file__).parent / "templates"
 PROMETHEUS_TEMPLATE = PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
+ALERTMANAGER_TEMPLATE = PROJECT_ROOT / "monitoring" / "alertmanager" / "alertmanager.yml"
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
@@ -146,12 +147,25 @@ def ensure_postgres_cluster(s: Settings) -> None:
     )
 
 
-def render_configs(s: Settings) -> None:
+# Which program reads which rendered file, and how it picks up a change while running.
+RELOADS = {
+    "nginx.conf": ("nginx", "signal HUP"),
+    "prometheus.yml": ("prometheus", "signal HUP"),
+    "alertmanager.yml": ("alertmanager", "signal HUP"),
+    "redis.conf": ("redis", "restart"),
+    "rabbitmq.conf": ("rabbitmq", "restart"),
+    "toxiproxy.json": ("toxiproxy", "restart"),
+}
+
+
+def render_configs(s: Settings) -> list[str]:
+    """Write every config under var/conf; returns the names of the files that changed."""
     conf = s.var / "conf"
     values: dict[str, object] = {
         k: v for k, v in s.model_dump().items() if isinstance(v, str | int | float)
     }
     values["var"] = s.var
+    values["monitoring"] = PROJECT_ROOT / "monitoring"
     values["upstream_servers"] = "\n".join(
         f"        server {s.host}:{p} max_fails=1 fail_timeout=3s;" for p in s.api_ports
     )
@@ -162,16 +176,20 @@ def render_configs(s: Settings) -> None:
         "rabbitmq.conf": render((TEMPLATES / "rabbitmq.conf").read_text(), values),
         "toxiproxy.json": render((TEMPLATES / "toxiproxy.json").read_text(), values),
         "prometheus.yml": render(PROMETHEUS_TEMPLATE.read_text(), values),
+        "alertmanager.yml": render(ALERTMANAGER_TEMPLATE.read_text(), values),
         "rabbitmq-plugins": "[rabbitmq_management,rabbitmq_prometheus].\n",
         "rabbitmq-env.conf": "# our node is configured by environment variables\n",
         "rabbitmq-advanced.config": "[].\n",
         "supervisord.conf": supervisord_conf(s, programs(s)),
     }
+    changed = []
     for name, text in outputs.items():
         path = conf / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
+            changed.append(name)
         path.chmod(0o600)
+    return changed
 
 
 def bootstrap_database(s: Settings) -> None:
