@@ -305,6 +305,9 @@ class Deliveries:
             slot.leased[held.id] = held
             if held.attempt > 1:
                 metrics.COMMANDS_REDELIVERED.inc()
+            else:
+                created = datetime.fromisoformat(held.command["created_at"]).timestamp()
+                metrics.COMMAND_LATENCY.observe(max(wall - created, 0.0))
         self._update_gauges()
         return [
             {

@@ -48,6 +48,11 @@ COMMANDS_REDELIVERED = Counter(
 )
 COMMANDS_DEAD = Counter("iot_commands_dead_total", "Commands dead after too many attempts")
 LEASES_EXPIRED = Counter("iot_command_leases_expired_total", "Leases that ran out without an ack")
+COMMAND_LATENCY = Histogram(
+    "iot_command_delivery_latency_seconds",
+    "From POST /commands to the device receiving the command (first delivery only)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
 LEASES = Gauge("iot_command_leases", "Commands leased to devices by this replica")
 BUFFERED = Gauge("iot_commands_buffered", "Commands this replica holds, not yet handed out")
 POLL_WAITERS = Gauge("iot_command_polls_in_progress", "GET /commands polls being answered")
