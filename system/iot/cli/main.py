@@ -308,10 +308,12 @@ def users_list() -> None:
 
 
 def _register_bench() -> None:
-    from iot.cli import bench, commands
+    from iot.cli import bench, commands, ops
 
     app.add_typer(bench.app, name="bench")
     app.add_typer(commands.app, name="commands")
+    app.add_typer(ops.cache_app, name="cache")
+    app.command()(ops.queues)
 
 
 _register_bench()

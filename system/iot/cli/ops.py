@@ -1,0 +1,96 @@
+"""Operator commands used by the runbooks: queue depths and rebuilding the Redis cache."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import httpx
+import redis
+import typer
+
+from iot import cache, db
+from iot.settings import Settings, get_settings
+
+cache_app = typer.Typer(help="The latest-readings cache in Redis.", no_args_is_help=True)
+OWNERS_KEY = "device-owners"
+
+
+def _settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def queues(
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also list device queues that are empty.")
+    ] = False,
+) -> None:
+    """RabbitMQ queue depths: ready and unacked messages and consumers, deepest first."""
+    s = _settings()
+    url = f"http://{s.host}:{s.rabbitmq_management_port}/api/queues/%2F"
+    try:
+        r = httpx.get(
+            url,
+            auth=(s.rabbitmq_user, s.rabbitmq_password),
+            timeout=10,
+            params={"columns": "name,messages_ready,messages_unacknowledged,consumers"},
+        )
+        r.raise_for_status()
+    except httpx.HTTPError as exc:
+        _fail(f"RabbitMQ management API unreachable ({exc}); is rabbitmq up? `iotctl status`")
+    rows: list[dict[str, Any]] = r.json()
+    rows.sort(key=lambda q: -(q.get("messages_ready", 0) + q.get("messages_unacknowledged", 0)))
+    device_queues = [q for q in rows if q["name"].startswith("commands.dev.")]
+    typer.echo(f"{'QUEUE':<56} {'READY':>8} {'UNACKED':>8} {'CONSUMERS':>9}")
+    for q in rows:
+        busy = q.get("messages_ready", 0) or q.get("messages_unacknowledged", 0)
+        if q["name"].startswith("commands.dev.") and not busy and not show_all:
+            continue
+        typer.echo(
+            f"{q['name']:<56} {q.get('messages_ready', 0):>8}"
+            f" {q.get('messages_unacknowledged', 0):>8} {q.get('consumers', 0):>9}"
+        )
+    typer.echo(f"({len(device_queues)} device command queues in all)")
+
+
+@cache_app.command("rebuild")
+def rebuild(
+    device: Annotated[
+        str | None, typer.Option(help="Only this device id (default: every device).")
+    ] = None,
+) -> None:
+    """Refill Redis from Postgres: each device's latest readings (never replacing a newer
+    value) and the device-owner map. Safe to run while the system is serving."""
+    s = _settings()
+    client = redis.Redis(host=s.host, port=s.redis_port, socket_timeout=5)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        _fail(f"Redis unreachable ({exc}); start it first: `iotctl start redis`")
+    devices = sensors = 0
+    with db.connect(s.database_direct_url) as conn:
+        owners = conn.execute(
+            "SELECT id, owner_id FROM devices WHERE %s::uuid IS NULL OR id = %s::uuid",
+            (device, device),
+        ).fetchall()
+        if owners:
+            client.hset(OWNERS_KEY, mapping={str(o["id"]): str(o["owner_id"]) for o in owners})
+        for o in owners:
+            rows = conn.execute(
+                "SELECT DISTINCT ON (sensor) sensor, value, ts FROM readings"
+                " WHERE device_id = %s ORDER BY sensor, ts DESC",
+                (o["id"],),
+            ).fetchall()
+            if rows:
+                cache.store_latest(client, str(o["id"]), [dict(r) for r in rows])
+                devices += 1
+                sensors += len(rows)
+    typer.echo(
+        f"cache rebuilt: {len(owners)} device owners, latest values of {sensors} sensors"
+        f" on {devices} devices"
+    )
