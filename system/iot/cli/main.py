@@ -317,3 +317,15 @@ def _register_bench() -> None:
 
 
 _register_bench()
+
+
+def _register_plugins() -> None:
+    """Commands contributed by other parts of the project (e.g. `chaos`), found by entry point
+    so that system/ never imports them."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="iotctl.plugins"):
+        app.add_typer(ep.load(), name=ep.name)
+
+
+_register_plugins()

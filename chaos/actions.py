@@ -1,0 +1,80 @@
+"""Actions: the code that acts on the system (faults and their rollbacks). A failing action
+raises; nothing fails silently."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from chaos.toxiproxy import Toxiproxy
+from iot.settings import Settings
+from iot.stack.control import Supervisor
+
+# Toxic presets by fault name: (toxic type, attributes, stream).
+TOXICS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "latency": ("latency", {"latency": 400, "jitter": 300}, "downstream"),
+    "timeout": ("timeout", {"timeout": 0}, "upstream"),  # blackhole: data is held, never sent
+    "reset_peer": ("reset_peer", {"timeout": 500}, "upstream"),
+    "bandwidth": ("bandwidth", {"rate": 16}, "downstream"),  # KB/s
+}
+
+
+class ActionError(RuntimeError):
+    """An action could not be carried out."""
+
+
+class Actions:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.toxiproxy = Toxiproxy(f"http://{settings.host}:{settings.toxiproxy_port}")
+        self.supervisor = Supervisor(settings)
+
+    def run(self, action: str, target: str, **params: Any) -> None:
+        """Carry out one action of an experiment's method or rollbacks."""
+        handler = getattr(self, f"_{action}", None)
+        if handler is None:
+            raise ActionError(f"unknown action {action!r}")
+        handler(target, **params)
+
+    def _proxy_disable(self, target: str) -> None:
+        self.toxiproxy.set_enabled(target, False)
+
+    def _proxy_enable(self, target: str) -> None:
+        self.toxiproxy.set_enabled(target, True)
+
+    def _toxic_add(self, target: str, fault: str, **attributes: Any) -> None:
+        toxic_type, defaults, stream = TOXICS[fault]
+        self.toxiproxy.add_toxic(
+            target, toxic_type, {**defaults, **attributes}, name=f"chaos_{fault}", stream=stream
+        )
+
+    def _toxic_remove(self, target: str, fault: str) -> None:
+        names = {t["name"] for t in self.toxiproxy.proxy(target).get("toxics", [])}
+        if f"chaos_{fault}" in names:
+            self.toxiproxy.remove_toxic(target, f"chaos_{fault}")
+
+    def _kill(self, target: str) -> None:
+        """kill -9 of a supervised program's whole process group (e.g. RabbitMQ's shell and its
+        Erlang VM, Postgres and its backends); the supervisor restarts it."""
+        info = self.supervisor.info().get(target)
+        if not info or not info.get("pid"):
+            raise ActionError(f"{target} is not running; cannot kill it")
+        os.killpg(int(info["pid"]), signal.SIGKILL)
+
+    def _ensure_running(self, target: str, timeout: float = 60) -> None:
+        """Rollback of a kill: make sure the supervisor has the program running again."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.supervisor.info().get(target, {}).get("statename")
+            if state == "RUNNING":
+                return
+            if state in ("STOPPED", "EXITED", "FATAL"):
+                self.supervisor.start_program(target)
+            time.sleep(0.5)
+        raise ActionError(f"{target} is not running {timeout:.0f}s after the rollback")
+
+    def reset_all(self) -> None:
+        """Remove every toxic and re-enable every proxy (the universal rollback)."""
+        self.toxiproxy.reset()

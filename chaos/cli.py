@@ -1,0 +1,72 @@
+"""``iotctl chaos``: list and run the experiments (registered as an iotctl plugin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from chaos import experiment, report
+from iot.settings import get_settings
+
+app = typer.Typer(
+    help="Chaos experiments: faults through toxiproxy and the supervisor, while a "
+    "simulated fleet runs; a ledger checker proves nothing accepted was lost.",
+    no_args_is_help=True,
+)
+
+
+@app.command("list")
+def list_experiments() -> None:
+    """Every experiment with its fault and expected alert."""
+    for name in experiment.names():
+        e = experiment.load(name)
+        fault = ", ".join(f"{a['action']} {a['target']}" for a in e.method)
+        typer.echo(f"{name:<28} {e.title:<40} {fault}  (alert: {', '.join(e.expect_alert)})")
+
+
+@app.command("run")
+def run(
+    name: Annotated[str | None, typer.Argument(help="Experiment name (see `list`).")] = None,
+    run_all: Annotated[bool, typer.Option("--all", help="Run every experiment.")] = False,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds the fault lasts (default: the short form).")
+    ] = None,
+    long: Annotated[bool, typer.Option("--long", help="Use each experiment's long form.")] = False,
+) -> None:
+    """Run experiments; a report per run goes to reports/chaos/ (JSON, Markdown, plot).
+    Exit status 1 if any lost, duplicated or unexpected item, or a missed recovery bound."""
+    if bool(name) == run_all:
+        typer.secho("give an experiment name or --all", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    settings = get_settings()
+    failed = []
+    for n in experiment.names() if run_all else [name or ""]:
+        try:
+            exp = experiment.load(n)
+            seconds = (
+                duration
+                if duration is not None
+                else (exp.long_fault_seconds if long else exp.fault_seconds)
+            )
+            result = experiment.run(exp, settings, seconds, progress=typer.echo)
+        except experiment.ExperimentError as exc:
+            typer.secho(f"[{n}] could not run: {exc}", fg=typer.colors.RED, err=True)
+            failed.append(n)
+            continue
+        folder = report.write(result)
+        line = " ".join(
+            f"{k}: {v['lost']}/{v['duplicated']}/{v['unexpected']}"
+            for k, v in result["counts"].items()
+        )
+        color = typer.colors.GREEN if result["passed"] else typer.colors.RED
+        typer.secho(
+            f"[{n}] {'PASSED' if result['passed'] else 'FAILED'}  lost/dup/unexpected "
+            f"{line}  recovery {result['recovery_seconds']}s  report {folder}",
+            fg=color,
+        )
+        if not result["passed"]:
+            failed.append(n)
+    if failed:
+        typer.secho(f"failed: {', '.join(failed)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)

@@ -1,0 +1,289 @@
+"""Run one experiment: steady state, fault, rollbacks, recovery, drain, check, report.
+
+An experiment is data (``chaos/experiments/<name>.yml``)::
+
+    title: RabbitMQ unreachable
+    description: ...
+    method:    [{action: proxy_disable, target: rabbitmq}]   # applied together at fault start
+    rollbacks: [{action: proxy_enable, target: rabbitmq}]    # always run, in order
+    fault_seconds: 10          # the short form (make test); --duration or --long override
+    long_fault_seconds: 60     # the long form (make chaos)
+    recovery_bound: 60         # seconds from rollback to steady state again
+    expect_alert: [RabbitMQDown]
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import yaml
+
+from chaos import probes
+from chaos.actions import Actions
+from chaos.fleet import Fleet, SimDevice, Timeline
+from chaos.ledger import Ledger, check
+from iot import security
+from iot.settings import Settings
+
+EXPERIMENTS = Path(__file__).parent / "experiments"
+WARMUP_SECONDS = 5
+QUIET_SECONDS = 3  # no errors for this long (and a small backlog) = recovered
+DRAIN_TIMEOUT = 120
+CHECK_TIMEOUT = 60
+
+
+class ExperimentError(RuntimeError):
+    """The experiment could not run (not: it ran and found loss)."""
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    description: str
+    method: list[dict[str, Any]]
+    rollbacks: list[dict[str, Any]]
+    fault_seconds: float = 10
+    long_fault_seconds: float = 60
+    recovery_bound: float = 60
+    expect_alert: list[str] = field(default_factory=list)
+    devices: int = 20
+    command_rate: float = 5.0
+
+
+def load(name: str) -> Experiment:
+    path = EXPERIMENTS / f"{name}.yml"
+    if not path.exists():
+        raise ExperimentError(f"no experiment {name!r}; `iotctl chaos list` shows them")
+    data = yaml.safe_load(path.read_text())
+    try:
+        return Experiment(name=name, **data)
+    except TypeError as exc:
+        raise ExperimentError(f"{path}: {exc}") from exc
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS.glob("*.yml"))
+
+
+class _Identity:
+    """A throw-away user and devices for one run, removed afterwards."""
+
+    def __init__(self, s: Settings, n: int) -> None:
+        self.s = s
+        self.username = f"chaos-{uuid.uuid4().hex[:10]}"
+        password = uuid.uuid4().hex
+        with psycopg.connect(s.database_direct_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO users (id, username, password_hash) VALUES (%s, %s, %s)",
+                (uuid.uuid4(), self.username, security.hash_password(password)),
+            )
+        with httpx.Client(base_url=s.base_url, timeout=30) as http:
+            r = http.post("/auth/token", json={"username": self.username, "password": password})
+            r.raise_for_status()
+            self.token = r.json()["access_token"]
+            self.devices = []
+            for i in range(n):
+                r = http.post("/devices", json={"name": f"chaos-{i}"}, headers=self.headers)
+                r.raise_for_status()
+                self.devices.append(SimDevice(r.json()["id"], r.json()["token"]))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def remove(self) -> None:
+        with httpx.Client(base_url=self.s.base_url, timeout=30) as http:
+            for d in self.devices:
+                http.delete(f"/devices/{d.id}", headers=self.headers)
+        with psycopg.connect(self.s.database_direct_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM users WHERE username = %s", (self.username,))
+
+
+def run(
+    exp: Experiment,
+    settings: Settings,
+    fault_seconds: float | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the experiment; returns the report (a dict). Raises ExperimentError if it cannot."""
+    fault_seconds = fault_seconds if fault_seconds is not None else exp.fault_seconds
+    actions = Actions(settings)
+    sampler = probes.Sampler(settings)
+    progress(f"[{exp.name}] steady state: waiting for every component to be healthy")
+    bad = probes.unhealthy(settings, 120)
+    if bad:
+        raise ExperimentError(f"steady state not met, unhealthy: {bad}")
+    actions.reset_all()
+    identity = _Identity(settings, exp.devices)
+    ledger = Ledger(devices=[d.id for d in identity.devices])
+    timeline = Timeline()
+    fleet = Fleet(
+        settings.base_url,
+        identity.devices,
+        identity.token,
+        ledger,
+        timeline,
+        command_rate=exp.command_rate,
+    )
+    report: dict[str, Any] = {
+        "experiment": exp.name,
+        "title": exp.title,
+        "description": exp.description,
+        "method": exp.method,
+        "rollbacks": exp.rollbacks,
+        "fault_seconds": fault_seconds,
+        "recovery_bound_seconds": exp.recovery_bound,
+        "expected_alerts": exp.expect_alert,
+    }
+    try:
+        fleet.start()
+        progress(
+            f"[{exp.name}] warm-up: {len(identity.devices)} devices, "
+            f"{exp.command_rate:g} commands/s, for {WARMUP_SECONDS}s"
+        )
+        warm_start = time.time()
+        _sample_for(sampler, WARMUP_SECONDS)
+        warm_errors = timeline.errors_between(warm_start, time.time())
+        if warm_errors:
+            raise ExperimentError(
+                f"steady state not met: {warm_errors} errors during warm-up"
+                f" ({dict(timeline.causes)})"
+            )
+
+        fault_start = time.time()
+        progress(
+            f"[{exp.name}] fault on for {fault_seconds:g}s: "
+            + ", ".join(f"{a['action']} {a['target']}" for a in exp.method)
+        )
+        try:
+            for a in exp.method:
+                actions.run(**a)
+            _sample_for(sampler, fault_seconds, progress, exp.name, timeline, fault_start)
+        finally:
+            for a in exp.rollbacks:
+                actions.run(**a)
+            actions.reset_all()
+        fault_end = time.time()
+        progress(
+            f"[{exp.name}] fault removed; waiting for recovery (bound {exp.recovery_bound:g}s)"
+        )
+        recovered_at = _wait_recovery(sampler, timeline, fault_end, exp.recovery_bound + 30)
+        recovery = None if recovered_at is None else max(recovered_at - fault_end, 0.0)
+
+        fleet.stop_load.set()
+        progress(
+            f"[{exp.name}] draining: every accepted command executed and acked, "
+            "every reading accepted"
+        )
+        drain_start = time.time()
+        while not fleet.drained() and time.time() - drain_start < DRAIN_TIMEOUT:
+            sampler.sample()
+            time.sleep(1)
+        drained = fleet.drained()
+        fleet.stop()
+        if fleet.failure:
+            raise ExperimentError(f"the fleet failed: {fleet.failure!r}")
+        progress(f"[{exp.name}] checking the ledger against the devices and Postgres")
+        counts = _settled_check(ledger, settings)
+        detected = {a: round(t - fault_start, 1) for a, t in sampler.first_fired.items()}
+        report.update(
+            {
+                "started_at": fault_start - WARMUP_SECONDS,
+                "fault_start": fault_start,
+                "fault_end": fault_end,
+                "recovery_seconds": None if recovery is None else round(recovery, 1),
+                "drained": drained,
+                "drain_seconds": round(time.time() - drain_start, 1),
+                "ledger": ledger.snapshot(),
+                "counts": counts,
+                "alerts_fired": detected,
+                "time_to_detect": {a: detected.get(a) for a in exp.expect_alert},
+                "timeline": timeline.series(),
+                "error_causes": dict(timeline.causes),
+                "backlog": sampler.backlog,
+            }
+        )
+        problems = [
+            f"{k}: lost {v['lost']}, duplicated {v['duplicated']}, unexpected {v['unexpected']}"
+            for k, v in counts.items()
+            if not v["clean"]
+        ]
+        if not drained:
+            problems.append(f"did not drain within {DRAIN_TIMEOUT}s")
+        if recovery is None or recovery > exp.recovery_bound:
+            problems.append(
+                f"recovery {report['recovery_seconds']}s over the bound {exp.recovery_bound:g}s"
+            )
+        report["problems"] = problems
+        report["passed"] = not problems
+        return report
+    finally:
+        fleet.stop()
+        actions.reset_all()
+        try:
+            identity.remove()
+        except (httpx.HTTPError, psycopg.Error) as exc:
+            progress(f"[{exp.name}] warning: could not remove the test devices: {exc}")
+
+
+def _sample_for(
+    sampler: probes.Sampler,
+    seconds: float,
+    progress: Any = None,
+    name: str = "",
+    timeline: Timeline | None = None,
+    since: float = 0.0,
+) -> None:
+    end = time.time() + seconds
+    last_report = time.time()
+    while time.time() < end:
+        sampler.sample()
+        time.sleep(max(0.0, min(1.0, end - time.time())))
+        if progress and timeline and time.time() - last_report >= 5:
+            last_report = time.time()
+            progress(
+                f"[{name}]   {time.time() - since:4.0f}s: "
+                f"{timeline.requests_between(since, time.time())} requests, "
+                f"{timeline.errors_between(since, time.time())} errors, "
+                f"backlog {sampler.backlog[-1][1]}"
+            )
+
+
+def _wait_recovery(
+    sampler: probes.Sampler, timeline: Timeline, since: float, limit: float
+) -> float | None:
+    """The first moment after ``since`` from which there were no errors for QUIET_SECONDS and
+    the backlog was small; None if not within ``limit`` seconds."""
+    deadline = since + limit
+    candidate = since
+    while time.time() < deadline:
+        sampler.sample()
+        now = time.time()
+        if timeline.errors_between(int(candidate), now + 1):
+            candidate = now
+        depth = sampler.backlog[-1][1]
+        if depth is None or depth > 200:
+            candidate = now
+        if now - candidate >= QUIET_SECONDS:
+            return candidate
+        time.sleep(0.5)
+    return None
+
+
+def _settled_check(ledger: Ledger, settings: Settings) -> dict[str, Any]:
+    """Run the checker until it is clean or CHECK_TIMEOUT passes (workers may still be writing
+    the last rows); the last result counts."""
+    deadline = time.time() + CHECK_TIMEOUT
+    while True:
+        counts = check(ledger, settings.database_direct_url)
+        if all(c["clean"] for c in counts.values()) or time.time() > deadline:
+            return counts
+        time.sleep(1)

@@ -1,0 +1,275 @@
+"""A fleet of simulated devices and operators speaking the real protocol through nginx.
+
+Devices: buffer readings and POST them until a 2xx (honouring Retry-After); long-poll
+``GET /commands``; execute each command id once; ack with retries until a 2xx. Operators: send
+commands with an Idempotency-Key, retrying the same key until 201; read sensors now and then.
+Every 2xx goes into the :class:`~chaos.ledger.Ledger`; every answer into the :class:`Timeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from chaos.ledger import Ledger, ReadingKey
+
+RETRY_CAP_SECONDS = 2.0
+
+
+@dataclass
+class Timeline:
+    """Answers per second and kind: ok (2xx) or error (anything else, including no answer)."""
+
+    ok: dict[int, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
+    err: dict[int, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
+    causes: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, kind: str, ok: bool, cause: str = "") -> None:
+        second = int(time.time())
+        with self.lock:
+            (self.ok if ok else self.err)[second][kind] += 1
+            if not ok:
+                self.causes[f"{kind}: {cause}"] += 1
+
+    def errors_between(self, start: float, end: float) -> int:
+        with self.lock:
+            return sum(sum(v.values()) for s, v in self.err.items() if start <= s < end)
+
+    def requests_between(self, start: float, end: float) -> int:
+        with self.lock:
+            ok = sum(sum(v.values()) for s, v in self.ok.items() if start <= s < end)
+        return ok + self.errors_between(start, end)
+
+    def series(self) -> list[dict[str, Any]]:
+        with self.lock:
+            seconds = sorted(set(self.ok) | set(self.err))
+            return [
+                {"t": s, "ok": dict(self.ok.get(s, {})), "err": dict(self.err.get(s, {}))}
+                for s in seconds
+            ]
+
+
+@dataclass
+class SimDevice:
+    id: str
+    token: str
+    buffer: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def _retry_after(r: httpx.Response | None) -> float:
+    try:
+        value = float(r.headers.get("Retry-After", 0.5)) if r is not None else 0.5
+    except ValueError:
+        value = 0.5
+    return min(max(value, 0.1), RETRY_CAP_SECONDS)
+
+
+class Fleet:
+    def __init__(
+        self,
+        base_url: str,
+        devices: list[SimDevice],
+        operator_token: str,
+        ledger: Ledger,
+        timeline: Timeline,
+        reading_interval: float = 0.5,
+        command_rate: float = 5.0,
+        lease: float = 30.0,
+    ) -> None:
+        self.base_url = base_url
+        self.devices = devices
+        self.operator = {"Authorization": f"Bearer {operator_token}"}
+        self.ledger = ledger
+        self.timeline = timeline
+        self.reading_interval = reading_interval
+        self.command_rate = command_rate
+        self.lease = lease
+        self.stop_load = threading.Event()  # no new readings or commands
+        self.stop_all = threading.Event()  # stop polling and retrying
+        self.pending_commands = 0
+        self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
+
+    # ----- control from the experiment's thread -----
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="fleet", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        self.stop_load.set()
+        self.stop_all.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def buffered_readings(self) -> int:
+        return sum(len(d.buffer) for d in self.devices)
+
+    def drained(self) -> bool:
+        return (
+            self.buffered_readings() == 0 and self.pending_commands == 0 and self.ledger.drained()
+        )
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # noqa: BLE001 - reported by the experiment
+            self.failure = exc
+
+    async def _run(self) -> None:
+        limits = httpx.Limits(max_connections=len(self.devices) * 3 + 20)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=15, limits=limits) as http:
+            tasks = [asyncio.create_task(self._readings(http, d)) for d in self.devices]
+            tasks += [asyncio.create_task(self._commands(http, d)) for d in self.devices]
+            tasks += [
+                asyncio.create_task(self._operator(http)),
+                asyncio.create_task(self._reader(http)),
+            ]
+            await asyncio.to_thread(self.stop_all.wait)  # set by the experiment's thread
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _send(
+        self, http: httpx.AsyncClient, kind: str, method: str, url: str, **kw: Any
+    ) -> httpx.Response | None:
+        try:
+            r = await http.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            self.timeline.record(kind, False, exc.__class__.__name__)
+            return None
+        self.timeline.record(kind, r.status_code < 300, str(r.status_code))
+        return r
+
+    # ----- devices -----
+    async def _readings(self, http: httpx.AsyncClient, d: SimDevice) -> None:
+        while not self.stop_all.is_set():
+            if not self.stop_load.is_set():
+                d.seq += 1
+                ts = datetime.now(UTC)
+                d.buffer.append(
+                    {
+                        "sensor": f"s{d.seq % 3}",
+                        "value": float(d.seq),
+                        "ts": ts.isoformat(timespec="microseconds"),
+                    }
+                )
+            if d.buffer:
+                batch = d.buffer[:1000]
+                r = await self._send(
+                    http,
+                    "readings",
+                    "POST",
+                    "/sensors",
+                    json={"readings": batch},
+                    headers=d.headers,
+                )
+                if r is not None and r.status_code == 201:
+                    keys: list[ReadingKey] = [
+                        (
+                            d.id,
+                            x["sensor"],
+                            int(datetime.fromisoformat(x["ts"]).timestamp() * 1_000_000),
+                        )
+                        for x in batch
+                    ]
+                    self.ledger.accept_readings(keys)
+                    del d.buffer[: len(batch)]
+                elif r is not None and r.status_code in (400, 401, 403, 404, 413, 422):
+                    raise RuntimeError(f"readings refused for good: {r.status_code} {r.text}")
+                else:
+                    await asyncio.sleep(_retry_after(r))
+                    continue
+            await asyncio.sleep(self.reading_interval * random.uniform(0.8, 1.2))
+
+    async def _commands(self, http: httpx.AsyncClient, d: SimDevice) -> None:
+        params = {"wait": 2, "limit": 10, "lease": self.lease}
+        while not self.stop_all.is_set():
+            r = await self._send(
+                http, "polls", "GET", "/commands", params=params, headers=d.headers
+            )
+            if r is None or r.status_code not in (200, 204):
+                await asyncio.sleep(_retry_after(r))
+                continue
+            if r.status_code == 204:
+                continue
+            for c in r.json()["commands"]:
+                self.ledger.delivered(c["id"], d.id)  # executes only the first time
+                await self._ack(http, d, c["id"])
+
+    async def _ack(self, http: httpx.AsyncClient, d: SimDevice, command_id: str) -> None:
+        while not self.stop_all.is_set():
+            r = await self._send(
+                http,
+                "acks",
+                "POST",
+                f"/commands/{command_id}/ack",
+                json={"status": "succeeded", "result": {"by": d.id}},
+                headers=d.headers,
+            )
+            if r is not None and r.status_code == 200:
+                self.ledger.ack_accepted(command_id)
+                return
+            if r is not None and r.status_code == 404:
+                raise RuntimeError(f"ack of {command_id} refused: 404")
+            await asyncio.sleep(_retry_after(r))
+
+    # ----- operators -----
+    async def _operator(self, http: httpx.AsyncClient) -> None:
+        interval = 1.0 / self.command_rate
+        n = 0
+        while not self.stop_load.is_set():
+            device = random.choice(self.devices)
+            n += 1
+            asyncio.create_task(self._send_command(http, device, n))
+            await asyncio.sleep(interval)
+
+    async def _send_command(self, http: httpx.AsyncClient, d: SimDevice, n: int) -> None:
+        key = str(uuid.uuid4())
+        body = {"device_id": d.id, "name": "chaos", "args": {"n": n}, "ttl": 3600}
+        headers = {**self.operator, "Idempotency-Key": key}
+        self.pending_commands += 1
+        try:
+            while not self.stop_all.is_set():
+                r = await self._send(
+                    http, "commands", "POST", "/commands", json=body, headers=headers
+                )
+                if r is not None and r.status_code == 201:
+                    self.ledger.accept_command(r.json()["id"], d.id)
+                    return
+                if r is not None and r.status_code in (400, 401, 403, 404, 422):
+                    raise RuntimeError(f"command refused for good: {r.status_code} {r.text}")
+                await asyncio.sleep(_retry_after(r))
+        finally:
+            self.pending_commands -= 1
+
+    async def _reader(self, http: httpx.AsyncClient) -> None:
+        while not self.stop_load.is_set():
+            d = random.choice(self.devices)
+            await self._send(
+                http,
+                "sensor_reads",
+                "GET",
+                "/sensors",
+                params={"device_id": d.id},
+                headers=self.operator,
+            )
+            await asyncio.sleep(1.0)

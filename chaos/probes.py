@@ -1,0 +1,61 @@
+"""Probes: the code that observes the system (health, queue depths, alerts). Probes never act."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from iot.settings import Settings
+from iot.stack.control import wait_healthy
+
+PRODUCT_QUEUES = ("sensors.data", "commands.log")
+
+
+def unhealthy(settings: Settings, timeout: float) -> dict[str, str]:
+    """Wait up to ``timeout`` for every component to be healthy; returns the ones that are not."""
+    results = wait_healthy(settings, None, timeout)
+    return {name: h.detail for name, h in results.items() if not h.ok}
+
+
+def backlog(settings: Settings) -> int | None:
+    """Messages ready or unacked in the workers' queues (None if RabbitMQ does not answer)."""
+    url = f"http://{settings.host}:{settings.rabbitmq_management_port}/api/queues/%2F"
+    try:
+        r = httpx.get(
+            url,
+            auth=(settings.rabbitmq_user, settings.rabbitmq_password),
+            timeout=2,
+            params={"columns": "name,messages"},
+        )
+        r.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return sum(int(q.get("messages", 0) or 0) for q in r.json() if q["name"] in PRODUCT_QUEUES)
+
+
+def firing_alerts(settings: Settings) -> set[str] | None:
+    """Names of the alerts Prometheus has firing now (None if it does not answer)."""
+    try:
+        r = httpx.get(f"http://{settings.host}:{settings.prometheus_port}/api/v1/alerts", timeout=2)
+        r.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    alerts: list[dict[str, Any]] = r.json()["data"]["alerts"]
+    return {a["labels"]["alertname"] for a in alerts if a.get("state") == "firing"}
+
+
+class Sampler:
+    """Samples backlog and firing alerts about once a second, for the report."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.backlog: list[tuple[float, int | None]] = []
+        self.first_fired: dict[str, float] = {}
+
+    def sample(self) -> None:
+        now = time.time()
+        self.backlog.append((now, backlog(self.s)))
+        for name in firing_alerts(self.s) or set():
+            self.first_fired.setdefault(name, now)
