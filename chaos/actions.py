@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
+
+import pika
 
 from chaos.toxiproxy import Toxiproxy
 from iot.settings import Settings
@@ -30,6 +33,8 @@ class Actions:
         self.s = settings
         self.toxiproxy = Toxiproxy(f"http://{settings.host}:{settings.toxiproxy_port}")
         self.supervisor = Supervisor(settings)
+        self.stolen = 0
+        self._stealers: list[tuple[threading.Event, threading.Thread]] = []
 
     def run(self, action: str, target: str, **params: Any) -> None:
         """Carry out one action of an experiment's method or rollbacks."""
@@ -74,6 +79,43 @@ class Actions:
                 self.supervisor.start_program(target)
             time.sleep(0.5)
         raise ActionError(f"{target} is not running {timeout:.0f}s after the rollback")
+
+    def _steal_auto_ack(self, target: str) -> None:
+        """Deliberately unsafe: a consumer that takes messages from a queue with auto-ack and
+        drops them, as a design that "takes the message synchronously" would lose them when
+        anything fails after the take. Only for proving that the checker catches loss."""
+        stop = threading.Event()
+        url = (
+            f"amqp://{self.s.rabbitmq_user}:{self.s.rabbitmq_password}@{self.s.host}:"
+            f"{self.s.rabbitmq_port}/"
+        )
+
+        def steal() -> None:
+            connection = pika.BlockingConnection(pika.URLParameters(url))
+            channel = connection.channel()
+
+            def drop(*_: Any) -> None:
+                self.stolen += 1
+
+            # A push consumer competes with the workers round-robin; auto-ack = no way back.
+            channel.basic_consume(target, drop, auto_ack=True)
+            while not stop.is_set():
+                connection.process_data_events(time_limit=0.2)
+            connection.close()
+
+        thread = threading.Thread(target=steal, daemon=True)
+        thread.start()
+        self._stealers.append((stop, thread))
+
+    def _stop_stealing(self, target: str) -> None:
+        for stop, thread in self._stealers:
+            stop.set()
+            thread.join(10)
+        self._stealers.clear()
+
+    def close(self) -> None:
+        self._stop_stealing("")
+        self.toxiproxy.close()
 
     def reset_all(self) -> None:
         """Remove every toxic and re-enable every proxy (the universal rollback)."""

@@ -33,6 +33,7 @@ from iot import security
 from iot.settings import Settings
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
+UNSAFE = Path(__file__).parent / "unsafe"  # deliberately unsafe runs that must FAIL the check
 WARMUP_SECONDS = 5
 QUIET_SECONDS = 3  # no errors for this long (and a small backlog) = recovered
 DRAIN_TIMEOUT = 120
@@ -58,8 +59,8 @@ class Experiment:
     command_rate: float = 5.0
 
 
-def load(name: str) -> Experiment:
-    path = EXPERIMENTS / f"{name}.yml"
+def load(name: str, folder: Path = EXPERIMENTS) -> Experiment:
+    path = folder / f"{name}.yml"
     if not path.exists():
         raise ExperimentError(f"no experiment {name!r}; `iotctl chaos list` shows them")
     data = yaml.safe_load(path.read_text())
@@ -209,6 +210,7 @@ def run(
                 "timeline": timeline.series(),
                 "error_causes": dict(timeline.causes),
                 "backlog": sampler.backlog,
+                "stolen_by_unsafe_consumer": actions.stolen,
             }
         )
         problems = [
@@ -228,6 +230,7 @@ def run(
     finally:
         fleet.stop()
         actions.reset_all()
+        actions.close()
         try:
             identity.remove()
         except (httpx.HTTPError, psycopg.Error) as exc:
