@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup up down status test test-unit lint bench
+.PHONY: setup up down status test test-unit lint bench chaos
 
 setup:
 	bash scripts/setup.sh
@@ -31,3 +31,9 @@ lint:
 
 bench:
 	$(VENV)/iotctl bench ingest
+	$(VENV)/iotctl bench poll
+
+# The long form of every chaos experiment (the short forms run in `make test`).
+chaos: setup
+	$(VENV)/iotctl up
+	$(VENV)/iotctl chaos run --all --long

@@ -39,8 +39,11 @@ def test_queues_lists_depths_of_the_product_queues(alice: Person):
     assert out.returncode == 0, out.stderr
     assert "sensors.data" in out.stdout and "commands.log" in out.stdout
     # The management API refreshes its statistics every few seconds.
-    eventually(lambda: f"commands.dev.{device.id}" in iotctl("queues").stdout, timeout=20,
-               what="the device's queue listed with its waiting command")
+    eventually(
+        lambda: f"commands.dev.{device.id}" in iotctl("queues").stdout,
+        timeout=20,
+        what="the device's queue listed with its waiting command",
+    )
 
 
 def test_status_reports_every_component_healthy():
