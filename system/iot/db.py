@@ -6,6 +6,7 @@ psycopg errors that mean "the database is not reachable or not answering" are tr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from iot.settings import Settings
 
 CONNECT_TIMEOUT_SECONDS = 3
 STATEMENT_TIMEOUT_MS = 10_000
+API_TIMEOUT_SECONDS = 5.0
 
 
 def _kwargs() -> dict[str, object]:
@@ -45,14 +47,18 @@ def open_pool(settings: Settings) -> AsyncConnectionPool:
 
 @asynccontextmanager
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """A pooled connection in a transaction.
+    """A pooled connection in a transaction; the whole block must finish within
+    API_TIMEOUT_SECONDS (a database that stops answering must not hold a request for ever).
 
     Raises:
         DatabaseUnavailable: Postgres cannot be reached or stopped answering.
     """
     try:
-        async with pool.connection() as conn:
-            yield conn
+        async with asyncio.timeout(API_TIMEOUT_SECONDS):
+            async with pool.connection() as conn:
+                yield conn
+    except TimeoutError as exc:
+        raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
     except PoolTimeout as exc:
         raise DatabaseUnavailable("database unavailable (no connection)") from exc
     except psycopg.OperationalError as exc:
@@ -76,5 +82,5 @@ def translated() -> Iterator[None]:
     """Translate connection-level psycopg errors raised inside the block."""
     try:
         yield
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc

@@ -17,7 +17,7 @@ from iot.api.broker import Publisher
 
 if TYPE_CHECKING:
     from iot.api.delivery import Deliveries
-from iot.errors import AuthError, Forbidden
+from iot.errors import AuthError, DatabaseUnavailable, Forbidden
 from iot.settings import Settings
 from iot.sql import devices as devices_sql
 
@@ -55,16 +55,32 @@ def get_state(request: Request) -> State:
 AppState = Annotated[State, Depends(get_state)]
 _bearer = HTTPBearer(auto_error=False, description="A person's access token or a device token")
 DEVICE_CACHE_MAX = 100_000
+STALE_SECONDS = 3600.0
 
 
 async def _device_by_token(state: State, token: str) -> dict[str, Any]:
+    """The device a token belongs to, from a short per-replica cache or Postgres.
+
+    While Postgres is unavailable a device seen within STALE_SECONDS keeps working from the
+    cache (devices must keep posting readings through a database outage); a token rotated or
+    deleted in the meantime stops working once Postgres answers again.
+
+    Raises:
+        AuthError: unknown token.
+        DatabaseUnavailable: Postgres is down and the device is not in the cache.
+    """
     token_hash = security.hash_device_token(token)
     now = time.monotonic()
     hit = state.device_cache.get(token_hash)
     if hit and hit[0] > now:
         return hit[1]
-    async with db.connection(state.pool) as conn:
-        device = await devices_sql.find_by_token_hash(conn, token_hash)
+    try:
+        async with db.connection(state.pool) as conn:
+            device = await devices_sql.find_by_token_hash(conn, token_hash)
+    except DatabaseUnavailable:
+        if hit and now - hit[0] < STALE_SECONDS:
+            return hit[1]
+        raise
     if device is None:
         state.device_cache.pop(token_hash, None)
         raise AuthError("unknown device token")

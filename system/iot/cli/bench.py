@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import math
+import random
 import re
+import resource
 import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import httpx
 import psycopg
@@ -383,4 +390,541 @@ def ingest(
     if rows < expected:
         _fail(
             f"{expected - rows:,} accepted readings were not in Postgres after {drain_timeout:.0f}s"
+        )
+
+
+# ----- iotctl bench poll -----------------------------------------------------------------------
+
+POLL_GOAL = 0.7  # idle short poll ÷ ping, requests per second
+LONG_POLL_WAIT = 25  # seconds a waiting device's GET /commands stays open
+SETUP_CONCURRENCY = 50  # parallel registrations, warm-up polls and deletions
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class LatencyRecord:
+    """What the long-poll phase observes; times are ``time.perf_counter()`` seconds."""
+
+    target: dict[int, int] = field(default_factory=dict)  # command seq -> waiter index
+    sent: dict[int, float] = field(default_factory=dict)  # seq -> just before its POST
+    answered: dict[int, float] = field(default_factory=dict)  # seq -> POST answer received
+    post_status: dict[int, int] = field(default_factory=dict)  # seq -> HTTP status (0: error)
+    received: dict[int, float] = field(default_factory=dict)  # seq -> first poll returning it
+    long_poll_started: dict[int, float] = field(default_factory=dict)  # waiter -> first poll
+    polls: int = 0
+    poll_errors: dict[str, int] = field(default_factory=dict)  # status or exception -> count
+    duplicates: int = 0
+    redeliveries: int = 0
+    misrouted: int = 0
+    acks_ok: int = 0
+    ack_errors: int = 0
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def delivery_summary(record: LatencyRecord, drain_timeout: float) -> dict[str, Any]:
+    """Figures of the long-poll phase: POST -> device latency percentiles (ms) and counts."""
+    latencies = [
+        (record.received[seq] - record.sent[seq]) * 1000
+        for seq in record.received
+        if seq in record.sent
+    ]
+    posts = [(record.answered[seq] - record.sent[seq]) * 1000 for seq in record.answered]
+    accepted = {seq for seq, status in record.post_status.items() if status == 201}
+    statuses: dict[int, int] = {}
+    for status in record.post_status.values():
+        statuses[status] = statuses.get(status, 0) + 1
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v, 2)
+
+    return {
+        "commands": len(record.sent),
+        "accepted": len(accepted),
+        "post_statuses": statuses,
+        "delivered": len(record.received),
+        "missing": len(accepted - record.received.keys()),
+        "drain_timeout_s": drain_timeout,
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p90_ms": ms(percentile(latencies, 90)),
+        "p99_ms": ms(percentile(latencies, 99)),
+        "max_ms": ms(max(latencies, default=None)),
+        "post_p50_ms": ms(percentile(posts, 50)),
+        "post_p99_ms": ms(percentile(posts, 99)),
+        "duplicates": record.duplicates,
+        "redeliveries": record.redeliveries,
+        "misrouted": record.misrouted,
+        "polls": record.polls,
+        "poll_errors": dict(record.poll_errors),
+        "acks_ok": record.acks_ok,
+        "ack_errors": record.ack_errors,
+    }
+
+
+def render_poll_table(report: dict[str, Any]) -> str:
+    """A readable table: ping vs idle short poll, then the command latency under long polls."""
+    p, i, r, e = report["ping"], report["idle_poll"], report["ratios"], report["latency"]
+    c = report["config"]
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
+
+    rows = [
+        ("requests/s", p["requests_per_s"], i["requests_per_s"], r["requests_per_s"]),
+        ("latency p50 (ms)", p["p50_ms"], i["p50_ms"], r["p50"]),
+        ("latency p99 (ms)", p["p99_ms"], i["p99_ms"], r["p99"]),
+        ("requests", p["requests"], i["requests"], None),
+        ("non-2xx answers", p["non_2xx"], i["non_2xx"], None),
+        ("429 rate limited", p["statuses"].get(429, 0), i["statuses"].get(429, 0), None),
+        ("socket errors", p["socket_errors"], i["socket_errors"], None),
+    ]
+    ratio = r["requests_per_s"]
+    verdict = "-" if ratio is None else "meets it" if ratio >= report["goal"] else "BELOW it"
+    lines = [f"{'':<20}{'GET /ping':>14}{'GET /commands?wait=0':>22}{'ratio':>10}"]
+    lines += [f"{n:<20}{fmt(a):>14}{fmt(b):>22}{fmt(x):>10}" for n, a, b, x in rows]
+    lines.append(
+        f"idle poll ÷ ping requests/s: {fmt(ratio)} (goal ≥ {report['goal']:.2f}: {verdict})"
+    )
+    lines.append("")
+    lines.append(
+        f"POST /commands -> device long poll, {c['waiters']:,} devices waiting, "
+        f"{e['commands']:,} commands at {fmt(float(c['rate']))}/s:"
+    )
+    lines.append(
+        f"  latency p50 {fmt(e['p50_ms'])} ms, p90 {fmt(e['p90_ms'])} ms, "
+        f"p99 {fmt(e['p99_ms'])} ms, max {fmt(e['max_ms'])} ms"
+    )
+    lines.append(
+        f"  delivered {e['delivered']:,} of {e['accepted']:,} accepted (201); missing "
+        f"{e['missing']:,} after a {fmt(float(e['drain_timeout_s']))} s drain; "
+        f"POST statuses {e['post_statuses']}"
+    )
+    lines.append(
+        f"  POST /commands answer p50 {fmt(e['post_p50_ms'])} ms, p99 {fmt(e['post_p99_ms'])} ms; "
+        f"acks ok {e['acks_ok']:,}, failed {e['ack_errors']:,}; duplicates {e['duplicates']:,}, "
+        f"redeliveries {e['redeliveries']:,}, misrouted {e['misrouted']:,}"
+    )
+    lines.append(f"  polls answered {e['polls']:,}; poll errors {e['poll_errors'] or 0}")
+    return "\n".join(lines)
+
+
+def _raise_open_files(wanted: int) -> int:
+    """Raise the soft open-files limit towards ``wanted`` (at most the hard limit); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+async def _bounded(
+    items: Sequence[T], concurrency: int, call: Callable[[T], Awaitable[R]]
+) -> list[R]:
+    """``call`` every item, at most ``concurrency`` at a time; results in the items' order."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(item: T) -> R:
+        async with gate:
+            return await call(item)
+
+    return await asyncio.gather(*(one(item) for item in items))
+
+
+async def _unthrottled(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """Send a request, waiting and resending while nginx answers 429 (per-credential limit:
+    the setup requests all carry the user's one token)."""
+    for _ in range(60):
+        answer = await send()
+        if answer.status_code != 429:
+            return answer
+        await asyncio.sleep(float(answer.headers.get("Retry-After", 1)))
+    return answer
+
+
+def _user_client(base_url: str, access_token: str) -> httpx.AsyncClient:
+    """An async client acting as the bench's user."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {access_token}"},
+        timeout=60,
+        limits=httpx.Limits(max_connections=SETUP_CONCURRENCY + 10),
+    )
+
+
+async def _register_devices(
+    base_url: str, access_token: str, count: int, into: list[tuple[uuid.UUID, str]]
+) -> None:
+    """Register ``count`` devices, appending (id, token) to ``into`` as each is created (so a
+    failure half way still leaves the created ones to clean up)."""
+    async with _user_client(base_url, access_token) as client:
+
+        async def register(n: int) -> None:
+            answer = await _unthrottled(
+                lambda: client.post("/devices", json={"name": f"bench-{n}"})
+            )
+            answer.raise_for_status()
+            into.append((uuid.UUID(answer.json()["id"]), answer.json()["token"]))
+
+        await _bounded(range(count), SETUP_CONCURRENCY, register)
+
+
+async def _delete_devices(base_url: str, access_token: str, ids: Sequence[uuid.UUID]) -> int:
+    """Delete the devices (the API deletes their readings and command queues); return how
+    many deletions failed."""
+    async with _user_client(base_url, access_token) as client:
+
+        async def delete(device_id: uuid.UUID) -> bool:
+            try:
+                answer = await _unthrottled(lambda: client.delete(f"/devices/{device_id}"))
+            except httpx.HTTPError:
+                return False
+            return answer.status_code in (204, 404)
+
+        return sum(not ok for ok in await _bounded(ids, SETUP_CONCURRENCY, delete))
+
+
+async def _warm_up(base_url: str, tokens: Sequence[str]) -> None:
+    """Poll every device once with ``wait=0``: the replica it lands on declares its queue and
+    subscribes (about 10 ms each), so the measurements do not include that."""
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=SETUP_CONCURRENCY + 10)
+    ) as client:
+
+        async def warm(token: str) -> None:
+            headers = {"Authorization": f"Bearer {token}"}
+            answer = await _unthrottled(
+                lambda: client.get("/commands", params={"wait": 0}, headers=headers)
+            )
+            answer.raise_for_status()
+
+        await _bounded(tokens, SETUP_CONCURRENCY, warm)
+
+
+def note_delivery(record: LatencyRecord, waiter: int, command: dict[str, Any], at: float) -> None:
+    """Record that waiter ``waiter``'s poll returned ``command`` at ``at``."""
+    seq = (command.get("args") or {}).get("seq")
+    if command.get("name") != "bench" or not isinstance(seq, int):
+        return
+    if record.target.get(seq) != waiter:
+        record.misrouted += 1
+    if int(command.get("attempt", 1)) > 1:
+        record.redeliveries += 1
+    if seq in record.received:
+        record.duplicates += 1
+    else:
+        record.received[seq] = at
+
+
+async def _ack(client: httpx.AsyncClient, command_id: str, record: LatencyRecord) -> None:
+    """Ack one command as succeeded, counting the outcome."""
+    try:
+        answer = await client.post(f"/commands/{command_id}/ack", json={"status": "succeeded"})
+        ok = answer.status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    if ok:
+        record.acks_ok += 1
+    else:
+        record.ack_errors += 1
+
+
+def _count_poll_error(record: LatencyRecord, what: str) -> None:
+    record.poll_errors[what] = record.poll_errors.get(what, 0) + 1
+
+
+def _device_client(base_url: str, token: str, tls: ssl.SSLContext) -> httpx.AsyncClient:
+    """A client acting as one device, with its own few connections (a long poll, acks).
+
+    One client per device rather than one big pool: httpx's pool assigns requests to
+    connections in O(requests x connections), which makes one client with 1000 open long
+    polls CPU-bound (seconds of client-side delay)."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        verify=tls,
+        timeout=httpx.Timeout(LONG_POLL_WAIT + 20),
+        limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+    )
+
+
+async def _wait_for_commands(
+    client: httpx.AsyncClient, waiter: int, record: LatencyRecord, acks: set[asyncio.Task[None]]
+) -> None:
+    """One device: keep a long poll open, re-poll as soon as it returns, ack what it gets."""
+    params = {"wait": LONG_POLL_WAIT, "limit": 10}
+    while True:
+        record.long_poll_started.setdefault(waiter, time.perf_counter())
+        try:
+            answer = await client.get("/commands", params=params)
+        except httpx.HTTPError as exc:
+            _count_poll_error(record, type(exc).__name__)
+            await asyncio.sleep(0.5)
+            continue
+        at = time.perf_counter()
+        record.polls += 1
+        if answer.status_code == 204:
+            continue
+        if answer.status_code != 200:
+            _count_poll_error(record, str(answer.status_code))
+            await asyncio.sleep(0.5)
+            continue
+        for command in answer.json()["commands"]:
+            note_delivery(record, waiter, command, at)
+            task = asyncio.create_task(_ack(client, command["id"], record))
+            acks.add(task)
+            task.add_done_callback(acks.discard)
+
+
+async def _send_command(
+    client: httpx.AsyncClient, device_id: uuid.UUID, waiter: int, seq: int, record: LatencyRecord
+) -> None:
+    """The person sends command ``seq`` to a device, noting the time just before the POST."""
+    record.target[seq] = waiter
+    body = {"device_id": str(device_id), "name": "bench", "args": {"seq": seq}, "ttl": 600}
+    record.sent[seq] = time.perf_counter()
+    try:
+        answer = await client.post("/commands", json=body)
+        record.post_status[seq] = answer.status_code
+    except httpx.HTTPError:
+        record.post_status[seq] = 0
+    record.answered[seq] = time.perf_counter()
+
+
+async def _send_commands(
+    client: httpx.AsyncClient,
+    device_ids: Sequence[uuid.UUID],
+    count: int,
+    rate: float,
+    record: LatencyRecord,
+) -> None:
+    """Send ``count`` commands to random devices at ``rate`` per second (each POST in its own
+    task, so a slow answer does not delay the next one)."""
+    rng, start, tasks = random.Random(), time.perf_counter(), []
+    for seq in range(count):
+        delay = start + seq / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        waiter = rng.randrange(len(device_ids))
+        tasks.append(
+            asyncio.create_task(_send_command(client, device_ids[waiter], waiter, seq, record))
+        )
+    await asyncio.gather(*tasks)
+
+
+async def _until(condition: Callable[[], bool], within: float, step: float = 0.05) -> bool:
+    """Check ``condition`` every ``step`` seconds until it holds (True) or ``within`` seconds
+    pass (False)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+async def _measure_latency(
+    base_url: str,
+    access_token: str,
+    devices: Sequence[tuple[uuid.UUID, str]],
+    commands: int,
+    rate: float,
+    drain_timeout: float,
+) -> LatencyRecord:
+    """Open a long poll per device, send commands at ``rate``, and record when each arrives."""
+    record, acks = LatencyRecord(), set[asyncio.Task[None]]()
+    waiters = len(devices)
+    typer.echo(f"warming up {waiters} devices (one wait=0 poll each) ...")
+    await _warm_up(base_url, [token for _, token in devices])
+    async with contextlib.AsyncExitStack() as stack:
+        person = await stack.enter_async_context(_user_client(base_url, access_token))
+        clients = [
+            await stack.enter_async_context(_device_client(base_url, token, tls))
+            for tls in [ssl.create_default_context()]  # one for all: building one costs ms
+            for _, token in devices
+        ]
+        typer.echo(f"opening {waiters} long polls (wait={LONG_POLL_WAIT}s) ...")
+        loops = [
+            asyncio.create_task(_wait_for_commands(client, n, record, acks))
+            for n, client in enumerate(clients)
+        ]
+        try:
+            await _until(lambda: len(record.long_poll_started) == waiters, 30)
+            settle = max(record.long_poll_started.values(), default=0) + 1 - time.perf_counter()
+            await asyncio.sleep(max(settle, 0))
+            typer.echo(f"sending {commands} commands at {rate:g}/s ...")
+            ids = [device_id for device_id, _ in devices]
+            await _send_commands(person, ids, commands, rate, record)
+            typer.echo(f"waiting for the last deliveries (up to {drain_timeout:g}s) ...")
+            accepted = {seq for seq, status in record.post_status.items() if status == 201}
+            await _until(lambda: accepted <= record.received.keys(), drain_timeout)
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            if acks:
+                await asyncio.wait(list(acks), timeout=10)
+    return record
+
+
+def _poll_cleanup(
+    base_url: str,
+    access_token: str,
+    conn: psycopg.Connection,
+    ids: Sequence[uuid.UUID],
+    user_id: uuid.UUID,
+) -> None:
+    """Delete the bench's devices (and so their command queues), then its user."""
+    typer.echo(f"deleting {len(ids)} devices and the bench user ...")
+    try:
+        failed = asyncio.run(_delete_devices(base_url, access_token, ids))
+        if failed:
+            typer.secho(
+                f"warning: {failed} devices not deleted; remove user {user_id} by hand", err=True
+            )
+            return
+        conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+    except (httpx.HTTPError, psycopg.Error) as exc:
+        typer.secho(f"warning: cleanup failed ({exc}); remove user {user_id} by hand", err=True)
+
+
+def _poll_report(
+    config: dict[str, Any], ping: WrkResult, idle: WrkResult, record: LatencyRecord, drain: float
+) -> dict[str, Any]:
+    """All figures of ``bench poll`` as one JSON-able dict."""
+    return {
+        "config": config,
+        "goal": POLL_GOAL,
+        "ping": asdict(ping),
+        "idle_poll": asdict(idle),
+        "ratios": {
+            "requests_per_s": _ratio(idle.requests_per_s, ping.requests_per_s),
+            "p50": _ratio(idle.p50_ms, ping.p50_ms),
+            "p99": _ratio(idle.p99_ms, ping.p99_ms),
+        },
+        "latency": delivery_summary(record, drain),
+    }
+
+
+@app.command()
+def poll(
+    duration: Annotated[
+        int, typer.Option(min=1, help="Seconds of load per wrk phase (wrk -d).")
+    ] = 10,
+    connections: Annotated[
+        int,
+        typer.Option(min=2, help="Open HTTP connections (wrk -c), the same for ping and poll."),
+    ] = 64,
+    devices: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Device tokens the idle short polls rotate through; nginx rate-limits each "
+            "credential (200 r/s, burst 400), so use enough that none exceeds the limit.",
+        ),
+    ] = 100,
+    waiters: Annotated[
+        int, typer.Option(min=1, help="Devices each keeping a long poll open (wait=25s).")
+    ] = 1000,
+    commands: Annotated[
+        int, typer.Option(min=1, help="Commands the person sends to random waiting devices.")
+    ] = 300,
+    rate: Annotated[
+        float, typer.Option(min=0.1, help="Commands sent per second (POST /commands).")
+    ] = 30.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to wait after the last POST for every command to arrive."),
+    ] = 30.0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write all figures as JSON to this file.")
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option(help="Keep the bench's user and devices (and their queues) afterwards.")
+    ] = False,
+) -> None:
+    """Compare an idle short poll (GET /commands?wait=0 answered 204) with the do-nothing
+    GET /ping (throughput, p50/p99, same wrk options), then measure POST /commands -> device
+    latency while many devices wait in long polls."""
+    wrk = _wrk_binary()
+    get_settings.cache_clear()
+    s: Settings = get_settings()
+    try:
+        httpx.get(f"{s.base_url}/ping", timeout=5).raise_for_status()
+        conn = psycopg.connect(s.database_direct_url, autocommit=True, connect_timeout=5)
+    except (httpx.HTTPError, psycopg.Error) as exc:
+        _fail(f"the stack does not answer ({exc}); start it with `iotctl up`")
+    _raise_open_files(waiters + connections + 500)
+    username, user_id, access_token = f"bench-{uuid.uuid4().hex[:12]}", uuid.uuid4(), ""
+    registered: list[tuple[uuid.UUID, str]] = []
+    try:
+        with httpx.Client(base_url=s.base_url, timeout=60) as client:
+            access_token = _create_user(conn, client, user_id, username)
+        total = max(devices, waiters)
+        typer.echo(f"registering {total} devices for user {username} ...")
+        asyncio.run(_register_devices(s.base_url, access_token, total, registered))
+        tokens = [token for _, token in registered]
+        typer.echo(f"[1/3] GET /ping for {duration}s ({connections} connections, 2 threads) ...")
+        ping_tokens = [f"bench-ping-{n}" for n in range(PING_CREDENTIALS)]
+        ping = _run_wrk(
+            wrk,
+            f"{s.base_url}/ping",
+            lua_script("GET", "/ping", ping_tokens),
+            connections,
+            duration,
+        )
+        typer.echo(f"[2/3] GET /commands?wait=0 (idle) for {duration}s, {devices} devices ...")
+        asyncio.run(_warm_up(s.base_url, tokens[:devices]))
+        path = "/commands?wait=0"
+        idle = _run_wrk(
+            wrk, s.base_url + path, lua_script("GET", path, tokens[:devices]), connections, duration
+        )
+        typer.echo(f"[3/3] command latency with {waiters} devices in long polls ...")
+        record = asyncio.run(
+            _measure_latency(
+                s.base_url, access_token, registered[:waiters], commands, rate, drain_timeout
+            )
+        )
+    except (httpx.HTTPError, psycopg.Error) as exc:
+        _fail(f"the bench failed: {exc}")
+    finally:
+        ids = [device_id for device_id, _ in registered]
+        if keep:
+            typer.echo(f"kept user {username} and its {len(ids)} devices")
+        elif access_token:
+            _poll_cleanup(s.base_url, access_token, conn, ids, user_id)
+        else:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+        conn.close()
+
+    config = {
+        "duration_s": duration,
+        "connections": connections,
+        "threads": 2,
+        "devices": devices,
+        "waiters": waiters,
+        "commands": commands,
+        "rate": rate,
+        "long_poll_wait_s": LONG_POLL_WAIT,
+        "url": s.base_url,
+    }
+    report = _poll_report(config, ping, idle, record, drain_timeout)
+    typer.echo("\n" + render_poll_table(report))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        typer.echo(f"wrote {json_path}")
+    if idle.statuses.get(429) or ping.statuses.get(429):
+        typer.secho("warning: nginx answered 429 (rate limited): raise --devices", err=True)
+    if report["latency"]["missing"]:
+        _fail(
+            f"{report['latency']['missing']} accepted commands did not reach their device "
+            f"within {drain_timeout:g}s"
         )

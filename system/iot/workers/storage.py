@@ -8,6 +8,8 @@ republishing retries or holding countless delayed tasks in memory.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _local = threading.local()
 MAX_BACKOFF_SECONDS = 10.0
+WRITE_DEADLINE_SECONDS = 15.0  # statement_timeout (10 s) plus a margin
 
 
 def _connection() -> psycopg.Connection[Any]:
@@ -44,14 +47,30 @@ def _drop_connection() -> None:
             pass
 
 
+def _sever(conn: psycopg.Connection[Any]) -> None:
+    """Cut a connection's socket from another thread, so a query stuck on a database that
+    stopped answering (no reply, not even a TCP reset) fails instead of blocking for ever."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    except (OSError, psycopg.Error):
+        pass
+
+
 def write(task: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
     """Run ``work`` in a transaction, retrying for as long as Postgres is unavailable."""
     backoff = 0.25
     while True:
         try:
             conn = _connection()
-            with db.translated(), conn.transaction():
-                return work(conn)
+            watchdog = threading.Timer(WRITE_DEADLINE_SECONDS, _sever, args=(conn,))
+            watchdog.start()
+            try:
+                with db.translated(), conn.transaction():
+                    return work(conn)
+            finally:
+                watchdog.cancel()
         except DatabaseUnavailable as exc:
             _drop_connection()
             metrics.DB_RETRIES.labels(task).inc()
