@@ -538,14 +538,16 @@ async def _bounded(
     return await asyncio.gather(*(one(item) for item in items))
 
 
-async def _unthrottled(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-    """Send a request, waiting and resending while nginx answers 429 (per-credential limit:
-    the setup requests all carry the user's one token)."""
+async def _retrying(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """Send a setup request, waiting ``Retry-After`` and resending (for up to about a minute)
+    while the answer is 429 (the setup requests all carry the user's one token, and nginx
+    limits each credential) or 503 (a component briefly unavailable)."""
     for _ in range(60):
         answer = await send()
-        if answer.status_code != 429:
+        if answer.status_code not in (429, 503):
             return answer
-        await asyncio.sleep(float(answer.headers.get("Retry-After", 1)))
+        after = answer.headers.get("Retry-After", "1")
+        await asyncio.sleep(min(float(after), 5) if after.isdigit() else 1)
     return answer
 
 
@@ -567,9 +569,7 @@ async def _register_devices(
     async with _user_client(base_url, access_token) as client:
 
         async def register(n: int) -> None:
-            answer = await _unthrottled(
-                lambda: client.post("/devices", json={"name": f"bench-{n}"})
-            )
+            answer = await _retrying(lambda: client.post("/devices", json={"name": f"bench-{n}"}))
             answer.raise_for_status()
             into.append((uuid.UUID(answer.json()["id"]), answer.json()["token"]))
 
@@ -583,7 +583,7 @@ async def _delete_devices(base_url: str, access_token: str, ids: Sequence[uuid.U
 
         async def delete(device_id: uuid.UUID) -> bool:
             try:
-                answer = await _unthrottled(lambda: client.delete(f"/devices/{device_id}"))
+                answer = await _retrying(lambda: client.delete(f"/devices/{device_id}"))
             except httpx.HTTPError:
                 return False
             return answer.status_code in (204, 404)
@@ -600,7 +600,7 @@ async def _warm_up(base_url: str, tokens: Sequence[str]) -> None:
 
         async def warm(token: str) -> None:
             headers = {"Authorization": f"Bearer {token}"}
-            answer = await _unthrottled(
+            answer = await _retrying(
                 lambda: client.get("/commands", params={"wait": 0}, headers=headers)
             )
             answer.raise_for_status()
