@@ -121,3 +121,24 @@ def test_access_token_lifetime_is_in_the_token():
         security.issue_access_token(claims, "k" * 32, 120), "k" * 32, algorithms=["HS256"]
     )
     assert 119 <= payload["exp"] - int(time.time()) <= 120
+
+
+@pytest.mark.parametrize(
+    "query,ok",
+    [
+        (b"", True),
+        (b"wait=0", True),
+        (b"wait=0&limit=10&lease=30", True),
+        (b"wait=0.0&limit=100", True),
+        (b"wait=1", False),
+        (b"limit=0", False),
+        (b"limit=101", False),
+        (b"lease=0", False),
+        (b"wait=soon", False),
+        (b"other=1", False),
+    ],
+)
+def test_only_plainly_valid_idle_polls_take_the_shortcut(query, ok):
+    from iot.api.shortcut import _plainly_valid
+
+    assert _plainly_valid(query) is ok

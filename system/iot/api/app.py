@@ -17,6 +17,7 @@ from iot.api.delivery import Deliveries
 from iot.api.deps import State
 from iot.api.metrics import MetricsMiddleware
 from iot.api.routes import auth, commands, devices, health, sensors
+from iot.api.shortcut import IdlePollShortcut
 from iot.errors import AuthError, IotError, Unavailable
 from iot.settings import Settings, get_settings
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "A 2xx answer means the message is durable; 503 means retry (see Retry-After).",
         lifespan=lifespan,
     )
+    app.add_middleware(IdlePollShortcut)  # inside the metrics middleware: still counted
     app.add_middleware(MetricsMiddleware, replica=settings.replica_name)
 
     @app.exception_handler(IotError)

@@ -225,6 +225,21 @@ class Deliveries:
             slot = self._slots[device_id] = Slot(device_id)
         return slot
 
+    def surely_idle(self, device_id: str) -> bool:
+        """True when this replica is consuming the device's queue and holds nothing for it: a
+        short poll can answer 204 at once. Counts as the device's poll (keeps the consumer)."""
+        slot = self._slots.get(device_id)
+        if (
+            slot is None
+            or slot.buffer
+            or slot.consumer_tag is None
+            or slot.generation != self._generation
+            or not self._ready.is_set()
+        ):
+            return False
+        slot.last_seen = time.monotonic()
+        return True
+
     async def poll(
         self, device_id: str, wait: float, limit: int, lease: float
     ) -> list[dict[str, Any]]:
@@ -450,7 +465,7 @@ class Deliveries:
         try:
             await held.message.ack()
         except Exception as exc:  # noqa: BLE001 - channel gone: the broker requeued it
-            log.info("ack of %s not sent: %s", held.id, exc)
+            log.info("ack of %s not sent: %s", held.id, exc.__class__.__name__)
 
     async def _nack(self, held: Held) -> None:
         if held.generation != self._generation:
@@ -458,7 +473,7 @@ class Deliveries:
         try:
             await held.message.nack(requeue=True)
         except Exception as exc:  # noqa: BLE001 - channel gone: the broker requeued it
-            log.info("nack of %s not sent: %s", held.id, exc)
+            log.info("nack of %s not sent: %s", held.id, exc.__class__.__name__)
 
     def _update_gauges(self) -> None:
         metrics.LEASES.set(sum(len(s.leased) for s in self._slots.values()))
