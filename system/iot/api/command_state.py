@@ -55,20 +55,6 @@ async def remember(state: State, command: dict[str, Any]) -> None:
         metrics.CACHE_ERRORS.inc()
 
 
-def _row_to_descriptor(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "device_id": str(row["device_id"]),
-        "owner_id": str(row["owner_id"]) if row["owner_id"] else None,
-        "name": row["name"],
-        "args": row["args"],
-        "ttl": row["ttl_seconds"],
-        "created_at": row["created_at"].isoformat(),
-        "expires_at": row["expires_at"].isoformat(),
-        "requeues": 0,
-    }
-
-
 async def descriptor(state: State, command_id: uuid.UUID) -> dict[str, Any] | None:
     """The command's descriptor from Redis, else Postgres; None when neither knows it.
 
@@ -83,7 +69,7 @@ async def descriptor(state: State, command_id: uuid.UUID) -> dict[str, Any] | No
         metrics.CACHE_ERRORS.inc()
     async with db.connection(state.pool) as conn:
         row = await commands_sql.get_command(conn, command_id)
-    return _row_to_descriptor(row) if row else None
+    return commands_sql.descriptor_from_row(row) if row else None
 
 
 async def finals(state: State, command_ids: list[str]) -> dict[str, str]:

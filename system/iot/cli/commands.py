@@ -12,7 +12,8 @@ import pika
 import typer
 
 from iot import db, messages
-from iot.settings import Settings, get_settings
+from iot.cli.common import fail, settings
+from iot.settings import Settings
 from iot.sql import commands as commands_sql
 
 app = typer.Typer(
@@ -21,16 +22,6 @@ app = typer.Typer(
 )
 
 PENDING = ["queued", "delivered"]
-
-
-def _settings() -> Settings:
-    get_settings.cache_clear()
-    return get_settings()
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def _queue_depth(s: Settings, device_id: uuid.UUID) -> dict[str, Any] | None:
@@ -52,7 +43,7 @@ def list_commands(
 ) -> None:
     """List a device's commands with the given status (from the command log in Postgres), and
     the depth of its RabbitMQ queue."""
-    s = _settings()
+    s = settings()
     statuses = PENDING if status == "pending" else [status]
     with db.connect(s.database_direct_url) as conn:
         rows = commands_sql.by_status(conn, device_id, statuses)
@@ -84,7 +75,7 @@ def requeue(
 
     Each is logged as ``queued`` again (detail ``requeued``). Exit status 1 if any could not be
     requeued."""
-    s = _settings()
+    s = settings()
     with db.connect(s.database_direct_url) as conn:
         if command_id:
             rows = [
@@ -94,13 +85,13 @@ def requeue(
             ]
             missing = {str(c) for c in command_id} - {str(r["id"]) for r in rows}
             if missing:
-                _fail(f"not commands of device {device_id}: {', '.join(sorted(missing))}")
+                fail(f"not commands of device {device_id}: {', '.join(sorted(missing))}")
         else:
             rows = commands_sql.by_status(conn, device_id, ["dead"])
         counts = {str(r["id"]): _requeue_count(conn, r["id"]) for r in rows}
     not_dead = [str(r["id"]) for r in rows if r["status"] != "dead"]
     if not_dead:
-        _fail(f"only dead commands can be requeued; not dead: {', '.join(not_dead)}")
+        fail(f"only dead commands can be requeued; not dead: {', '.join(not_dead)}")
     if not rows:
         typer.echo("no dead commands")
         return
@@ -134,17 +125,8 @@ def _requeue_count(conn: Any, command_id: uuid.UUID) -> int:
 
 def _requeue_one(channel: Any, row: dict[str, Any], requeues: int) -> None:
     now = datetime.now(UTC)
-    command = {
-        "id": str(row["id"]),
-        "device_id": str(row["device_id"]),
-        "owner_id": str(row["owner_id"]) if row["owner_id"] else None,
-        "name": row["name"],
-        "args": row["args"],
-        "ttl": row["ttl_seconds"],
-        "created_at": row["created_at"].isoformat(),
-        "expires_at": (now + timedelta(seconds=row["ttl_seconds"])).isoformat(),
-        "requeues": requeues,
-    }
+    expires_at = now + timedelta(seconds=row["ttl_seconds"])
+    command = commands_sql.descriptor_from_row(row, requeues, expires_at)
     # The event first: a command back in its queue must already be "queued" in the log.
     event = messages.command_event(
         command,

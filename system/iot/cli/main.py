@@ -10,8 +10,9 @@ import time
 import typer
 
 from iot import db, security
+from iot.cli.common import fail, settings
 from iot.errors import Conflict
-from iot.settings import Settings, get_settings
+from iot.settings import Settings
 from iot.sql import users as users_sql
 from iot.stack import setup as stack_setup
 from iot.stack.control import ControlError, Supervisor, probe, wait_healthy
@@ -26,16 +27,6 @@ app = typer.Typer(
 )
 users_app = typer.Typer(help="Manage the people who use the API.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
-
-
-def _settings() -> Settings:
-    get_settings.cache_clear()
-    return get_settings()
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _print_urls(s: Settings) -> None:
@@ -63,13 +54,13 @@ def up(
     """Prepare var/ (secrets, TLS, Postgres cluster, configs), start every process under the
     supervisor, apply database migrations, wait until all are healthy and print the URLs.
     Running it again is harmless: it applies changed configuration and starts what is stopped."""
-    base = _settings()
+    base = settings()
     created = stack_setup.ensure_secrets(base.home)
-    s = _settings()
+    s = settings()
     if created:
         typer.echo("wrote new secrets to var/secrets.env")
     if not s.toxiproxy_bin.exists():
-        _fail(f"{s.toxiproxy_bin} is missing: run `make up` (it builds toxiproxy)")
+        fail(f"{s.toxiproxy_bin} is missing: run `make up` (it builds toxiproxy)")
     try:
         stack_setup.make_dirs(s)
         stack_setup.ensure_certificate(s)
@@ -81,7 +72,7 @@ def up(
         if was_running:
             _apply_changes(sup, changed)
     except (stack_setup.SetupError, ControlError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo("supervisor running; waiting for Postgres ...")
     started = time.monotonic()
     _wait_postgres_socket(s, timeout)
@@ -99,11 +90,11 @@ def up(
     if bad:
         for name, h in bad.items():
             typer.secho(f"  {name:<18} NOT healthy: {h.detail}", fg=typer.colors.RED, err=True)
-        _fail(f"{len(bad)} component(s) not healthy after {timeout:.0f}s; see `iotctl logs NAME`")
+        fail(f"{len(bad)} component(s) not healthy after {timeout:.0f}s; see `iotctl logs NAME`")
     try:
         stack_setup.apply_broker_policy(s)
     except stack_setup.SetupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _print_urls(s)
 
 
@@ -136,7 +127,7 @@ def _wait_postgres_socket(s: Settings, timeout: float) -> None:
                 return
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
-                _fail(f"Postgres did not start: {exc}; see `iotctl logs postgres`")
+                fail(f"Postgres did not start: {exc}; see `iotctl logs postgres`")
             time.sleep(0.5)
 
 
@@ -147,11 +138,11 @@ def down(
     ),
 ) -> None:
     """Stop every process of the stack (and the supervisor)."""
-    s = _settings()
+    s = settings()
     try:
         stopped = Supervisor(s).shutdown()
     except ControlError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo("stack stopped" if stopped else "stack was not running")
     if purge:
         import shutil
@@ -165,7 +156,7 @@ def status(
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Each component's process state and health. Exit status 1 if any is unhealthy."""
-    s = _settings()
+    s = settings()
     info = Supervisor(s).info()
     rows = []
     for p in programs(s):
@@ -204,50 +195,50 @@ def logs(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
 ) -> None:
     """Show a component's log (var/log/NAME.log)."""
-    s = _settings()
+    s = settings()
     names = [p.name for p in programs(s)] + ["supervisord"]
     if name not in names:
-        _fail(f"unknown component {name!r}; one of: {', '.join(names)}")
+        fail(f"unknown component {name!r}; one of: {', '.join(names)}")
     path = s.var / "log" / f"{name}.log"
     if not path.exists():
-        _fail(f"{path} does not exist yet (has the stack run?)")
+        fail(f"{path} does not exist yet (has the stack run?)")
     cmd = ["tail", "-n", str(lines)] + (["-F"] if follow else []) + [str(path)]
     raise typer.Exit(subprocess.call(cmd))
 
 
 def _component(name: str) -> str:
-    s = _settings()
+    s = settings()
     names = [p.name for p in programs(s)]
     if name not in names:
-        _fail(f"unknown component {name!r}; one of: {', '.join(names)}")
+        fail(f"unknown component {name!r}; one of: {', '.join(names)}")
     return name
 
 
 @app.command()
 def stop(name: str = typer.Argument(..., help="Component name.")) -> None:
     """Stop one component (the supervisor will not restart it until `iotctl start NAME`)."""
-    Supervisor(_settings()).stop_program(_component(name))
+    Supervisor(settings()).stop_program(_component(name))
     typer.echo(f"{name} stopped")
 
 
 @app.command()
 def start(name: str = typer.Argument(..., help="Component name.")) -> None:
     """Start one stopped component."""
-    Supervisor(_settings()).start_program(_component(name))
+    Supervisor(settings()).start_program(_component(name))
     typer.echo(f"{name} started")
 
 
 @app.command()
 def restart(name: str = typer.Argument(..., help="Component name.")) -> None:
     """Restart one component."""
-    Supervisor(_settings()).restart_program(_component(name))
+    Supervisor(settings()).restart_program(_component(name))
     typer.echo(f"{name} restarted")
 
 
 @app.command()
 def migrate() -> None:
     """Apply pending database migrations (also done by `iotctl up`)."""
-    applied = stack_setup.migrate(_settings().database_direct_url)
+    applied = stack_setup.migrate(settings().database_direct_url)
     typer.echo(
         f"{len(applied)} migration(s) applied" + (f": {', '.join(applied)}" if applied else "")
     )
@@ -267,10 +258,10 @@ def users_create(
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     if len(password) < 8:
-        _fail("the password needs at least 8 characters")
+        fail("the password needs at least 8 characters")
 
     async def create() -> dict:
-        s = _settings()
+        s = settings()
         pool = db.open_pool(s)
         await pool.open(wait=True, timeout=10)
         try:
@@ -284,9 +275,9 @@ def users_create(
     try:
         user = asyncio.run(create())
     except Conflict as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     except Exception as exc:  # noqa: BLE001 - report any failure to the operator plainly
-        _fail(f"could not create the user: {exc}")
+        fail(f"could not create the user: {exc}")
     typer.echo(f"created {'admin' if admin else 'user'} {user['username']} ({user['id']})")
 
 
@@ -295,7 +286,7 @@ def users_list() -> None:
     """List users."""
 
     async def fetch() -> list[dict]:
-        pool = db.open_pool(_settings())
+        pool = db.open_pool(settings())
         await pool.open(wait=True, timeout=10)
         try:
             async with db.connection(pool) as conn:

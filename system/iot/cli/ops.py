@@ -9,20 +9,10 @@ import redis
 import typer
 
 from iot import cache, db
-from iot.settings import Settings, get_settings
+from iot.cli.common import fail, settings
 
 cache_app = typer.Typer(help="The latest-readings cache in Redis.", no_args_is_help=True)
 OWNERS_KEY = "device-owners"
-
-
-def _settings() -> Settings:
-    get_settings.cache_clear()
-    return get_settings()
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def queues(
@@ -31,7 +21,7 @@ def queues(
     ] = False,
 ) -> None:
     """RabbitMQ queue depths: ready and unacked messages and consumers, deepest first."""
-    s = _settings()
+    s = settings()
     url = f"http://{s.host}:{s.rabbitmq_management_port}/api/queues/%2F"
     try:
         r = httpx.get(
@@ -42,7 +32,7 @@ def queues(
         )
         r.raise_for_status()
     except httpx.HTTPError as exc:
-        _fail(f"RabbitMQ management API unreachable ({exc}); is rabbitmq up? `iotctl status`")
+        fail(f"RabbitMQ management API unreachable ({exc}); is rabbitmq up? `iotctl status`")
     rows: list[dict[str, Any]] = r.json()
     rows.sort(key=lambda q: -(q.get("messages_ready", 0) + q.get("messages_unacknowledged", 0)))
     device_queues = [q for q in rows if q["name"].startswith("commands.dev.")]
@@ -66,12 +56,12 @@ def rebuild(
 ) -> None:
     """Refill Redis from Postgres: each device's latest readings (never replacing a newer
     value) and the device-owner map. Safe to run while the system is serving."""
-    s = _settings()
+    s = settings()
     client = redis.Redis(host=s.host, port=s.redis_port, socket_timeout=5)
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        _fail(f"Redis unreachable ({exc}); start it first: `iotctl start redis`")
+        fail(f"Redis unreachable ({exc}); start it first: `iotctl start redis`")
     devices = sensors = 0
     with db.connect(s.database_direct_url) as conn:
         owners = conn.execute(

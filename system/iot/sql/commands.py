@@ -93,6 +93,23 @@ def record_event(conn: psycopg.Connection[Any], event: dict[str, Any]) -> int:
     return added
 
 
+def descriptor_from_row(
+    row: dict[str, Any], requeues: int = 0, expires_at: datetime | None = None
+) -> dict[str, Any]:
+    """The command's descriptor (as in its messages) rebuilt from its ``commands`` row."""
+    return {
+        "id": str(row["id"]),
+        "device_id": str(row["device_id"]),
+        "owner_id": str(row["owner_id"]) if row["owner_id"] else None,
+        "name": row["name"],
+        "args": row["args"],
+        "ttl": row["ttl_seconds"],
+        "created_at": row["created_at"].isoformat(),
+        "expires_at": (expires_at or row["expires_at"]).isoformat(),
+        "requeues": requeues,
+    }
+
+
 # ----- reads (API) -----
 _COLUMNS = (
     "id, device_id, owner_id, name, args, ttl_seconds, created_at, expires_at, status,"
