@@ -159,6 +159,7 @@ def run(
                 f" ({dict(timeline.causes)})"
             )
 
+        sampler.start_fault()
         fault_start = time.time()
         progress(
             f"[{exp.name}] fault on for {fault_seconds:g}s: "
@@ -224,6 +225,9 @@ def run(
             problems.append(
                 f"recovery {report['recovery_seconds']}s over the bound {exp.recovery_bound:g}s"
             )
+        missed = [a for a in exp.expect_alert if a not in detected]
+        if missed:
+            problems.append(f"expected alert(s) did not fire: {', '.join(missed)}")
         report["problems"] = problems
         report["passed"] = not problems
         return report

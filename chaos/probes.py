@@ -35,27 +35,42 @@ def backlog(settings: Settings) -> int | None:
     return sum(int(q.get("messages", 0) or 0) for q in r.json() if q["name"] in PRODUCT_QUEUES)
 
 
-def firing_alerts(settings: Settings) -> set[str] | None:
-    """Names of the alerts Prometheus has firing now (None if it does not answer)."""
+def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
+    """The alerts Prometheus has firing now, as (name, labels) pairs (None if it does not
+    answer): the same alert on another instance is another pair."""
     try:
         r = httpx.get(f"http://{settings.host}:{settings.prometheus_port}/api/v1/alerts", timeout=2)
         r.raise_for_status()
     except httpx.HTTPError:
         return None
     alerts: list[dict[str, Any]] = r.json()["data"]["alerts"]
-    return {a["labels"]["alertname"] for a in alerts if a.get("state") == "firing"}
+    return {
+        (a["labels"]["alertname"], repr(sorted(a["labels"].items())))
+        for a in alerts
+        if a.get("state") == "firing"
+    }
 
 
 class Sampler:
-    """Samples backlog and firing alerts about once a second, for the report."""
+    """Samples backlog and firing alerts about once a second, for the report.
+
+    Alerts already firing when the fault starts (say, from an earlier experiment) are the
+    baseline: only alerts that start firing after it count as detections of this fault.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
         self.backlog: list[tuple[float, int | None]] = []
         self.first_fired: dict[str, float] = {}
+        self.baseline: set[tuple[str, str]] | None = None
+
+    def start_fault(self) -> None:
+        self.baseline = firing_alerts(self.s) or set()
 
     def sample(self) -> None:
         now = time.time()
         self.backlog.append((now, backlog(self.s)))
-        for name in firing_alerts(self.s) or set():
+        if self.baseline is None:
+            return
+        for name, _labels in (firing_alerts(self.s) or set()) - self.baseline:
             self.first_fired.setdefault(name, now)
