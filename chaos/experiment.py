@@ -38,6 +38,7 @@ WARMUP_SECONDS = 5
 QUIET_SECONDS = 3  # no errors for this long (and a small backlog) = recovered
 DRAIN_TIMEOUT = 120
 CHECK_TIMEOUT = 60
+ALERT_GRACE_SECONDS = 45  # after the fault ends, how long an expected alert may still take
 
 
 class ExperimentError(RuntimeError):
@@ -191,6 +192,14 @@ def run(
             time.sleep(1)
         drained = fleet.drained()
         fleet.stop()
+        # Alerts need a scrape and an evaluation (5 s each) after the symptom, plus their
+        # `for:`; a process restarted by the supervisor is seen only once it is scraped again.
+        while (
+            any(a not in sampler.first_fired for a in exp.expect_alert)
+            and time.time() < fault_end + ALERT_GRACE_SECONDS
+        ):
+            sampler.sample()
+            time.sleep(1)
         if fleet.failure:
             raise ExperimentError(f"the fleet failed: {fleet.failure!r}")
         progress(f"[{exp.name}] checking the ledger against the devices and Postgres")
