@@ -74,3 +74,14 @@ def test_with_rabbitmq_stopped_posts_answer_503_with_retry_after_never_201(
     ).json()["id"]
     got = eventually(lambda: device.commands(wait=5), timeout=30, what="command delivered")
     assert [c["id"] for c in got] == [cid]
+
+
+def test_with_every_api_replica_down_nginx_answers_503_with_retry_after(
+    alice: Person, restart_guard
+):
+    device = alice.new_device()
+    restart_guard("api-1")
+    restart_guard("api-2")
+    r = device.post([reading()])
+    assert r.status_code == 503
+    assert int(r.headers["Retry-After"]) >= 1 and r.json()["detail"]

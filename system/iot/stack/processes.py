@@ -139,6 +139,10 @@ def programs(s: Settings) -> list[Program]:
                     "httptools",
                     "--backlog",
                     "4096",
+                    # Longer than nginx keeps idle upstream connections (keepalive_timeout),
+                    # so uvicorn never closes one that nginx is about to reuse (a 502).
+                    "--timeout-keep-alive",
+                    "75",
                 ],
                 "app",
                 30,
