@@ -36,8 +36,9 @@ def backlog(settings: Settings) -> int | None:
 
 
 def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
-    """The alerts Prometheus has firing now, as (name, labels) pairs (None if it does not
-    answer): the same alert on another instance is another pair."""
+    """The alerts Prometheus has firing now, as (name, labels and value) pairs (None if it does
+    not answer). The same alert on another instance, or with another value (say, a restart
+    count that went up while the alert was already firing), is another pair."""
     try:
         r = httpx.get(f"http://{settings.host}:{settings.prometheus_port}/api/v1/alerts", timeout=2)
         r.raise_for_status()
@@ -45,7 +46,7 @@ def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
         return None
     alerts: list[dict[str, Any]] = r.json()["data"]["alerts"]
     return {
-        (a["labels"]["alertname"], repr(sorted(a["labels"].items())))
+        (a["labels"]["alertname"], repr((sorted(a["labels"].items()), a.get("value"))))
         for a in alerts
         if a.get("state") == "firing"
     }
