@@ -137,6 +137,7 @@ def test_there_are_dashboards_to_check():
 
 @pytest.mark.parametrize("expr", panel_queries())
 def test_panel_query_returns_data(load, settings: Settings, expr: str):
-    # A series the load just created needs two scrapes before rate() sees it: allow a few.
+    # A series the load just created needs two scrapes before rate() sees it, and the
+    # long-window SLO rules are evaluated once a minute: allow for both.
     one_line = " ".join(promql(expr).split())
-    eventually(lambda: query(settings, one_line), timeout=20, what=f"data for: {one_line}")
+    eventually(lambda: query(settings, one_line), timeout=75, what=f"data for: {one_line}")
