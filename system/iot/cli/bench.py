@@ -232,14 +232,13 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def render_table(report: dict[str, Any]) -> str:
-    """A readable table of the ping baseline, the ingest figures and their ratios."""
-    p, i, e, r = report["ping"], report["ingest"], report["end_to_end"], report["ratios"]
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
 
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
 
-    rows = [
+def _wrk_rows(p: dict[str, Any], i: dict[str, Any], r: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Rows comparing two wrk runs (baseline ``p``, measured ``i``) with their ratios ``r``."""
+    return [
         ("requests/s", p["requests_per_s"], i["requests_per_s"], r["requests_per_s"]),
         ("latency p50 (ms)", p["p50_ms"], i["p50_ms"], r["p50"]),
         ("latency p99 (ms)", p["p99_ms"], i["p99_ms"], r["p99"]),
@@ -247,6 +246,17 @@ def render_table(report: dict[str, Any]) -> str:
         ("non-2xx answers", p["non_2xx"], i["non_2xx"], None),
         ("429 rate limited", p["statuses"].get(429, 0), i["statuses"].get(429, 0), None),
         ("socket errors", p["socket_errors"], i["socket_errors"], None),
+    ]
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """A readable table of the ping baseline, the ingest figures and their ratios."""
+    p, i, e, r = report["ping"], report["ingest"], report["end_to_end"], report["ratios"]
+
+    fmt = _fmt
+
+    rows = [
+        *_wrk_rows(p, i, r),
         ("readings/s accepted (201)", None, i["readings_per_s"], None),
         ("readings/s POST -> Postgres", None, e["readings_per_s"], None),
     ]
@@ -473,17 +483,10 @@ def render_poll_table(report: dict[str, Any]) -> str:
     p, i, r, e = report["ping"], report["idle_poll"], report["ratios"], report["latency"]
     c = report["config"]
 
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
+    fmt = _fmt
 
     rows = [
-        ("requests/s", p["requests_per_s"], i["requests_per_s"], r["requests_per_s"]),
-        ("latency p50 (ms)", p["p50_ms"], i["p50_ms"], r["p50"]),
-        ("latency p99 (ms)", p["p99_ms"], i["p99_ms"], r["p99"]),
-        ("requests", p["requests"], i["requests"], None),
-        ("non-2xx answers", p["non_2xx"], i["non_2xx"], None),
-        ("429 rate limited", p["statuses"].get(429, 0), i["statuses"].get(429, 0), None),
-        ("socket errors", p["socket_errors"], i["socket_errors"], None),
+        *_wrk_rows(p, i, r),
     ]
     ratio = r["requests_per_s"]
     verdict = "-" if ratio is None else "meets it" if ratio >= report["goal"] else "BELOW it"
