@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -22,7 +23,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from iot import messages
-from iot.api import metrics
+from iot.api import amqp, metrics
 from iot.errors import BrokerUnavailable, QueueFull
 
 log = logging.getLogger(__name__)
@@ -71,65 +72,37 @@ class Publisher:
             await self._connection.close()
 
     async def _run(self) -> None:
-        backoff = 0.2
-        while not self._closing:
-            try:
-                lost = asyncio.Event()
-                await self._connect(lost)
-                backoff = 0.2
-                metrics.BROKER_CONNECTED.set(1)
-                await lost.wait()
-                log.warning("broker connection lost; reconnecting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means "try again later"
-                log.warning("broker connection failed: %s", exc)
-            self._ready.clear()
-            metrics.BROKER_CONNECTED.set(0)
-            await self._close_quietly()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-    async def _close_quietly(self) -> None:
-        connection, self._connection, self._exchange = self._connection, None, None
-        if connection is not None and not connection.is_closed:
-            try:
-                await asyncio.wait_for(connection.close(), 2)
-            except Exception as exc:  # noqa: BLE001 - it is being thrown away anyway
-                log.info("closing the old broker connection: %s", exc)
-
-    async def _connect(self, lost: asyncio.Event) -> None:
-        """Connect, declare the topology, and arrange for ``lost`` to be set when the
-        connection or the channel closes for any reason."""
-        connection = await aio_pika.connect(
-            self._url,
-            timeout=5,
-            heartbeat=self._heartbeat,
-            client_properties={"connection_name": "iot-api"},
+        await amqp.keep_connected(
+            self._url, "iot-api", self._setup, self._forget, lambda: self._closing, self._heartbeat
         )
-        connection.close_callbacks.add(lambda *_: lost.set())
-        try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            channel.close_callbacks.add(lambda *_: lost.set())
-            exchange = await channel.declare_exchange(
-                messages.EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            for name in DURABLE_QUEUES:
-                queue = await channel.declare_queue(name, durable=True)
-                await queue.bind(exchange, routing_key=name)
-            dlx = await channel.declare_exchange(
-                messages.COMMANDS_DLX, aio_pika.ExchangeType.FANOUT, durable=True
-            )
-            dead = await channel.declare_queue(messages.DEAD_LETTER_QUEUE, durable=True)
-            await dead.bind(dlx)
-        except BaseException:
-            await connection.close()
-            raise
+
+    def _forget(self) -> None:
+        self._ready.clear()
+        metrics.BROKER_CONNECTED.set(0)
+        self._connection = self._channel = self._exchange = self._default_exchange = None
+
+    async def _setup(
+        self, connection: AbstractConnection, watch: Callable[[AbstractChannel], None]
+    ) -> None:
+        """Open the confirm channel and declare the topology both sides use."""
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        watch(channel)
+        exchange = await channel.declare_exchange(
+            messages.EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        for name in DURABLE_QUEUES:
+            queue = await channel.declare_queue(name, durable=True)
+            await queue.bind(exchange, routing_key=name)
+        dlx = await channel.declare_exchange(
+            messages.COMMANDS_DLX, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead = await channel.declare_queue(messages.DEAD_LETTER_QUEUE, durable=True)
+        await dead.bind(dlx)
         self._connection, self._channel, self._exchange = connection, channel, exchange
         self._default_exchange = channel.default_exchange
         self._declared = set()
         self._ready.set()
-        log.info("broker connected")
+        metrics.BROKER_CONNECTED.set(1)
 
     async def publish(
         self, routing_key: str, body: bytes, headers: dict[str, Any], message_id: str

@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from iot import messages
-from iot.api import command_state, metrics
+from iot.api import amqp, command_state, metrics
 from iot.api.deps import State
 from iot.errors import BrokerUnavailable, NotFound, Unavailable
 
@@ -121,45 +120,31 @@ class Deliveries:
             await self._connection.close()
 
     async def _run(self) -> None:
-        backoff = 0.2
-        while not self._closing:
-            lost = asyncio.Event()
-            try:
-                connection = await aio_pika.connect(
-                    self.s.broker_url,
-                    timeout=5,
-                    heartbeat=10,
-                    client_properties={"connection_name": "iot-api-deliveries"},
-                )
-                connection.close_callbacks.add(lambda *_, ev=lost: ev.set())
-                channel = await connection.channel()
-                channel.close_callbacks.add(lambda *_, ev=lost: ev.set())
-                await channel.set_qos(prefetch_count=self.s.command_prefetch)
-                dead = await channel.declare_queue(messages.DEAD_LETTER_QUEUE, durable=True)
-                self._connection, self._channel = connection, channel
-                self._generation += 1
-                await dead.consume(self._on_dead_letter, no_ack=False)
-                self._ready.set()
-                backoff = 0.2
-                await lost.wait()
-                log.warning("command delivery connection lost; reconnecting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means "try again later"
-                log.warning("command delivery cannot connect: %s", exc)
-            self._ready.clear()
-            self._forget_everything()
-            if self._connection is not None and not self._connection.is_closed:
-                try:
-                    await asyncio.wait_for(self._connection.close(), 2)
-                except Exception as exc:  # noqa: BLE001 - it is being thrown away anyway
-                    log.info("closing the old delivery connection: %s", exc)
-            self._connection = self._channel = None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        await amqp.keep_connected(
+            self.s.broker_url,
+            "iot-api-deliveries",
+            self._setup,
+            self._forget_everything,
+            lambda: self._closing,
+        )
+
+    async def _setup(
+        self, connection: AbstractConnection, watch: Callable[[AbstractChannel], None]
+    ) -> None:
+        """A consuming channel (per-consumer prefetch) and the dead-letter consumer."""
+        channel = await connection.channel()
+        watch(channel)
+        await channel.set_qos(prefetch_count=self.s.command_prefetch)
+        dead = await channel.declare_queue(messages.DEAD_LETTER_QUEUE, durable=True)
+        self._connection, self._channel = connection, channel
+        self._generation += 1
+        await dead.consume(self._on_dead_letter, no_ack=False)
+        self._ready.set()
 
     def _forget_everything(self) -> None:
         # The broker requeues whatever the dead channel held; our copies are stale.
+        self._ready.clear()
+        self._connection = self._channel = None
         for slot in self._slots.values():
             slot.buffer.clear()
             slot.leased.clear()
@@ -289,14 +274,15 @@ class Deliveries:
             self._put_back(slot, candidates)
             raise
         wall = time.time()
-        give: list[Held] = []
+        chosen: dict[str, Held] = {}
         for held in candidates:
-            if held.id in final or held.id in slot.leased or held.id in {g.id for g in give}:
+            if held.id in final or held.id in slot.leased or held.id in chosen:
                 await self._ack(held)  # final already, or a duplicate of a leased command
             elif held.expired(wall):
                 await self._expire(held)
             else:
-                give.append(held)
+                chosen[held.id] = held
+        give = list(chosen.values())
         if not give:
             return []
         events = [
