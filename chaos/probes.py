@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from iot.settings import Settings
-from iot.stack.control import wait_healthy
+from iot.stack.control import rabbitmq_api, wait_healthy
 
 PRODUCT_QUEUES = ("sensors.data", "commands.log")
 
@@ -21,13 +21,9 @@ def unhealthy(settings: Settings, timeout: float) -> dict[str, str]:
 
 def backlog(settings: Settings) -> int | None:
     """Messages ready or unacked in the workers' queues (None if RabbitMQ does not answer)."""
-    url = f"http://{settings.host}:{settings.rabbitmq_management_port}/api/queues/%2F"
     try:
-        r = httpx.get(
-            url,
-            auth=(settings.rabbitmq_user, settings.rabbitmq_password),
-            timeout=2,
-            params={"columns": "name,messages"},
+        r = rabbitmq_api(
+            settings, "GET", "queues/%2F", timeout=2, params={"columns": "name,messages"}
         )
         r.raise_for_status()
     except httpx.HTTPError:

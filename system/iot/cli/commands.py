@@ -15,6 +15,7 @@ from iot import db, messages
 from iot.cli.common import fail, settings
 from iot.settings import Settings
 from iot.sql import commands as commands_sql
+from iot.stack.control import rabbitmq_api
 
 app = typer.Typer(
     help="Operate device command queues: list pending and dead commands, requeue dead ones.",
@@ -26,9 +27,8 @@ PENDING = ["queued", "delivered"]
 
 def _queue_depth(s: Settings, device_id: uuid.UUID) -> dict[str, Any] | None:
     name = messages.command_queue(device_id)
-    url = f"http://{s.host}:{s.rabbitmq_management_port}/api/queues/%2F/{name}"
     try:
-        r = httpx.get(url, auth=(s.rabbitmq_user, s.rabbitmq_password), timeout=5)
+        r = rabbitmq_api(s, "GET", f"queues/%2F/{name}", timeout=5)
     except httpx.HTTPError:
         return None
     return r.json() if r.status_code == 200 else None

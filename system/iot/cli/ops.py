@@ -10,6 +10,7 @@ import typer
 
 from iot import cache, db
 from iot.cli.common import fail, settings
+from iot.stack.control import rabbitmq_api
 
 cache_app = typer.Typer(help="The latest-readings cache in Redis.", no_args_is_help=True)
 OWNERS_KEY = "device-owners"
@@ -22,12 +23,11 @@ def queues(
 ) -> None:
     """RabbitMQ queue depths: ready and unacked messages and consumers, deepest first."""
     s = settings()
-    url = f"http://{s.host}:{s.rabbitmq_management_port}/api/queues/%2F"
     try:
-        r = httpx.get(
-            url,
-            auth=(s.rabbitmq_user, s.rabbitmq_password),
-            timeout=10,
+        r = rabbitmq_api(
+            s,
+            "GET",
+            "queues/%2F",
             params={"columns": "name,messages_ready,messages_unacknowledged,consumers"},
         )
         r.raise_for_status()

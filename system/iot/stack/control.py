@@ -174,3 +174,21 @@ def wait_healthy(
             break
         time.sleep(0.5)
     return results
+
+
+def rabbitmq_api(
+    s: Settings, method: str, path: str, timeout: float = 10, **kw: Any
+) -> httpx.Response:
+    """One call to our RabbitMQ's management API (``path`` below ``/api/``, vhost ``/`` as
+    ``%2F``), with the product's credentials.
+
+    Raises:
+        httpx.HTTPError: no answer.
+    """
+    return httpx.request(
+        method,
+        f"http://{s.host}:{s.rabbitmq_management_port}/api/{path}",
+        auth=(s.rabbitmq_user, s.rabbitmq_password),
+        timeout=timeout,
+        **kw,
+    )

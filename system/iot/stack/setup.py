@@ -249,11 +249,11 @@ def apply_broker_policy(s: Settings) -> None:
     import httpx
 
     from iot import messages
+    from iot.stack.control import rabbitmq_api
 
     policy = messages.commands_policy(s.command_queue_max, s.command_max_attempts)
-    url = f"http://{s.host}:{s.rabbitmq_management_port}/api/policies/%2F/commands"
     try:
-        r = httpx.put(url, json=policy, auth=(s.rabbitmq_user, s.rabbitmq_password), timeout=10)
+        r = rabbitmq_api(s, "PUT", "policies/%2F/commands", json=policy)
     except httpx.HTTPError as exc:
         raise SetupError(f"cannot set the RabbitMQ policy: {exc}") from exc
     if r.status_code not in (201, 204):
