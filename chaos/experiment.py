@@ -35,6 +35,7 @@ from iot.settings import Settings
 EXPERIMENTS = Path(__file__).parent / "experiments"
 UNSAFE = Path(__file__).parent / "unsafe"  # deliberately unsafe runs that must FAIL the check
 WARMUP_SECONDS = 5
+WARMUP_WINDOWS = 3  # the steady state must hold for one whole window within this many
 QUIET_SECONDS = 3  # no errors for this long (and a small backlog) = recovered
 DRAIN_TIMEOUT = 120
 CHECK_TIMEOUT = 60
@@ -151,14 +152,7 @@ def run(
             f"[{exp.name}] warm-up: {len(identity.devices)} devices, "
             f"{exp.command_rate:g} commands/s, for {WARMUP_SECONDS}s"
         )
-        warm_start = time.time()
-        _sample_for(sampler, WARMUP_SECONDS)
-        warm_errors = timeline.errors_between(warm_start, time.time())
-        if warm_errors:
-            raise ExperimentError(
-                f"steady state not met: {warm_errors} errors during warm-up"
-                f" ({dict(timeline.causes)})"
-            )
+        report["warmup_seconds"] = _warm_up(sampler, timeline, progress, exp.name)
 
         sampler.start_fault()
         fault_start = time.time()
@@ -178,7 +172,13 @@ def run(
         progress(
             f"[{exp.name}] fault removed; waiting for recovery (bound {exp.recovery_bound:g}s)"
         )
-        recovered_at = _wait_recovery(sampler, timeline, fault_end, exp.recovery_bound + 30)
+        recovered_at = _wait_recovery(
+            sampler,
+            timeline,
+            fault_end,
+            exp.recovery_bound + 30,
+            lambda m: progress(f"[{exp.name}] {m}"),
+        )
         recovery = None if recovered_at is None else max(recovered_at - fault_end, 0.0)
 
         fleet.stop_load.set()
@@ -250,6 +250,29 @@ def run(
             progress(f"[{exp.name}] warning: could not remove the test devices: {exc}")
 
 
+def _warm_up(
+    sampler: probes.Sampler, timeline: Timeline, progress: Callable[[str], None], name: str
+) -> float:
+    """Load the system until one whole warm-up window passes without an error (the steady
+    state the hypothesis starts from); returns how long that took.
+
+    Raises:
+        ExperimentError: no clean window within WARMUP_WINDOWS tries.
+    """
+    started = time.time()
+    for _ in range(WARMUP_WINDOWS):
+        window = time.time()
+        _sample_for(sampler, WARMUP_SECONDS)
+        errors = timeline.errors_between(window, time.time())
+        if not errors:
+            return round(time.time() - started, 1)
+        progress(f"[{name}] {errors} errors during warm-up ({dict(timeline.causes)}); again")
+    raise ExperimentError(
+        f"steady state not met: errors in each of {WARMUP_WINDOWS} warm-up windows"
+        f" ({dict(timeline.causes)})"
+    )
+
+
 def _sample_for(
     sampler: probes.Sampler,
     seconds: float,
@@ -274,15 +297,27 @@ def _sample_for(
 
 
 def _wait_recovery(
-    sampler: probes.Sampler, timeline: Timeline, since: float, limit: float
+    sampler: probes.Sampler,
+    timeline: Timeline,
+    since: float,
+    limit: float,
+    progress: Callable[[str], None] = print,
 ) -> float | None:
     """The first moment after ``since`` from which there were no errors for QUIET_SECONDS and
     the backlog was small; None if not within ``limit`` seconds."""
     deadline = since + limit
     candidate = since
+    last_report = since
     while time.time() < deadline:
         sampler.sample()
         now = time.time()
+        if now - last_report >= 5:
+            last_report = now
+            progress(
+                f"  +{now - since:3.0f}s after the fault: "
+                f"{timeline.errors_between(now - 5, now)} errors in the last 5s "
+                f"({_recent_causes(timeline, now - 5, now)}), backlog {sampler.backlog[-1][1]}"
+            )
         if timeline.errors_between(int(candidate), now + 1):
             candidate = now
         depth = sampler.backlog[-1][1]
@@ -292,6 +327,15 @@ def _wait_recovery(
             return candidate
         time.sleep(0.5)
     return None
+
+
+def _recent_causes(timeline: Timeline, start: float, end: float) -> str:
+    counts: dict[str, int] = {}
+    for row in timeline.series():
+        if start <= row["t"] < end:
+            for kind, n in row["err"].items():
+                counts[kind] = counts.get(kind, 0) + n
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
 
 
 def _settled_check(ledger: Ledger, settings: Settings) -> dict[str, Any]:

@@ -36,7 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = db.open_pool(settings)
         await pool.open(wait=False)
-        publisher = Publisher(settings.broker_url, settings.publish_timeout_seconds)
+        publisher = Publisher(
+            settings.broker_url,
+            settings.publish_timeout_seconds,
+            queue_cap=settings.command_queue_max,
+        )
         await publisher.start()
         redis = cache.async_client(settings.redis_url, settings.redis_timeout_seconds)
         state = State(settings, pool, publisher, redis, {})

@@ -39,8 +39,11 @@ _FAILURES = (
 
 
 class Publisher:
-    def __init__(self, url: str, publish_timeout: float, heartbeat: int = 10) -> None:
+    def __init__(
+        self, url: str, publish_timeout: float, heartbeat: int = 10, queue_cap: int = 100
+    ) -> None:
         self._url = url
+        self._queue_cap = queue_cap
         self._timeout = publish_timeout
         self._heartbeat = heartbeat
         self._connection: AbstractConnection | None = None
@@ -162,16 +165,46 @@ class Publisher:
     async def publish_command(self, command: dict[str, Any], expiration_s: float) -> None:
         """Put a command on its device's queue and wait for the confirm.
 
+        A nack does not say why (AMQP 0-9-1 has no reason): a quorum queue refuses a message
+        when it is full and also while it is briefly unavailable (say, electing a leader). The
+        queue's ready count tells the two apart.
+
         Raises:
             QueueFull: the device's queue is at its cap (the broker refused the message).
-            BrokerUnavailable: as for :meth:`publish`.
+            BrokerUnavailable: as for :meth:`publish`, and for a nack of a queue not full.
         """
         queue = await self.ensure_command_queue(command["device_id"])
         message = self._message(orjson.dumps(command), command["id"], None, expiration_s)
         try:
             await self._publish(self._default_exchange, queue, message, "commands")
         except aiormq.exceptions.DeliveryError as exc:
-            raise QueueFull("the device's command queue is full; retry later") from exc
+            ready = await self._ready_count(queue)
+            if ready is not None and ready >= self._queue_cap:
+                raise QueueFull("the device's command queue is full; retry later") from exc
+            log.warning(
+                "command %s refused by the broker with %s ready in %s (cap %d)",
+                command["id"],
+                "unknown" if ready is None else ready,
+                queue,
+                self._queue_cap,
+            )
+            raise BrokerUnavailable(
+                "the device's command queue is not available right now; retry later"
+            ) from exc
+
+    async def _ready_count(self, queue: str) -> int | None:
+        """Messages ready in a queue (a passive declare); None if the broker does not say."""
+        channel = self._channel
+        if channel is None:
+            return None
+        try:
+            declared = await asyncio.wait_for(
+                channel.declare_queue(queue, passive=True), self._timeout
+            )
+        except _FAILURES:
+            return None
+        result = declared.declaration_result
+        return None if result is None else int(result.message_count or 0)
 
     @staticmethod
     def _message(
