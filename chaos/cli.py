@@ -25,6 +25,17 @@ def list_experiments() -> None:
         typer.echo(f"{name:<28} {e.title:<40} {fault}  (alert: {', '.join(e.expect_alert)})")
 
 
+@app.command("summary")
+def summary() -> None:
+    """The newest report of each experiment as one Markdown table (lost, duplicated and
+    unexpected summed over commands, readings and command-log rows)."""
+    found = report.latest()
+    if not found:
+        typer.secho(f"no reports under {report.REPORTS}; run `iotctl chaos run`", err=True)
+        raise typer.Exit(1)
+    typer.echo(report.summary_table([found[n] for n in sorted(found)]))
+
+
 @app.command("run")
 def run(
     name: Annotated[str | None, typer.Argument(help="Experiment name (see `list`).")] = None,

@@ -83,6 +83,17 @@ def _retry_after(r: httpx.Response | None) -> float:
     return min(max(value, 0.1), RETRY_CAP_SECONDS)
 
 
+def _cause(r: httpx.Response) -> str:
+    """The status code, with the API's reason for a refusal to serve (429, 5xx)."""
+    if r.status_code < 429:
+        return str(r.status_code)
+    try:
+        detail = r.json().get("detail")
+    except ValueError:
+        detail = None
+    return f"{r.status_code} {detail}" if isinstance(detail, str) else str(r.status_code)
+
+
 class Fleet:
     def __init__(
         self,
@@ -156,7 +167,7 @@ class Fleet:
         except httpx.HTTPError as exc:
             self.timeline.record(kind, False, exc.__class__.__name__)
             return None
-        self.timeline.record(kind, r.status_code < 300, str(r.status_code))
+        self.timeline.record(kind, r.status_code < 300, _cause(r))
         return r
 
     # ----- devices -----

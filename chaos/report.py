@@ -93,3 +93,45 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def latest(root: Path = REPORTS) -> dict[str, dict[str, Any]]:
+    """The newest report of each experiment under ``root``, by experiment name."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(root.glob("*/report.json")):  # folder names start with the UTC time
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if "counts" in r:
+            found[r["experiment"]] = r
+    return found
+
+
+def summary_table(reports: list[dict[str, Any]]) -> str:
+    """The results table of chaos/README.md: one row per report."""
+    lines = [
+        "| experiment | fault s | readings accepted | commands accepted | lost | duplicated "
+        "| unexpected | error answers | recovery s | expected alert, time to detect |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        counts = r["counts"].values()
+        alerts = ", ".join(
+            f"{a} " + ("not fired" if t is None else f"{t} s")
+            for a, t in r.get("time_to_detect", {}).items()
+        )
+        cells = [
+            r["experiment"],
+            f"{r['fault_seconds']:g}",
+            r["ledger"]["readings_accepted"],
+            r["ledger"]["commands_accepted"],
+            sum(c["lost"] for c in counts),
+            sum(c["duplicated"] for c in counts),
+            sum(c["unexpected"] for c in counts),
+            sum(r.get("error_causes", {}).values()),
+            r.get("recovery_seconds"),
+            alerts or "–",
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from iot.errors import CacheUnavailable
 
 KEY_PREFIX = "latest:"
+OWNERS_KEY = "device-owners"  # hash device id -> owner id: authorise reads without Postgres
 
 UPDATE_LATEST = """
 for i = 1, #ARGV, 3 do

@@ -7,6 +7,10 @@ psycopg errors that mean "the database is not reachable or not answering" are tr
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -21,6 +25,9 @@ from iot.settings import Settings
 CONNECT_TIMEOUT_SECONDS = 3
 STATEMENT_TIMEOUT_MS = 10_000
 API_TIMEOUT_SECONDS = 5.0
+CHECK_TIMEOUT_SECONDS = 2.0
+OUTAGE_HOLD_SECONDS = 1.0  # after a failure, fail at once this long before trying again
+_outages: weakref.WeakKeyDictionary[AsyncConnectionPool, float] = weakref.WeakKeyDictionary()
 
 
 def _kwargs() -> dict[str, object]:
@@ -39,29 +46,82 @@ def open_pool(settings: Settings) -> AsyncConnectionPool:
         max_size=settings.db_pool_size,
         kwargs={**_kwargs(), "row_factory": dict_row},
         timeout=CONNECT_TIMEOUT_SECONDS,
-        reconnect_timeout=0,  # keep retrying for ever in the background
+        reconnect_timeout=0,  # a failed refill gives up at once; the next request asks again
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        check=_check,
     )
+
+
+def sever(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Cut a connection's socket, so a query stuck on a database that stopped answering (no
+    reply, not even a TCP reset) fails at once instead of waiting for ever. Safe from a timer
+    thread or callback; the connection is broken afterwards and its pool drops it."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    except (OSError, psycopg.Error):
+        pass
+
+
+async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check of an idle connection before handing it out, bounded in time."""
+    watchdog = asyncio.get_running_loop().call_later(CHECK_TIMEOUT_SECONDS, sever, conn)
+    try:
+        await AsyncConnectionPool.check_connection(conn)
+    finally:
+        watchdog.cancel()
 
 
 @asynccontextmanager
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """A pooled connection in a transaction; the whole block must finish within
-    API_TIMEOUT_SECONDS (a database that stops answering must not hold a request for ever).
+    """A pooled connection; the whole block must finish within API_TIMEOUT_SECONDS (a database
+    that stops answering must not hold a request for ever).
+
+    While the database is down, requests do not each wait for their own deadline: for
+    OUTAGE_HOLD_SECONDS after a failure they fail at once, then the next one tries again.
+
+    At the deadline the connection's socket is cut rather than the task cancelled: a cancelled
+    query makes psycopg ask the server to cancel it and wait for that too, which against a
+    database that does not answer holds the request (and its pooled connection) ten seconds
+    more.
 
     Raises:
         DatabaseUnavailable: Postgres cannot be reached or stopped answering.
     """
+    if time.monotonic() < _outages.get(pool, 0.0):
+        raise DatabaseUnavailable("database unavailable (failing at once while it is down)")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + API_TIMEOUT_SECONDS
+    timed_out = False
+    used: psycopg.AsyncConnection[Any] | None = None
+
+    def expire(conn: psycopg.AsyncConnection[Any]) -> None:
+        nonlocal timed_out
+        timed_out = True
+        sever(conn)
+
     try:
-        async with asyncio.timeout(API_TIMEOUT_SECONDS):
-            async with pool.connection() as conn:
-                yield conn
+        # The outer timeout is a last resort only: the watchdog below ends a stuck query first.
+        async with asyncio.timeout(API_TIMEOUT_SECONDS * 3):
+            async with pool.connection(timeout=API_TIMEOUT_SECONDS) as conn:
+                used = conn
+                watchdog = loop.call_at(deadline, expire, conn)
+                try:
+                    yield conn
+                finally:
+                    watchdog.cancel()
     except TimeoutError as exc:
+        _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
         raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
     except PoolTimeout as exc:
+        _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
         raise DatabaseUnavailable("database unavailable (no connection)") from exc
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        if used is None or used.broken:  # the connection failed, not just this statement
+            _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
+        if timed_out:
+            raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
 
 

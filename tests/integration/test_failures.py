@@ -7,6 +7,7 @@ import time
 import psycopg
 import pytest
 
+from chaos.toxiproxy import Toxiproxy
 from tests.integration.conftest import Person, eventually, reading, rows_for, status_becomes
 
 pytestmark = pytest.mark.integration
@@ -85,3 +86,27 @@ def test_with_every_api_replica_down_nginx_answers_503_with_retry_after(
     r = device.post([reading()])
     assert r.status_code == 503
     assert int(r.headers["Retry-After"]) >= 1 and r.json()["detail"]
+
+
+def test_with_postgres_black_holed_requests_answer_503_in_time_then_recover(
+    alice: Person, settings
+):
+    """A database that stops answering (no reply, no reset) must not hold requests: the API
+    answers 503 + Retry-After after its database deadline (5 s), well before a client's 12 s
+    timeout, and serves again as soon as the database answers."""
+    alice.new_device()
+    proxy = Toxiproxy(f"http://{settings.host}:{settings.toxiproxy_port}")
+    toxic = proxy.add_toxic("postgres", "timeout", {"timeout": 0}, stream="upstream")
+    try:
+        answers = [alice.api.get("/devices", headers=alice.headers, timeout=12) for _ in range(3)]
+    finally:
+        proxy.remove_toxic("postgres", toxic)
+        proxy.close()
+    for r in answers:
+        assert r.status_code == 503, r.text
+        assert int(r.headers["Retry-After"]) >= 1 and "database" in r.json()["detail"]
+    eventually(
+        lambda: alice.api.get("/devices", headers=alice.headers).status_code == 200,
+        timeout=20,
+        what="GET /devices answering 200 again",
+    )

@@ -10,28 +10,32 @@ import uuid
 
 import redis
 
-from iot import db
+from iot import cache, db
 from iot.api import metrics
 from iot.api.deps import Principal, State
 from iot.errors import DatabaseUnavailable, NotFound
 from iot.sql import devices as devices_sql
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
-OWNERS_KEY = (
-    "device-owners"  # Redis hash device id -> owner id, to authorise reads without Postgres
-)
 
 
 async def remember_owner(state: State, device_id: uuid.UUID, owner_id: uuid.UUID) -> None:
     try:
-        await state.redis.hset(OWNERS_KEY, str(device_id), str(owner_id))
+        await state.redis.hset(cache.OWNERS_KEY, str(device_id), str(owner_id))
+    except _REDIS_ERRORS:
+        metrics.CACHE_ERRORS.inc()
+
+
+async def forget_owner(state: State, device_id: uuid.UUID) -> None:
+    try:
+        await state.redis.hdel(cache.OWNERS_KEY, str(device_id))
     except _REDIS_ERRORS:
         metrics.CACHE_ERRORS.inc()
 
 
 async def _owner_from_cache(state: State, device_id: uuid.UUID) -> uuid.UUID | None:
     try:
-        raw = await state.redis.hget(OWNERS_KEY, str(device_id))
+        raw = await state.redis.hget(cache.OWNERS_KEY, str(device_id))
     except _REDIS_ERRORS:
         metrics.CACHE_ERRORS.inc()
         return None

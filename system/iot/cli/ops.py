@@ -13,7 +13,6 @@ from iot.cli.common import fail, settings
 from iot.stack.control import rabbitmq_api
 
 cache_app = typer.Typer(help="The latest-readings cache in Redis.", no_args_is_help=True)
-OWNERS_KEY = "device-owners"
 
 
 def queues(
@@ -69,7 +68,9 @@ def rebuild(
             (device, device),
         ).fetchall()
         if owners:
-            client.hset(OWNERS_KEY, mapping={str(o["id"]): str(o["owner_id"]) for o in owners})
+            client.hset(
+                cache.OWNERS_KEY, mapping={str(o["id"]): str(o["owner_id"]) for o in owners}
+            )
         for o in owners:
             rows = conn.execute(
                 "SELECT DISTINCT ON (sensor) sensor, value, ts FROM readings"

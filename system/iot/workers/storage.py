@@ -8,8 +8,6 @@ republishing retries or holding countless delayed tasks in memory.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from iot.workers import metrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _local = threading.local()
-MAX_BACKOFF_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 5.0
 WRITE_DEADLINE_SECONDS = 15.0  # statement_timeout (10 s) plus a margin
 
 
@@ -47,24 +45,13 @@ def _drop_connection() -> None:
             pass
 
 
-def _sever(conn: psycopg.Connection[Any]) -> None:
-    """Cut a connection's socket from another thread, so a query stuck on a database that
-    stopped answering (no reply, not even a TCP reset) fails instead of blocking for ever."""
-    try:
-        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
-        sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-    except (OSError, psycopg.Error):
-        pass
-
-
 def write(task: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
     """Run ``work`` in a transaction, retrying for as long as Postgres is unavailable."""
     backoff = 0.25
     while True:
         try:
             conn = _connection()
-            watchdog = threading.Timer(WRITE_DEADLINE_SECONDS, _sever, args=(conn,))
+            watchdog = threading.Timer(WRITE_DEADLINE_SECONDS, db.sever, args=(conn,))
             watchdog.start()
             try:
                 with db.translated(), conn.transaction():

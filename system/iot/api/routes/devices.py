@@ -10,6 +10,7 @@ import redis
 from fastapi import APIRouter, Query, Response
 
 from iot import cache, db, security
+from iot.api.access import forget_owner, remember_owner
 from iot.api.deps import AppState, CurrentUser
 from iot.api.schemas import Device, DeviceCreate, DeviceList, DeviceWithToken
 from iot.errors import NotFound
@@ -26,6 +27,7 @@ async def create_device(body: DeviceCreate, user: CurrentUser, state: AppState) 
         row = await devices_sql.create_device(
             conn, user.user_id, body.name, security.hash_device_token(token)
         )
+    await remember_owner(state, row["id"], user.user_id)
     return DeviceWithToken(id=row["id"], name=row["name"], token=token)
 
 
@@ -71,6 +73,7 @@ async def delete_device(device_id: uuid.UUID, user: CurrentUser, state: AppState
     if not deleted:
         raise NotFound("no such device")
     state.device_cache.clear()
+    await forget_owner(state, device_id)
     if not await state.publisher.delete_command_queue(str(device_id)):
         log.warning("device %s deleted; its command queue is left for `rabbitmqctl`", device_id)
     try:
