@@ -11,7 +11,11 @@ Reliability settings, and why:
   round trip is amortised over the batch) while bounding what a crash sends back to the queue
   and what one busy worker holds away from the others.
 - Tasks are idempotent (unique keys in Postgres), so a redelivery is harmless.
-- Publishing (retries) waits for the broker's confirm.
+- No publisher confirms on the workers' connections: a worker publishes only task events (for
+  Flower), and those may be lost. With confirms on, the event dispatcher's lock was held while
+  a task thread waited for a confirm, the consumer's thread waited on that lock, heartbeats
+  stopped and RabbitMQ closed both connections (missed heartbeats) - twice in 50 s after a
+  Redis slowdown, with the queue growing meanwhile.
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     broker_heartbeat=10,
-    broker_transport_options={"confirm_publish": True},
     worker_hijack_root_logger=False,
     worker_cancel_long_running_tasks_on_connection_loss=True,
 )
