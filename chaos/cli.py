@@ -27,8 +27,10 @@ def list_experiments() -> None:
 
 @app.command("summary")
 def summary() -> None:
-    """The newest report of each experiment as one Markdown table (lost, duplicated and
-    unexpected summed over commands, readings and command-log rows)."""
+    """The newest report of each experiment as one Markdown table.
+
+    Lost, duplicated and unexpected are summed over commands, readings and command-log rows.
+    """
     found = report.latest()
     if not found:
         typer.secho(f"no reports under {report.REPORTS}; run `iotctl chaos run`", err=True)

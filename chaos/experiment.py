@@ -39,6 +39,7 @@ WARMUP_WINDOWS = 3  # the steady state must hold for one whole window within thi
 QUIET_SECONDS = 3  # no errors for this long (and a small backlog) = recovered
 DRAIN_TIMEOUT = 120
 CHECK_TIMEOUT = 60
+ALERT_CLEAR_SECONDS = 90  # before the fault, how long to wait for expected alerts to clear
 ALERT_GRACE_SECONDS = 45  # after the fault ends, how long an expected alert may still take
 
 
@@ -125,6 +126,16 @@ def run(
     if bad:
         raise ExperimentError(f"steady state not met, unhealthy: {bad}")
     actions.reset_all()
+    # An expected alert still pending or firing from an earlier fault would be counted as
+    # this fault's detection: wait for it to clear first.
+    # (ComponentRestarted is told apart by its instance label and restart count instead: it
+    # stays firing ten minutes after any restart.)
+    must_clear = [a for a in exp.expect_alert if a != "ComponentRestarted"]
+    lingering = probes.wait_alerts_clear(settings, must_clear, ALERT_CLEAR_SECONDS)
+    if lingering:
+        progress(
+            f"[{exp.name}] warning: still active from before: {', '.join(sorted(lingering))}"
+        )
     identity = _Identity(settings, exp.devices)
     ledger = Ledger(devices=[d.id for d in identity.devices])
     timeline = Timeline()

@@ -48,6 +48,27 @@ def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
     }
 
 
+def active_alerts(settings: Settings) -> set[str] | None:
+    """Names of the alerts Prometheus has pending or firing now (None if it does not answer)."""
+    try:
+        r = httpx.get(f"http://{settings.host}:{settings.prometheus_port}/api/v1/alerts", timeout=2)
+        r.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return {a["labels"]["alertname"] for a in r.json()["data"]["alerts"]}
+
+
+def wait_alerts_clear(settings: Settings, names: list[str], timeout: float) -> set[str]:
+    """Wait until none of ``names`` is pending or firing (an earlier fault may still hold one);
+    returns those still active after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        active = (active_alerts(settings) or set()) & set(names)
+        if not active or time.monotonic() > deadline:
+            return active
+        time.sleep(2)
+
+
 class Sampler:
     """Samples backlog and firing alerts about once a second, for the report.
 
