@@ -11,6 +11,8 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from iot import messages
+
 REQUESTS = Counter(
     "iot_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
 )
@@ -26,6 +28,12 @@ PUBLISHES = Counter(
     "Messages published to RabbitMQ, by result (confirmed, nacked, timeout, failed, ...)",
     ["queue", "result"],
 )
+# Every series exists from the start at 0, so rate() sees the first failure of a kind (a
+# series born with its first increment has no earlier sample to compare with, and the failure
+# alerts would wait for the second one).
+for _queue in (messages.SENSORS_QUEUE, messages.COMMAND_LOG_QUEUE, "commands"):
+    for _result in ("confirmed", "nacked", "timeout", "failed", "unavailable", "unroutable"):
+        PUBLISHES.labels(_queue, _result)
 PUBLISH_SECONDS = Histogram(
     "iot_broker_publish_confirm_seconds",
     "Time from publish to the broker's confirm",
