@@ -40,7 +40,12 @@ QUIET_SECONDS = 3  # no errors for this long (and a small backlog) = recovered
 DRAIN_TIMEOUT = 120
 CHECK_TIMEOUT = 60
 ALERT_CLEAR_SECONDS = 90  # before the fault, how long to wait for expected alerts to clear
-ALERT_GRACE_SECONDS = 45  # after the fault ends, how long an expected alert may still take
+ALERT_GRACE_SECONDS = 45
+# Alerts that stay firing long after their cause (ComponentRestarted: ten minutes after any
+# restart) are not waited out; the sampler's baseline tells them apart by instance and count.
+STICKY_ALERTS = frozenset(
+    {"ComponentRestarted"}
+)  # after the fault ends, how long an expected alert may still take
 
 
 class ExperimentError(RuntimeError):
@@ -128,14 +133,10 @@ def run(
     actions.reset_all()
     # An expected alert still pending or firing from an earlier fault would be counted as
     # this fault's detection: wait for it to clear first.
-    # (ComponentRestarted is told apart by its instance label and restart count instead: it
-    # stays firing ten minutes after any restart.)
-    must_clear = [a for a in exp.expect_alert if a != "ComponentRestarted"]
+    must_clear = [a for a in exp.expect_alert if a not in STICKY_ALERTS]
     lingering = probes.wait_alerts_clear(settings, must_clear, ALERT_CLEAR_SECONDS)
     if lingering:
-        progress(
-            f"[{exp.name}] warning: still active from before: {', '.join(sorted(lingering))}"
-        )
+        progress(f"[{exp.name}] warning: still active from before: {', '.join(sorted(lingering))}")
     identity = _Identity(settings, exp.devices)
     ledger = Ledger(devices=[d.id for d in identity.devices])
     timeline = Timeline()
@@ -324,10 +325,11 @@ def _wait_recovery(
         now = time.time()
         if now - last_report >= 5:
             last_report = now
+            kinds = timeline.errors_by_kind(now - 5, now)
+            causes = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"
             progress(
-                f"  +{now - since:3.0f}s after the fault: "
-                f"{timeline.errors_between(now - 5, now)} errors in the last 5s "
-                f"({_recent_causes(timeline, now - 5, now)}), backlog {sampler.backlog[-1][1]}"
+                f"  +{now - since:3.0f}s after the fault: {sum(kinds.values())} errors in the "
+                f"last 5s ({causes}), backlog {sampler.backlog[-1][1]}"
             )
         if timeline.errors_between(int(candidate), now + 1):
             candidate = now
@@ -338,15 +340,6 @@ def _wait_recovery(
             return candidate
         time.sleep(0.5)
     return None
-
-
-def _recent_causes(timeline: Timeline, start: float, end: float) -> str:
-    counts: dict[str, int] = {}
-    for row in timeline.series():
-        if start <= row["t"] < end:
-            for kind, n in row["err"].items():
-                counts[kind] = counts.get(kind, 0) + n
-    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
 
 
 def _settled_check(ledger: Ledger, settings: Settings) -> dict[str, Any]:

@@ -45,9 +45,16 @@ class Timeline:
             if not ok:
                 self.causes[f"{kind}: {cause}"] += 1
 
-    def errors_between(self, start: float, end: float) -> int:
+    def errors_by_kind(self, start: float, end: float) -> dict[str, int]:
+        counts: Counter[str] = Counter()
         with self.lock:
-            return sum(sum(v.values()) for s, v in self.err.items() if start <= s < end)
+            for s, v in self.err.items():
+                if start <= s < end:
+                    counts.update(v)
+        return dict(counts)
+
+    def errors_between(self, start: float, end: float) -> int:
+        return sum(self.errors_by_kind(start, end).values())
 
     def requests_between(self, start: float, end: float) -> int:
         with self.lock:

@@ -31,16 +31,24 @@ def backlog(settings: Settings) -> int | None:
     return sum(int(q.get("messages", 0) or 0) for q in r.json() if q["name"] in PRODUCT_QUEUES)
 
 
-def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
-    """The alerts Prometheus has firing now, as (name, labels and value) pairs (None if it does
-    not answer). The same alert on another instance, or with another value (say, a restart
-    count that went up while the alert was already firing), is another pair."""
+def _alerts(settings: Settings) -> list[dict[str, Any]] | None:
+    """Prometheus' pending and firing alerts (None if it does not answer)."""
     try:
         r = httpx.get(f"http://{settings.host}:{settings.prometheus_port}/api/v1/alerts", timeout=2)
         r.raise_for_status()
     except httpx.HTTPError:
         return None
     alerts: list[dict[str, Any]] = r.json()["data"]["alerts"]
+    return alerts
+
+
+def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
+    """The alerts Prometheus has firing now, as (name, labels and value) pairs (None if it does
+    not answer). The same alert on another instance, or with another value (say, a restart
+    count that went up while the alert was already firing), is another pair."""
+    alerts = _alerts(settings)
+    if alerts is None:
+        return None
     return {
         (a["labels"]["alertname"], repr((sorted(a["labels"].items()), a.get("value"))))
         for a in alerts
@@ -50,12 +58,8 @@ def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
 
 def active_alerts(settings: Settings) -> set[str] | None:
     """Names of the alerts Prometheus has pending or firing now (None if it does not answer)."""
-    try:
-        r = httpx.get(f"http://{settings.host}:{settings.prometheus_port}/api/v1/alerts", timeout=2)
-        r.raise_for_status()
-    except httpx.HTTPError:
-        return None
-    return {a["labels"]["alertname"] for a in r.json()["data"]["alerts"]}
+    alerts = _alerts(settings)
+    return None if alerts is None else {a["labels"]["alertname"] for a in alerts}
 
 
 def wait_alerts_clear(settings: Settings, names: list[str], timeout: float) -> set[str]:

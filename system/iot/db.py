@@ -73,6 +73,10 @@ async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
         watchdog.cancel()
 
 
+def _mark_down(pool: AsyncConnectionPool) -> None:
+    _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
+
+
 @asynccontextmanager
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A pooled connection; the whole block must finish within API_TIMEOUT_SECONDS (a database
@@ -112,14 +116,14 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
                 finally:
                     watchdog.cancel()
     except TimeoutError as exc:
-        _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
+        _mark_down(pool)
         raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
     except PoolTimeout as exc:
-        _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
+        _mark_down(pool)
         raise DatabaseUnavailable("database unavailable (no connection)") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         if used is None or used.broken:  # the connection failed, not just this statement
-            _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
+            _mark_down(pool)
         if timed_out:
             raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc

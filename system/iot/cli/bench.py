@@ -232,7 +232,7 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     return "-" if v is None else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
 
 
@@ -252,8 +252,6 @@ def _wrk_rows(p: dict[str, Any], i: dict[str, Any], r: dict[str, Any]) -> list[t
 def render_table(report: dict[str, Any]) -> str:
     """A readable table of the ping baseline, the ingest figures and their ratios."""
     p, i, e, r = report["ping"], report["ingest"], report["end_to_end"], report["ratios"]
-
-    fmt = _fmt
 
     rows = [
         *_wrk_rows(p, i, r),
@@ -483,11 +481,7 @@ def render_poll_table(report: dict[str, Any]) -> str:
     p, i, r, e = report["ping"], report["idle_poll"], report["ratios"], report["latency"]
     c = report["config"]
 
-    fmt = _fmt
-
-    rows = [
-        *_wrk_rows(p, i, r),
-    ]
+    rows = _wrk_rows(p, i, r)
     ratio = r["requests_per_s"]
     verdict = "-" if ratio is None else "meets it" if ratio >= report["goal"] else "BELOW it"
     lines = [f"{'':<20}{'GET /ping':>14}{'GET /commands?wait=0':>22}{'ratio':>10}"]
