@@ -1,0 +1,529 @@
+"""Scenario "devices": emulated devices, an operator and web viewers over the real HTTP API.
+
+- ``DeviceUser``: one user = one registered device with its own token. Every
+  ``LOAD_READING_INTERVAL`` s (10) it measures ``LOAD_BATCH`` readings (5) and sends them with
+  ``POST /sensors``; in between it long-polls ``GET /commands?wait=`` (up to ``LOAD_POLL_WAIT``
+  s, 10), runs each command id once and acks every command it gets. 429/503 (and no answer)
+  are retried with capped exponential backoff and jitter, honouring ``Retry-After``; unsent
+  readings stay in a bounded buffer and are sent later. Each command's end-to-end latency
+  (receipt - ``created_at``) is reported as request type ``COMMAND``, name ``end-to-end``.
+- ``OperatorUser`` (one): sends ``LOAD_COMMANDS_PER_DEVICE_HOUR`` (6) commands per running
+  device per hour to random running devices, a quarter with an ``Idempotency-Key``; reads
+  latest readings, history and command timelines.
+- ``WebViewerUser`` (``LOAD_VIEWERS``, 2): what the web app polls: ``GET /devices`` and
+  ``GET /sensors?device_id=`` every few seconds.
+
+Each class can run alone (``locust -f devices.py DeviceUser``). Devices come from
+``LOAD_DEVICES_FILE`` (written by ``iotctl load run``); process k of ``LOAD_WORKERS`` emulates
+devices k, k+P, ... The shape comes from ``LOAD_SHAPE`` (see ``loadtest/shapes.py``). Per-second
+samples of every request and what the API accepted from each device go to ``LOAD_RUN_DIR``
+(through locust's messages to the master, so also from workers on other machines).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent.pool import Pool
+from locust import FastHttpUser, constant, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadtest import samples, shapes
+from loadtest.device import (
+    SENSORS,
+    Backoff,
+    DevicePool,
+    DeviceState,
+    PoolExhausted,
+    parse_time,
+    retry_after_seconds,
+)
+
+log = logging.getLogger("loadtest")
+
+
+def _env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError as exc:
+        raise SystemExit(f"{name}={raw!r} is not a number") from exc
+
+
+READING_INTERVAL = _env("LOAD_READING_INTERVAL", 10)
+BATCH = int(_env("LOAD_BATCH", 5))
+POLL_WAIT = int(_env("LOAD_POLL_WAIT", 10))
+COMMANDS_PER_DEVICE_HOUR = _env("LOAD_COMMANDS_PER_DEVICE_HOUR", 6)
+COMMAND_TTL = int(_env("LOAD_COMMAND_TTL", 600))
+BACKOFF_CAP = _env("LOAD_BACKOFF_CAP", 30)
+BUFFER_LIMIT = int(_env("LOAD_BUFFER_LIMIT", 10_000))
+VIEWERS = int(_env("LOAD_VIEWERS", 2))
+VIEWER_INTERVAL = _env("LOAD_VIEWER_INTERVAL", 5)
+OPERATOR_READ_INTERVAL = _env("LOAD_OPERATOR_READ_INTERVAL", 5)
+WORKERS = int(_env("LOAD_WORKERS", 1))
+RUN_STARTED = _env("LOAD_RUN_STARTED", time.time())
+RUN_DIR = os.environ.get("LOAD_RUN_DIR")
+DEVICES_FILE = os.environ.get("LOAD_DEVICES_FILE") or (
+    str(Path(RUN_DIR) / "devices.json") if RUN_DIR else ""
+)
+RETRY_STATUSES = {0, 429, 502, 503, 504}
+COMMAND_NAMES = ("open_valve", "close_valve", "set_interval", "reboot", "blink")
+
+# The only shape class locust sees: the one LOAD_SHAPE names (None: --users/--spawn-rate).
+LoadShape = shapes.selected()
+
+
+class _Process:
+    """What one locust process shares between its users."""
+
+    fleet: dict[str, Any] | None = None
+    pool: DevicePool | None = None
+    node = ""  # host-pid, set at init (locust forks its workers after importing this file)
+    recorder = samples.Recorder()
+    fleet_devices = 0  # running devices, as broadcast by the master (worker processes)
+    count_cache: tuple[float, int] = (0.0, 0)
+
+
+def _fleet() -> dict[str, Any]:
+    """The devices file.
+
+    Raises:
+        StopUser: no file was given or it cannot be read (logged).
+    """
+    if _Process.fleet is None:
+        if not DEVICES_FILE:
+            log.error("set LOAD_DEVICES_FILE (or LOAD_RUN_DIR) to a devices.json")
+            raise StopUser()
+        try:
+            _Process.fleet = json.loads(Path(DEVICES_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            log.error("cannot read %s: %s", DEVICES_FILE, exc)
+            raise StopUser() from exc
+    return _Process.fleet
+
+
+def _pool(environment: Environment) -> DevicePool:
+    if _Process.pool is None:
+        index = getattr(environment.runner, "worker_index", 0)
+        _Process.pool = DevicePool(
+            _fleet()["devices"], max(index, 0), WORKERS, buffer_limit=BUFFER_LIMIT
+        )
+    return _Process.pool
+
+
+def running_devices(environment: Environment) -> int:
+    """How many DeviceUsers run in the whole test (all processes)."""
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        return _Process.fleet_devices
+    if isinstance(runner, MasterRunner):
+        return int(runner.reported_user_classes_count.get("DeviceUser", 0))
+    now = time.monotonic()
+    at, count = _Process.count_cache
+    if now - at > 1 and runner is not None:
+        count = runner.user_classes_count.get("DeviceUser", 0)
+        _Process.count_cache = (now, count)
+    return count
+
+
+def _status(response: Any) -> int:
+    return int(getattr(response, "status_code", 0) or 0)
+
+
+def _retry_after(response: Any) -> float | None:
+    headers = getattr(response, "headers", None)
+    return retry_after_seconds(headers.get("Retry-After") if headers else None)
+
+
+class DeviceUser(FastHttpUser):
+    """One device: readings every interval, long polls in between, acks, retries."""
+
+    weight = 1
+    wait_time = constant(0)
+    concurrency = 1  # a device has one connection
+    network_timeout = max(60.0, POLL_WAIT + 30.0)
+    connection_timeout = 30.0
+
+    def on_start(self) -> None:
+        try:
+            self.state: DeviceState = _pool(self.environment).take()
+        except PoolExhausted as exc:
+            log.error("%s", exc)
+            raise StopUser() from exc
+        now = time.time()
+        self.rng = random.Random()
+        self.next_measure = now + self.rng.uniform(0, READING_INTERVAL)  # spread the fleet
+        self.next_send = self.next_measure
+        self.next_poll = now
+        self.acks: deque[str] = deque()
+        self.next_ack = now
+        self.send_backoff = Backoff(cap=BACKOFF_CAP)
+        self.poll_backoff = Backoff(cap=BACKOFF_CAP)
+        self.ack_backoff = Backoff(cap=BACKOFF_CAP)
+
+    def on_stop(self) -> None:
+        state = getattr(self, "state", None)
+        if state is not None and _Process.pool is not None:
+            _Process.pool.give_back(state)
+
+    @task
+    def step(self) -> None:
+        """Do whatever is due (measure, ack, send, poll), else wait for the next thing due."""
+        now = time.time()
+        if now >= self.next_measure:
+            self.state.measure(now, BATCH, self.rng)
+            self.next_measure += READING_INTERVAL
+            if self.next_measure < now:  # fell far behind (e.g. a long backoff): catch up
+                self.next_measure = now + READING_INTERVAL
+        if self.acks and now >= self.next_ack:
+            self._ack_all()
+            return
+        if self.state.buffer and now >= self.next_send:
+            self._send()
+            return
+        due = [self.next_measure]
+        if self.acks:
+            due.append(self.next_ack)
+        if self.state.buffer:
+            due.append(self.next_send)
+        until = min(due) - now
+        if now >= self.next_poll and until >= 1:
+            self._poll(min(POLL_WAIT, int(until)))
+            return
+        if now < self.next_poll:  # polls are backing off
+            due.append(self.next_poll)
+        gevent.sleep(max(0.05, min(due) - now))
+
+    def _send(self) -> None:
+        batch = self.state.batch()
+        r = self.client.post(
+            "/sensors",
+            json={"readings": [reading for _, reading in batch]},
+            headers=self.state.headers,
+            name="/sensors",
+        )
+        status = _status(r)
+        if status == 201:
+            self.state.sent(batch)
+            self.send_backoff.reset()
+            self.next_send = self.next_measure
+        elif status in RETRY_STATUSES:
+            self.next_send = time.time() + self.send_backoff.next_delay(_retry_after(r))
+        else:  # refused for good (a bug in this emulator, or a revoked token): drop the batch
+            log.error("POST /sensors answered %s: dropping %d readings", status, len(batch))
+            self.state.discard(batch)
+
+    def _poll(self, wait: int) -> None:
+        r = self.client.get(f"/commands?wait={wait}", headers=self.state.headers, name="/commands")
+        status = _status(r)
+        if status == 200:
+            self.poll_backoff.reset()
+            received = time.time()
+            for command in r.json().get("commands", []):
+                self._receive(command, received)
+            if self.acks:
+                self._ack_all()
+        elif status == 204:
+            self.poll_backoff.reset()
+        else:
+            self.next_poll = time.time() + self.poll_backoff.next_delay(_retry_after(r))
+
+    def _receive(self, command: dict[str, Any], received: float) -> None:
+        """Run a command the first time its id comes (a no-op here) and report its latency;
+        ack it every time."""
+        command_id = str(command["id"])
+        if self.state.seen.first_time(command_id):
+            try:
+                created = parse_time(command["created_at"])
+            except (KeyError, ValueError):
+                created = received
+            name = "end-to-end" if created >= RUN_STARTED else "end-to-end (earlier run)"
+            self.environment.events.request.fire(
+                request_type="COMMAND",
+                name=name,
+                response_time=max(0.0, (received - created) * 1000),
+                response_length=0,
+                exception=None,
+                context={},
+            )
+        self.acks.append(command_id)
+
+    def _ack_all(self) -> None:
+        while self.acks:
+            command_id = self.acks[0]
+            r = self.client.post(
+                f"/commands/{command_id}/ack",
+                json={"status": "succeeded", "result": {}},
+                headers=self.state.headers,
+                name="/commands/[id]/ack",
+            )
+            status = _status(r)
+            if status in RETRY_STATUSES:
+                self.next_ack = time.time() + self.ack_backoff.next_delay(_retry_after(r))
+                return
+            self.ack_backoff.reset()
+            self.acks.popleft()
+            if status != 200:
+                log.error("ack of %s answered %s: not retried", command_id, status)
+
+
+class _Person(FastHttpUser):
+    """A person logged in with the load-test user's credentials (own token per user, so
+    nginx's per-credential limits and routing treat each as its own client)."""
+
+    abstract = True
+    token = ""
+
+    def on_start(self) -> None:
+        self._login()
+
+    def _login(self) -> None:
+        user = _fleet()["user"]
+        r = self.client.post(
+            "/auth/token",
+            json={"username": user["username"], "password": user["password"]},
+            name="/auth/token",
+        )
+        if _status(r) != 200:
+            log.error("login as %s answered %s", user["username"], _status(r))
+            raise StopUser()
+        self.token = r.json()["access_token"]
+        self.token_at = time.time()
+
+    def call(self, method: str, path: str, name: str, **kw: Any) -> Any:
+        """One request with the person's token; logs in again on 401 or after 50 minutes."""
+        if time.time() - self.token_at > 3000:
+            self._login()
+        r = self.client.request(
+            method, path, name=name, headers={"Authorization": f"Bearer {self.token}"}, **kw
+        )
+        if _status(r) == 401:
+            self._login()
+        return r
+
+    def some_device(self) -> dict[str, str] | None:
+        """A random device among those running (devices are taken lowest index first)."""
+        devices = _fleet()["devices"]
+        running = min(running_devices(self.environment), len(devices))
+        if running <= 0:
+            return None
+        return devices[self.rng_index(max(1, running - 2 * WORKERS))]
+
+    def rng_index(self, n: int) -> int:
+        return random.randrange(n)
+
+
+class OperatorUser(_Person):
+    """Sends commands at a rate proportional to the running devices, and reads."""
+
+    fixed_count = 1
+    wait_time = constant(0)
+    concurrency = 20
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.credit = 0.0
+        self.last = time.time()
+        self.next_read = self.last + OPERATOR_READ_INTERVAL
+        self.sent: deque[tuple[str, float]] = deque(maxlen=200)
+        self.senders = Pool(50)
+
+    def on_stop(self) -> None:
+        self.senders.kill()
+
+    @task
+    def tick(self) -> None:
+        now = time.time()
+        running = running_devices(self.environment)
+        self.credit += (now - self.last) * running * COMMANDS_PER_DEVICE_HOUR / 3600
+        self.last = now
+        while self.credit >= 1 and self.senders.free_count() > 0:
+            self.credit -= 1
+            self.senders.spawn(self._command)
+        if now >= self.next_read:
+            self.next_read = now + OPERATOR_READ_INTERVAL
+            self._read()
+        gevent.sleep(0.2)
+
+    def _command(self) -> None:
+        device = self.some_device()
+        if device is None:
+            return
+        body = {
+            "device_id": device["id"],
+            "name": random.choice(COMMAND_NAMES),
+            "args": {"seconds": random.randint(1, 60)},
+            "ttl": COMMAND_TTL,
+        }
+        extra = {"Idempotency-Key": str(uuid.uuid4())} if random.random() < 0.25 else {}
+        backoff = Backoff(cap=BACKOFF_CAP)
+        for _ in range(8):  # the same key on every retry: one command however often sent
+            headers = {"Authorization": f"Bearer {self.token}", **extra}
+            r = self.client.post("/commands", json=body, headers=headers, name="/commands")
+            status = _status(r)
+            if status == 201:
+                self.sent.append((str(r.json()["id"]), time.time()))
+                return
+            if status == 401:
+                self._login()
+            elif status not in RETRY_STATUSES:
+                log.error("POST /commands answered %s: not retried", status)
+                return
+            gevent.sleep(backoff.next_delay(_retry_after(r)))
+
+    def _read(self) -> None:
+        device = self.some_device()
+        if device is not None:
+            self.call("GET", f"/sensors?device_id={device['id']}", "/sensors")
+            end = datetime.now(UTC)
+            start = end - timedelta(minutes=10)
+            self.call(
+                "GET",
+                f"/sensors/history?device_id={device['id']}&sensor={SENSORS[0]}"
+                f"&from={start:%Y-%m-%dT%H:%M:%SZ}&to={end:%Y-%m-%dT%H:%M:%SZ}&step=1m",
+                "/sensors/history",
+            )
+        old = [cid for cid, at in self.sent if time.time() - at > 10]
+        if old:
+            self.call("GET", f"/commands/{random.choice(old)}", "/commands/[id]")
+
+
+class WebViewerUser(_Person):
+    """A web app's page: the device list now and then, the latest readings of a few."""
+
+    abstract = VIEWERS <= 0  # fixed_count 0 would make it a weighted class
+    fixed_count = max(VIEWERS, 1)
+    wait_time = constant(VIEWER_INTERVAL)
+    concurrency = 2
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.cycles = 0
+        self.page: list[str] = []
+
+    @task
+    def refresh(self) -> None:
+        if self.cycles % 6 == 0 or not self.page:
+            running = running_devices(self.environment)
+            offset = random.randrange(max(1, running - 20)) if running > 20 else 0
+            r = self.call("GET", f"/devices?limit=20&offset={offset}", "/devices")
+            if _status(r) == 200:
+                self.page = [d["id"] for d in r.json().get("devices", [])]
+        self.cycles += 1
+        for device_id in self.page[:3]:
+            self.call("GET", f"/sensors?device_id={device_id}", "/sensors")
+
+
+# ----- collecting samples and the ledger in the master (or only) process -----
+
+
+def _makes_requests(environment: Environment) -> bool:
+    return not isinstance(environment.runner, MasterRunner)
+
+
+def _on_request(
+    request_type: str,
+    name: str,
+    response_time: float,
+    response: Any = None,
+    exception: BaseException | None = None,
+    start_time: float | None = None,
+    **_: Any,
+) -> None:
+    if request_type == "COMMAND":
+        status = "ok"
+        t = time.time()
+    else:
+        code = _status(response)
+        status = str(code) if code else "error"
+        t = start_time or time.time()
+    _Process.recorder.record(t, request_type, name, response_time, status, exception is not None)
+
+
+def _flush(environment: Environment, final: bool = False) -> None:
+    rows = _Process.recorder.drain(None if final else time.time())
+    if rows and environment.runner is not None:
+        environment.runner.send_message("load_samples", rows)
+
+
+def _send_ledger(environment: Environment) -> None:
+    if _Process.pool is None or environment.runner is None:
+        return
+    devices = {
+        s.id: {**s.accepted.as_dict(), "dropped": s.dropped, "unsent": len(s.buffer)}
+        for s in _Process.pool.states.values()
+        if s.accepted.count or s.dropped or s.buffer
+    }
+    environment.runner.send_message("load_ledger", {"node": _Process.node, "devices": devices})
+
+
+def _write_samples(environment: Environment, msg: Any, **_: Any) -> None:
+    if RUN_DIR:
+        samples.append(Path(RUN_DIR) / "samples.jsonl", msg.data)
+
+
+def _write_ledger(environment: Environment, msg: Any, **_: Any) -> None:
+    if RUN_DIR:
+        folder = Path(RUN_DIR) / "ledger"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{msg.data['node']}.json").write_text(json.dumps(msg.data["devices"]))
+
+
+def _set_fleet(environment: Environment, msg: Any, **_: Any) -> None:
+    _Process.fleet_devices = int(msg.data.get("devices", 0))
+
+
+def _flusher(environment: Environment) -> None:
+    while True:
+        gevent.sleep(5)
+        _flush(environment)
+
+
+def _broadcaster(environment: Environment) -> None:
+    while True:
+        gevent.sleep(2)
+        if isinstance(environment.runner, MasterRunner):
+            environment.runner.send_message("load_fleet", {"devices": running_devices(environment)})
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    runner = environment.runner
+    if runner is None:
+        return
+    _Process.node = f"{socket.gethostname()}-{os.getpid()}"
+    _Process.recorder = samples.Recorder(_Process.node)
+    if isinstance(environment.shape_class, shapes.FleetShape):
+        environment.shape_class.extra_users = sum(
+            c.fixed_count for c in environment.user_classes if c.fixed_count
+        )
+    if isinstance(runner, WorkerRunner):
+        runner.register_message("load_fleet", _set_fleet)
+    else:
+        runner.register_message("load_samples", _write_samples)
+        runner.register_message("load_ledger", _write_ledger)
+    if isinstance(runner, MasterRunner):
+        gevent.spawn(_broadcaster, environment)
+    if _makes_requests(environment):
+        environment.events.request.add_listener(_on_request)
+        gevent.spawn(_flusher, environment)
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Environment, **_: Any) -> None:
+    if _makes_requests(environment):
+        _flush(environment, final=True)
+        _send_ledger(environment)

@@ -1,0 +1,194 @@
+"""``report.md``: the capacity report of one run in Markdown, from ``report.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEY_ROUTES = (
+    "POST /sensors",
+    "GET /commands",
+    "POST /commands/[id]/ack",
+    "POST /commands",
+    "COMMAND end-to-end",
+)
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _ms(value: Any) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def _check(ok: bool | None) -> str:
+    return {True: "held", False: "**broken**", None: "no events"}[ok]
+
+
+def _conclusion(report: dict[str, Any]) -> list[str]:
+    a = report["analysis"]
+    lines = []
+    knee = a.get("knee")
+    if knee:
+        lines.append(
+            f"- **Knee**: {knee['devices']:,} devices (step {knee['index']}): the largest step "
+            "that, with every smaller one, held all SLOs and checks."
+        )
+    else:
+        lines.append("- **Knee**: none: the first step already broke a check.")
+    if a.get("first_break"):
+        b = a["first_break"]
+        lines.append(f"- First broken at {b['devices']:,} devices: {', '.join(b['broken'])}.")
+    else:
+        lines.append("- No step broke an SLO or check.")
+    if a.get("first_saturated"):
+        s = a["first_saturated"]
+        who = s["component"] + (
+            f" (largest user: {s['largest_user']})" if s.get("largest_user") else ""
+        )
+        lines.append(
+            f"- First to saturate: **{who}**, {s['cores']:.2f} of {s['capacity']:.0f} core(s) "
+            f"at {s['devices']:,} devices."
+        )
+    else:
+        lines.append("- No component reached 85 % of its capacity.")
+    if a.get("bottleneck"):
+        lines.append(
+            f"- Bottleneck: **{a['bottleneck']['component']}**: {a['bottleneck']['reason']}."
+        )
+    if a.get("generator_saturated"):
+        g = a["generator_saturated"]
+        lines.append(
+            f"- Warning: the generator itself was saturated from {g['devices']:,} devices on; "
+            "run it with more processes (--processes) or on other machines."
+        )
+    return lines
+
+
+def _summary_table(steps: list[dict[str, Any]]) -> list[str]:
+    head = (
+        "| step | devices | req/s | failures | POST /sensors p50/p99 ms | GET /commands p99 ms "
+        "| command e2e p50/p99 ms | ingest lag p99 s | machine cores | generator cores/1k "
+        "| checks |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for s in steps:
+        r = s["routes"]
+        sensors = r.get("POST /sensors", {})
+        polls = r.get("GET /commands", {})
+        e2e = r.get("COMMAND end-to-end", {})
+        lag = ((s.get("prometheus") or {}).get("ingest_lag_s") or {}).get("p99")
+        broken = [n for n, ok in s["checks"].items() if ok is False]
+        lines.append(
+            f"| {s['index']} | {s['devices']:,} | {_n(s['requests_per_s'], 1)} | "
+            f"{s['failures']} | {_ms(sensors.get('p50'))} / {_ms(sensors.get('p99'))} | "
+            f"{_ms(polls.get('p99'))} | {_ms(e2e.get('p50'))} / {_ms(e2e.get('p99'))} | "
+            f"{_n(lag, 2)} | {_n(s['cpu'].get('machine'), 2)} | "
+            f"{_n(s.get('generator_cores_per_1000_devices'), 3)} | "
+            f"{'all held' if not broken else 'broken: ' + ', '.join(broken)} |"
+        )
+    return lines
+
+
+def _routes_table(step: dict[str, Any]) -> list[str]:
+    lines = [
+        "| route | requests/s | count | failures | p50 ms | p95 ms | p99 ms | max ms | answers |",
+        "|" + "---|" * 9,
+    ]
+    for key, r in step["routes"].items():
+        statuses = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
+        lines.append(
+            f"| {key} | {_n(r['rps'], 2)} | {r['count']:,} | {r['failures']} | {_ms(r['p50'])} | "
+            f"{_ms(r['p95'])} | {_ms(r['p99'])} | {_ms(r['max'])} | {statuses} |"
+        )
+    return lines
+
+
+def _cpu_table(steps: list[dict[str, Any]]) -> list[str]:
+    names = sorted({n for s in steps for n in s["cpu"]} - {"machine"})
+    names.append("machine")
+    head = "| component | " + " | ".join(f"{s['devices']:,} dev" for s in steps) + " |"
+    lines = [head, "|" + "---|" * (len(steps) + 1)]
+    for name in names:
+        cells = " | ".join(_n(s["cpu"].get(name), 3) for s in steps)
+        lines.append(f"| {name} | {cells} |")
+    return lines
+
+
+def _prom_table(steps: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| step | SLOs (error ratio) | queues: max ready (growth/s) | ingest lag p50/p99 s "
+        "| delivery p50/p99 s | acked/s | expired+dead | confirm p99 s |",
+        "|" + "---|" * 8,
+    ]
+    for s in steps:
+        p = s.get("prometheus") or {}
+        if "error" in p:
+            lines.append(f"| {s['index']} | Prometheus: {p['error']} | | | | | | |")
+            continue
+        slos = "; ".join(
+            f"{n}: {_check(v['held'])} ({_n(v['error_ratio'], 4)})"
+            for n, v in (p.get("slos") or {}).items()
+        )
+        queues = "; ".join(
+            f"{q}: {_n(v['max_ready'])} ({_n(v['growth_per_s'], 2)})"
+            for q, v in (p.get("queues") or {}).items()
+        )
+        lag = p.get("ingest_lag_s") or {}
+        d = p.get("command_delivery") or {}
+        lines.append(
+            f"| {s['index']} | {slos} | {queues} | {_n(lag.get('p50'), 3)} / "
+            f"{_n(lag.get('p99'), 3)} | {_n(d.get('p50_s'), 3)} / {_n(d.get('p99_s'), 3)} | "
+            f"{_n(d.get('acked_per_s'), 2)} | {_n(d.get('expired_or_dead'))} | "
+            f"{_n(p.get('broker_confirm_p99_s'), 3)} |"
+        )
+    return lines
+
+
+def markdown(report: dict[str, Any], plots: list[str]) -> str:
+    """The whole report as Markdown; ``plots`` are PNG file names in the same folder."""
+    m = report["meta"]
+    steps = report["steps"]
+    r = report.get("readings") or {}
+    lines = [
+        f"# Capacity report: {m['scenario']}, {m['shape']} shape, up to {m['devices']:,} devices",
+        "",
+        f"Run {m['run']} against {m['base_url']} on {report['cpus']} cores; generator: locust "
+        f"{m.get('locust_version', '')} with {m.get('processes') or 1} process(es). Each device "
+        f"sends {m['batch']} readings every {m['reading_interval']:g} s, long-polls "
+        f"`GET /commands?wait={m['poll_wait']}`, and gets {m['commands_per_device_hour']:g} "
+        f"commands per hour. Steps are measured from {m['reading_interval']:g} s after their "
+        "devices are all running (at most 30 % of the step) to their end.",
+        "",
+        "## Conclusion",
+        "",
+        *_conclusion(report),
+        "",
+        f"Readings answered 201: {r.get('accepted', 0):,} from {r.get('devices', 0):,} devices; "
+        f"dropped {r.get('dropped', 0):,}; still unsent at the end {r.get('unsent', 0):,}.",
+        "",
+        "## Steps",
+        "",
+        *_summary_table(steps),
+        "",
+        "## CPU per component (cores; generator = the locust processes)",
+        "",
+        *_cpu_table(steps),
+        "",
+        "## What Prometheus saw (SLOs of monitoring/rules/slos.yml over each step's window)",
+        "",
+        *_prom_table(steps),
+        "",
+    ]
+    for s in steps:
+        lines += [f"### Step {s['index']}: {s['devices']:,} devices", "", *_routes_table(s), ""]
+        if s["errors_by_status"]:
+            errors = ", ".join(f"{k}: {v}" for k, v in s["errors_by_status"].items())
+            lines += [f"Errors by status: {errors}", ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
