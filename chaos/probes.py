@@ -10,7 +10,7 @@ import httpx
 from iot.settings import Settings
 from iot.stack.control import rabbitmq_api, wait_healthy
 
-PRODUCT_QUEUES = ("sensors.data", "commands.log")
+PRODUCT_QUEUES = ("sensors.data", "commands.data", "commands.log")
 
 
 def unhealthy(settings: Settings, timeout: float) -> dict[str, str]:

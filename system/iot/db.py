@@ -39,12 +39,17 @@ def _kwargs() -> dict[str, object]:
 
 
 def open_pool(settings: Settings) -> AsyncConnectionPool:
-    """An async pool that does not fail when Postgres is down at start (it retries)."""
+    """An async pool that does not fail when Postgres is down at start (it retries).
+
+    Its connections are in autocommit mode: most uses are one statement, which then costs one
+    round trip instead of three (BEGIN, the statement, COMMIT). Several statements that must
+    hold together run in ``async with conn.transaction()``.
+    """
     return AsyncConnectionPool(
         settings.database_url,
         min_size=1,
         max_size=settings.db_pool_size,
-        kwargs={**_kwargs(), "row_factory": dict_row},
+        kwargs={**_kwargs(), "row_factory": dict_row, "autocommit": True},
         timeout=CONNECT_TIMEOUT_SECONDS,
         reconnect_timeout=0,  # a failed refill gives up at once; the next request asks again
         open=False,

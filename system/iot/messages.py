@@ -5,11 +5,16 @@ the workers' modules. Both sides import only the names and shapes defined here.
 
 Queues (all durable, on the direct exchange ``iot``):
 
-- ``sensors.data``  task ``iot.sensors.store``  kwargs ``{"batch": SensorBatch}``
-- ``commands.log``  task ``iot.commands.log``   kwargs ``{"event": CommandEvent}``
+- ``sensors.data``   task ``iot.sensors.store``   kwargs ``{"batch": SensorBatch}``
+- ``commands.data``  task ``iot.commands.store``  kwargs ``{"command": Command}`` (quorum queue)
+- ``commands.log``   task ``iot.commands.log``    kwargs ``{"event": CommandEvent}``: events of
+  transitions made elsewhere; the command core writes its own events with each row change
 
 ``SensorBatch``: ``{"device_id": str, "received_at": RFC 3339,
 "readings": [{"sensor": str, "value": float, "ts": RFC 3339, "id": str | None}]}``
+
+``Command``: ``{"id", "device_id", "owner_id", "name", "args": dict, "ttl": int,
+"created_at": RFC 3339, "expires_at": RFC 3339}``
 
 ``CommandEvent``: ``{"event_id": str, "command_id": str, "device_id": str, "status": str,
 "at": RFC 3339, "attempt": int, "detail": dict}``
@@ -58,68 +63,12 @@ def celery_message(
     return body, headers, task_id
 
 
-# ----- commands data: one quorum queue per device -----
+# ----- commands data: the durable hand-off of POST /commands -----
 #
-# Published to the default exchange with routing key = queue name. Caps, the delivery limit and
-# dead-lettering come from the RabbitMQ policy ``commands`` (see COMMANDS_POLICY), so operators
-# can change them without redeclaring queues. Only what a policy cannot set is declared here.
-COMMAND_QUEUE_PREFIX = "commands.dev."
-COMMANDS_DLX = "commands.dlx"
-DEAD_LETTER_QUEUE = "commands.dead-letters"
-COMMAND_QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum", "x-single-active-consumer": True}
-TERMINAL = frozenset({"succeeded", "failed", "rejected", "expired", "cancelled", "dead"})
-ACK_STATUSES = ("succeeded", "failed", "rejected")
-# A command with one of these is never handed to its device again. (Expired and dead ones can
-# be back in a queue only because an operator requeued them.)
-NEVER_AGAIN = frozenset({"succeeded", "failed", "rejected", "cancelled"})
-_EVENT_NS = uuid.UUID("6f1d3c52-8f0e-4c55-9a57-0d1d2a7f3b10")
-
-
-def command_queue(device_id: uuid.UUID | str) -> str:
-    return f"{COMMAND_QUEUE_PREFIX}{device_id}"
-
-
-def commands_policy(max_length: int, max_attempts: int) -> dict[str, Any]:
-    """The RabbitMQ policy applied to every device command queue."""
-    return {
-        "pattern": "^" + COMMAND_QUEUE_PREFIX.replace(".", r"\.") + ".*",
-        "apply-to": "queues",
-        "priority": 10,
-        "definition": {
-            "max-length": max_length,
-            "overflow": "reject-publish",
-            # A quorum queue dead-letters a message returned more than delivery-limit times,
-            # so the limit is one less than the number of attempts.
-            "delivery-limit": max_attempts - 1,
-            "dead-letter-exchange": COMMANDS_DLX,
-            "dead-letter-strategy": "at-least-once",
-        },
-    }
-
-
-def event_id(command_id: str, kind: str) -> str:
-    """A deterministic event id: publishing the same transition twice stores one event."""
-    return str(uuid.uuid5(_EVENT_NS, f"{command_id}:{kind}"))
-
-
-def command_event(
-    command: dict[str, Any],
-    status: str,
-    at: str,
-    *,
-    kind: str | None = None,
-    attempt: int = 0,
-    detail: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A ``commands log`` event. It carries the command's descriptor, so the log can create the
-    command's row from whichever event reaches it first."""
-    return {
-        "event_id": event_id(command["id"], kind or status),
-        "command_id": command["id"],
-        "device_id": command["device_id"],
-        "status": status,
-        "at": at,
-        "attempt": attempt,
-        "detail": detail or {},
-        "command": command,
-    }
+# One quorum queue for every device (DESIGN §4: a device costs rows, not queues). The commands
+# worker stores each command as a row and wakes its device's long polls; from then on the row is
+# the command's state. Declared with the same arguments by the API and the workers.
+COMMANDS_DATA_QUEUE = "commands.data"
+COMMANDS_STORE_TASK = "iot.commands.store"
+COMMANDS_DATA_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
+QUEUE_ARGUMENTS: dict[str, dict[str, Any]] = {COMMANDS_DATA_QUEUE: COMMANDS_DATA_ARGS}

@@ -143,7 +143,9 @@ def test_killing_the_replica_holding_a_lease_redelivers_from_the_other(
 ):
     device = alice.new_device()
     cid = alice.send(device, "survive").json()["id"]
-    r = device.poll(wait=5, lease=300)
+    # The lease lives in Postgres, not in the replica: when it lapses, any replica hands the
+    # command out again (DESIGN §5).
+    r = device.poll(wait=5, lease=5)
     assert r.status_code == 200 and r.json()["commands"][0]["id"] == cid
     holder = r.headers["x-replica"]
     pid = stack.info()[holder]["pid"]
@@ -215,3 +217,24 @@ def test_history_is_newest_first_and_paginated(alice: Person):
     assert seen == list(reversed(ids))
     queued = alice.api.get(url, params={"status": "queued"}, headers=alice.headers).json()
     assert len(queued["commands"]) == 5
+
+
+def test_commands_wait_in_commands_data_while_the_worker_is_down_and_cancel_still_holds(
+    alice: Person, stack, restart_guard
+):
+    """201 means durable in `commands.data` even before any row exists; a cancel of such a
+    command writes its row, and the late insert by the worker does not revive it."""
+    device = alice.new_device()
+    restart_guard("worker-commandlog")
+    keep = alice.send(device, "keep").json()["id"]
+    drop = alice.send(device, "drop").json()["id"]
+    assert device.poll(wait=1).status_code == 204  # not stored yet: nothing to claim
+    r = alice.api.post(f"/commands/{drop}/cancel", headers=alice.headers)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    stack.start_program("worker-commandlog")
+    got = eventually(lambda: device.commands(wait=5), timeout=60, what="delivery after restart")
+    assert [c["id"] for c in got] == [keep]
+    assert device.ack(keep).status_code == 200
+    assert device.poll(wait=1).status_code == 204
+    assert statuses(alice, drop) == ["queued", "cancelled"]
+    assert alice.command(drop)["status"] == "cancelled"

@@ -32,18 +32,27 @@ def test_cache_rebuild_restores_latest_readings_after_redis_lost_them(alice: Per
     assert body["source"] == "cache" and body["readings"][0]["value"] == 5.0
 
 
-def test_queues_lists_depths_of_the_product_queues(alice: Person):
+def test_queues_lists_the_product_queues_and_no_queue_per_device(alice: Person):
     device = alice.new_device()
     alice.send(device, "waiting")
     out = iotctl("queues")
     assert out.returncode == 0, out.stderr
-    assert "sensors.data" in out.stdout and "commands.log" in out.stdout
-    # The management API refreshes its statistics every few seconds.
-    eventually(
-        lambda: f"commands.dev.{device.id}" in iotctl("queues").stdout,
-        timeout=20,
-        what="the device's queue listed with its waiting command",
+    for queue in ("sensors.data", "commands.data", "commands.log"):
+        assert queue in out.stdout
+    # A device costs rows, not broker queues (DESIGN §4).
+    assert str(device.id) not in out.stdout and "commands.dev." not in out.stdout
+
+
+def test_commands_list_shows_a_devices_pending_commands(alice: Person):
+    device = alice.new_device()
+    cid = alice.send(device, "waiting").json()["id"]
+    out = eventually(
+        lambda: cid in (r := iotctl("commands", "list", str(device.id))).stdout and r,
+        what="the pending command listed",
     )
+    assert "queued" in out.stdout and "1 pending command(s)" in out.stdout
+    bad = iotctl("commands", "requeue", str(device.id), "--id", cid)
+    assert bad.returncode == 1 and "only dead" in bad.stderr
 
 
 def test_status_reports_every_component_healthy():

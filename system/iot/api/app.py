@@ -13,11 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from iot import cache, db
 from iot.api.broker import Publisher
-from iot.api.delivery import Deliveries
 from iot.api.deps import State
 from iot.api.metrics import MetricsMiddleware
 from iot.api.routes import auth, commands, devices, health, sensors
 from iot.api.shortcut import IdlePollShortcut
+from iot.commands.service import Commands
+from iot.commands.wakeups import Wakeups
 from iot.errors import AuthError, IotError, Unavailable
 from iot.settings import Settings, get_settings
 
@@ -36,21 +37,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = db.open_pool(settings)
         await pool.open(wait=False)
-        publisher = Publisher(
-            settings.broker_url,
-            settings.publish_timeout_seconds,
-            queue_cap=settings.command_queue_max,
-        )
+        publisher = Publisher(settings.broker_url, settings.publish_timeout_seconds)
         await publisher.start()
         redis = cache.async_client(settings.redis_url, settings.redis_timeout_seconds)
         state = State(settings, pool, publisher, redis, {})
-        state.deliveries = Deliveries(state)
-        await state.deliveries.start()
+        state.commands = Commands(
+            pool,
+            publisher.publish_task,
+            redis,
+            Wakeups(settings.database_url),
+            max_attempts=settings.command_max_attempts,
+            queue_cap=settings.command_queue_max,
+        )
+        await state.commands.start()
         app.state.iot = state
         try:
             yield
         finally:
-            await state.deliveries.stop()
+            await state.commands.stop()
             await publisher.stop()
             await redis.aclose()
             await pool.close()

@@ -19,16 +19,15 @@ from typing import Any
 
 import aio_pika
 import aiormq
-import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from iot import messages
 from iot.api import amqp, metrics
-from iot.errors import BrokerUnavailable, QueueFull
+from iot.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
-DURABLE_QUEUES = (messages.SENSORS_QUEUE, messages.COMMAND_LOG_QUEUE)
+DURABLE_QUEUES = (messages.SENSORS_QUEUE, messages.COMMANDS_DATA_QUEUE, messages.COMMAND_LOG_QUEUE)
 _FAILURES = (
     aiormq.exceptions.AMQPError,
     ConnectionError,
@@ -39,18 +38,13 @@ _FAILURES = (
 
 
 class Publisher:
-    def __init__(
-        self, url: str, publish_timeout: float, heartbeat: int = 10, queue_cap: int = 100
-    ) -> None:
+    def __init__(self, url: str, publish_timeout: float, heartbeat: int = 10) -> None:
         self._url = url
-        self._queue_cap = queue_cap
         self._timeout = publish_timeout
         self._heartbeat = heartbeat
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._default_exchange: AbstractExchange | None = None
-        self._declared: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closing = False
@@ -82,7 +76,7 @@ class Publisher:
     def _forget(self) -> None:
         self._ready.clear()
         metrics.BROKER_CONNECTED.set(0)
-        self._connection = self._channel = self._exchange = self._default_exchange = None
+        self._connection = self._channel = self._exchange = None
 
     async def _setup(
         self, connection: AbstractConnection, watch: Callable[[AbstractChannel], None]
@@ -94,16 +88,11 @@ class Publisher:
             messages.EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
         )
         for name in DURABLE_QUEUES:
-            queue = await channel.declare_queue(name, durable=True)
+            queue = await channel.declare_queue(
+                name, durable=True, arguments=messages.QUEUE_ARGUMENTS.get(name)
+            )
             await queue.bind(exchange, routing_key=name)
-        dlx = await channel.declare_exchange(
-            messages.COMMANDS_DLX, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        dead = await channel.declare_queue(messages.DEAD_LETTER_QUEUE, durable=True)
-        await dead.bind(dlx)
         self._connection, self._channel, self._exchange = connection, channel, exchange
-        self._default_exchange = channel.default_exchange
-        self._declared = set()
         self._ready.set()
         metrics.BROKER_CONNECTED.set(1)
 
@@ -122,89 +111,6 @@ class Publisher:
             await self._publish(self._exchange, routing_key, message, routing_key)
         except aiormq.exceptions.DeliveryError as exc:
             raise BrokerUnavailable("message broker refused the message; retry later") from exc
-
-    async def ensure_command_queue(self, device_id: str) -> str:
-        """Declare the device's command queue (once per connection); returns its name.
-
-        Raises:
-            BrokerUnavailable: not connected or the declaration failed.
-        """
-        name = messages.command_queue(device_id)
-        if name in self._declared:
-            return name
-        channel = self._channel
-        if not self._ready.is_set() or channel is None:
-            raise BrokerUnavailable("message broker unavailable; retry later")
-        try:
-            await asyncio.wait_for(
-                channel.declare_queue(
-                    name, durable=True, arguments=dict(messages.COMMAND_QUEUE_ARGS)
-                ),
-                self._timeout,
-            )
-        except _FAILURES as exc:
-            raise BrokerUnavailable("message broker unavailable; retry later") from exc
-        self._declared.add(name)
-        return name
-
-    async def delete_command_queue(self, device_id: str) -> bool:
-        """Delete a device's command queue (its pending commands go with it). Best effort:
-        returns False if the broker could not be asked."""
-        name = messages.command_queue(device_id)
-        channel = self._channel
-        if not self._ready.is_set() or channel is None:
-            return False
-        try:
-            await asyncio.wait_for(channel.queue_delete(name), self._timeout)
-        except _FAILURES as exc:
-            log.warning("command queue %s not deleted: %s", name, exc)
-            return False
-        self._declared.discard(name)
-        return True
-
-    async def publish_command(self, command: dict[str, Any], expiration_s: float) -> None:
-        """Put a command on its device's queue and wait for the confirm.
-
-        A nack does not say why (AMQP 0-9-1 has no reason): a quorum queue refuses a message
-        when it is full and also while it is briefly unavailable (say, electing a leader). The
-        queue's ready count tells the two apart.
-
-        Raises:
-            QueueFull: the device's queue is at its cap (the broker refused the message).
-            BrokerUnavailable: as for :meth:`publish`, and for a nack of a queue not full.
-        """
-        queue = await self.ensure_command_queue(command["device_id"])
-        message = self._message(orjson.dumps(command), command["id"], None, expiration_s)
-        try:
-            await self._publish(self._default_exchange, queue, message, "commands")
-        except aiormq.exceptions.DeliveryError as exc:
-            ready = await self._ready_count(queue)
-            if ready is not None and ready >= self._queue_cap:
-                raise QueueFull("the device's command queue is full; retry later") from exc
-            log.warning(
-                "command %s refused by the broker with %s ready in %s (cap %d)",
-                command["id"],
-                "unknown" if ready is None else ready,
-                queue,
-                self._queue_cap,
-            )
-            raise BrokerUnavailable(
-                "the device's command queue is not available right now; retry later"
-            ) from exc
-
-    async def _ready_count(self, queue: str) -> int | None:
-        """Messages ready in a queue (a passive declare); None if the broker does not say."""
-        channel = self._channel
-        if channel is None:
-            return None
-        try:
-            declared = await asyncio.wait_for(
-                channel.declare_queue(queue, passive=True), self._timeout
-            )
-        except _FAILURES:
-            return None
-        result = declared.declaration_result
-        return None if result is None else int(result.message_count or 0)
 
     @staticmethod
     def _message(

@@ -16,7 +16,7 @@ from iot import db, security
 from iot.api.broker import Publisher
 
 if TYPE_CHECKING:
-    from iot.api.delivery import Deliveries
+    from iot.commands.service import Commands
 from iot.errors import AuthError, DatabaseUnavailable, Forbidden
 from iot.settings import Settings
 from iot.sql import devices as devices_sql
@@ -29,7 +29,7 @@ class State:
     publisher: Publisher
     redis: aioredis.Redis
     device_cache: dict[str, tuple[float, dict[str, Any]]]
-    deliveries: Deliveries | None = None
+    commands: Commands | None = None
 
 
 @dataclass(frozen=True)

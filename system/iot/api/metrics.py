@@ -31,7 +31,7 @@ PUBLISHES = Counter(
 # Every series exists from the start at 0, so rate() sees the first failure of a kind (a
 # series born with its first increment has no earlier sample to compare with, and the failure
 # alerts would wait for the second one).
-for _queue in (messages.SENSORS_QUEUE, messages.COMMAND_LOG_QUEUE, "commands"):
+for _queue in (messages.SENSORS_QUEUE, messages.COMMANDS_DATA_QUEUE, messages.COMMAND_LOG_QUEUE):
     for _result in ("confirmed", "nacked", "timeout", "failed", "unavailable", "unroutable"):
         PUBLISHES.labels(_queue, _result)
 PUBLISH_SECONDS = Histogram(
@@ -44,26 +44,6 @@ BROKER_CONNECTED = Gauge("iot_broker_connected", "1 while this process holds a b
 READINGS_ACCEPTED = Counter("iot_readings_accepted_total", "Sensor readings answered with 201")
 SENSOR_READS = Counter("iot_sensor_reads_total", "GET /sensors answers by source", ["source"])
 CACHE_ERRORS = Counter("iot_cache_errors_total", "Redis calls that failed in the API")
-
-# Commands.
-COMMANDS_ACCEPTED = Counter("iot_commands_accepted_total", "Commands answered with 201 (queued)")
-COMMAND_EVENTS = Counter(
-    "iot_command_events_total", "Command transitions published to the log", ["status"]
-)
-COMMANDS_ACKED = Counter("iot_commands_acked_total", "Device acks recorded", ["status"])
-COMMANDS_REDELIVERED = Counter(
-    "iot_commands_redelivered_total", "Commands handed to a device again (attempt > 1)"
-)
-COMMANDS_DEAD = Counter("iot_commands_dead_total", "Commands dead after too many attempts")
-LEASES_EXPIRED = Counter("iot_command_leases_expired_total", "Leases that ran out without an ack")
-COMMAND_LATENCY = Histogram(
-    "iot_command_delivery_latency_seconds",
-    "From POST /commands to the device receiving the command (first delivery only)",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
-)
-LEASES = Gauge("iot_command_leases", "Commands leased to devices by this replica")
-BUFFERED = Gauge("iot_commands_buffered", "Commands this replica holds, not yet handed out")
-POLL_WAITERS = Gauge("iot_command_polls_in_progress", "GET /commands polls being answered")
 
 
 class MetricsMiddleware:

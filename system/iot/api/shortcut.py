@@ -2,9 +2,10 @@
 pending), answered before FastAPI's routing, validation and dependency injection.
 
 It answers only when everything is already known: a valid device token in this replica's auth
-cache, parameters that are plainly valid, and a replica that consumes the device's queue and
-holds nothing for it. Anything else goes through the full route, which gives the same answer
-(or the error) the slow way.
+cache, parameters that are plainly valid, and a device this replica knows has nothing to claim
+(a claim found nothing, no lease of its runs, and no new-command notification came since).
+Anything else goes through the full route, which gives the same answer (or the error) the
+slow way.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ class IdlePollShortcut:
         if auth[:11].lower() != _PREFIX:
             return False
         state: Any = getattr(scope["app"].state, "iot", None)
-        if state is None or state.deliveries is None:
+        if state is None or state.commands is None:
             return False
         hit = state.device_cache.get(security.hash_device_token(auth[7:].decode("latin-1")))
         if hit is None or hit[0] <= time.monotonic():
             return False
-        return bool(state.deliveries.surely_idle(str(hit[1]["id"])))
+        return bool(state.commands.surely_idle(str(hit[1]["id"])))

@@ -92,7 +92,7 @@ def up(
             typer.secho(f"  {name:<18} NOT healthy: {h.detail}", fg=typer.colors.RED, err=True)
         fail(f"{len(bad)} component(s) not healthy after {timeout:.0f}s; see `iotctl logs NAME`")
     try:
-        stack_setup.apply_broker_policy(s)
+        stack_setup.remove_stale_broker_policy(s)
     except stack_setup.SetupError as exc:
         fail(str(exc))
     _print_urls(s)
@@ -316,7 +316,12 @@ def _register_plugins() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="iotctl.plugins"):
-        app.add_typer(ep.load(), name=ep.name)
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not break iotctl
+            print(f"iotctl: the `{ep.name}` commands are unavailable: {exc}", file=sys.stderr)
+            continue
+        app.add_typer(plugin, name=ep.name)
 
 
 _register_plugins()

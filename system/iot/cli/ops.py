@@ -15,11 +15,7 @@ from iot.stack.control import rabbitmq_api
 cache_app = typer.Typer(help="The latest-readings cache in Redis.", no_args_is_help=True)
 
 
-def queues(
-    show_all: Annotated[
-        bool, typer.Option("--all", help="Also list device queues that are empty.")
-    ] = False,
-) -> None:
+def queues() -> None:
     """RabbitMQ queue depths: ready and unacked messages and consumers, deepest first."""
     s = settings()
     try:
@@ -34,17 +30,12 @@ def queues(
         fail(f"RabbitMQ management API unreachable ({exc}); is rabbitmq up? `iotctl status`")
     rows: list[dict[str, Any]] = r.json()
     rows.sort(key=lambda q: -(q.get("messages_ready", 0) + q.get("messages_unacknowledged", 0)))
-    device_queues = [q for q in rows if q["name"].startswith("commands.dev.")]
     typer.echo(f"{'QUEUE':<56} {'READY':>8} {'UNACKED':>8} {'CONSUMERS':>9}")
     for q in rows:
-        busy = q.get("messages_ready", 0) or q.get("messages_unacknowledged", 0)
-        if q["name"].startswith("commands.dev.") and not busy and not show_all:
-            continue
         typer.echo(
             f"{q['name']:<56} {q.get('messages_ready', 0):>8}"
             f" {q.get('messages_unacknowledged', 0):>8} {q.get('consumers', 0):>9}"
         )
-    typer.echo(f"({len(device_queues)} device command queues in all)")
 
 
 @cache_app.command("rebuild")

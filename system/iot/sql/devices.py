@@ -81,12 +81,14 @@ async def rotate_token(
 async def delete_device(
     conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID, owner_id: uuid.UUID | None
 ) -> bool:
-    """Delete a device and its stored readings."""
-    cur = await conn.execute(
-        "DELETE FROM devices WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s)",
-        (device_id, owner_id, owner_id),
-    )
-    if cur.rowcount != 1:
-        return False
-    await conn.execute("DELETE FROM readings WHERE device_id = %s", (device_id,))
+    """Delete a device with its stored readings and commands, in one transaction."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "DELETE FROM devices WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s)",
+            (device_id, owner_id, owner_id),
+        )
+        if cur.rowcount != 1:
+            return False
+        for table in ("readings", "commands", "command_events"):
+            await conn.execute(f"DELETE FROM {table} WHERE device_id = %s", (device_id,))
     return True

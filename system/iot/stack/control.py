@@ -113,7 +113,12 @@ class Supervisor:
         self._ctl("stop", name)
 
     def start_program(self, name: str) -> None:
-        self._ctl("start", name)
+        """Start a program; one already running is fine."""
+        try:
+            self._ctl("start", name)
+        except ControlError as exc:
+            if "already started" not in str(exc):
+                raise
 
     def restart_program(self, name: str) -> None:
         self._ctl("restart", name)

@@ -153,7 +153,7 @@ def programs(s: Settings) -> list[Program]:
         )
     for name, queue, port in (
         ("worker-sensors", "sensors.data", s.worker_sensors_metrics_port),
-        ("worker-commandlog", "commands.log", s.worker_commandlog_metrics_port),
+        ("worker-commandlog", "commands.data,commands.log", s.worker_commandlog_metrics_port),
     ):
         progs.append(
             Program(

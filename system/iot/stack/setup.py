@@ -241,20 +241,20 @@ def _run(cmd: list[str], what: str) -> None:
         raise SetupError(f"cannot {what}: {result.stderr.strip() or result.stdout.strip()}")
 
 
-def apply_broker_policy(s: Settings) -> None:
-    """Set the ``commands`` policy (caps, delivery limit, dead-lettering) on our RabbitMQ.
+def remove_stale_broker_policy(s: Settings) -> None:
+    """Remove the ``commands`` policy that the per-device command queues of earlier versions
+    needed (commands are rows now; see docs/decisions.md). A missing policy is fine.
 
-    A policy, not queue arguments, so operators can change these limits on a running system.
+    Raises:
+        SetupError: the management API refused.
     """
     import httpx
 
-    from iot import messages
     from iot.stack.control import rabbitmq_api
 
-    policy = messages.commands_policy(s.command_queue_max, s.command_max_attempts)
     try:
-        r = rabbitmq_api(s, "PUT", "policies/%2F/commands", json=policy)
+        r = rabbitmq_api(s, "DELETE", "policies/%2F/commands")
     except httpx.HTTPError as exc:
-        raise SetupError(f"cannot set the RabbitMQ policy: {exc}") from exc
-    if r.status_code not in (201, 204):
-        raise SetupError(f"cannot set the RabbitMQ policy: HTTP {r.status_code} {r.text}")
+        raise SetupError(f"cannot reach RabbitMQ's management API: {exc}") from exc
+    if r.status_code not in (204, 404):
+        raise SetupError(f"cannot remove the RabbitMQ policy: HTTP {r.status_code} {r.text}")

@@ -39,6 +39,13 @@ app.conf.update(
     task_queues=[
         Queue(messages.SENSORS_QUEUE, exchange, routing_key=messages.SENSORS_QUEUE, durable=True),
         Queue(
+            messages.COMMANDS_DATA_QUEUE,
+            exchange,
+            routing_key=messages.COMMANDS_DATA_QUEUE,
+            durable=True,
+            queue_arguments=messages.COMMANDS_DATA_ARGS,
+        ),
+        Queue(
             messages.COMMAND_LOG_QUEUE,
             exchange,
             routing_key=messages.COMMAND_LOG_QUEUE,
@@ -47,6 +54,7 @@ app.conf.update(
     ],
     task_routes={
         messages.SENSORS_TASK: {"queue": messages.SENSORS_QUEUE},
+        messages.COMMANDS_STORE_TASK: {"queue": messages.COMMANDS_DATA_QUEUE},
         messages.COMMAND_LOG_TASK: {"queue": messages.COMMAND_LOG_QUEUE},
     },
     task_serializer="json",

@@ -1,5 +1,6 @@
-"""The command-log worker: every command transition becomes one row in ``command_events``, and
-the command's row in ``commands`` follows its timeline."""
+"""The commands worker (process ``worker-commandlog``): it stores each command handed over
+through `commands data` as a row (and wakes its device's long polls), and stores events that
+reach the `commands log` queue."""
 
 from __future__ import annotations
 
@@ -8,18 +9,31 @@ import time
 from typing import Any
 
 from iot import messages
-from iot.sql import commands as commands_sql
+from iot.commands import store as commands_store
 from iot.workers import metrics, storage
 from iot.workers.app import app
 
 log = logging.getLogger(__name__)
 
 
+@app.task(name=messages.COMMANDS_STORE_TASK)
+def store_command(command: dict[str, Any]) -> int:
+    """Store one command (a redelivery is a no-op); returns 1 if it was new."""
+    started = time.perf_counter()
+    added = storage.write(messages.COMMANDS_STORE_TASK, lambda c: commands_store.insert(c, command))
+    metrics.EVENTS_STORED.labels("queued").inc(added)
+    metrics.TASKS.labels(messages.COMMANDS_STORE_TASK, "succeeded").inc()
+    metrics.TASK_SECONDS.labels(messages.COMMANDS_STORE_TASK).observe(time.perf_counter() - started)
+    return added
+
+
 @app.task(name=messages.COMMAND_LOG_TASK)
 def log_event(event: dict[str, Any]) -> int:
     """Store one event; a redelivered event (same event_id) is a no-op. Returns rows added."""
     started = time.perf_counter()
-    added = storage.write(messages.COMMAND_LOG_TASK, lambda c: commands_sql.record_event(c, event))
+    added = storage.write(
+        messages.COMMAND_LOG_TASK, lambda c: commands_store.record_event(c, event)
+    )
     metrics.EVENTS_STORED.labels(event["status"]).inc(added)
     metrics.TASKS.labels(messages.COMMAND_LOG_TASK, "succeeded").inc()
     metrics.TASK_SECONDS.labels(messages.COMMAND_LOG_TASK).observe(time.perf_counter() - started)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from iot import db, messages
-from iot.api import command_state, metrics
+from iot import db
 from iot.api.access import visible_devices
 from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal, CurrentUser, State
 from iot.api.schemas import (
@@ -22,17 +21,17 @@ from iot.api.schemas import (
     CommandStatus,
     DeliveredCommands,
 )
-from iot.errors import BrokerUnavailable, Conflict, DatabaseUnavailable, InvalidInput, NotFound
-from iot.sql import commands as commands_sql
+from iot.commands import store
+from iot.commands.service import Commands
+from iot.errors import InvalidInput, NotFound
 
 router = APIRouter(tags=["commands"])
 log = logging.getLogger(__name__)
-_IDEMPOTENCY_NS = uuid.UUID("1c7f6f0e-3f55-4f53-9d7b-55a1f2a0c0de")
 
 
-def _deliveries(state: State) -> Any:
-    assert state.deliveries is not None
-    return state.deliveries
+def _core(state: State) -> Commands:
+    assert state.commands is not None
+    return state.commands
 
 
 def _view(command: dict[str, Any], status: str) -> Command:
@@ -57,45 +56,13 @@ async def send_command(
         Header(max_length=128, description="Same key (per user), same command: safe retries"),
     ] = None,
 ) -> Command:
-    """Queue a command for a device. 201 only after RabbitMQ confirmed it; 429 when the device's
-    queue is full; 503 (with Retry-After) when the broker is unavailable: retry then, with the
-    same Idempotency-Key to be sure the device gets it once."""
+    """Queue a command for a device. 201 only after RabbitMQ confirmed it; 429 when the device
+    has too many commands not yet final; 503 (with Retry-After) when the broker is unavailable:
+    retry then, with the same Idempotency-Key to be sure the device gets it once."""
     await visible_devices(state, user, body.device_id)
-    if idempotency_key:
-        command_id = uuid.uuid5(_IDEMPOTENCY_NS, f"{user.user_id}:{idempotency_key}")
-        try:
-            existing = await command_state.descriptor(state, command_id)
-        except DatabaseUnavailable:
-            existing = None
-        if existing is not None:
-            return _view(existing, "queued")
-    else:
-        command_id = uuid.uuid4()
-    now = datetime.now(UTC)
-    command = {
-        "id": str(command_id),
-        "device_id": str(body.device_id),
-        "owner_id": str(user.user_id),
-        "name": body.name,
-        "args": body.args,
-        "ttl": body.ttl,
-        "created_at": now.isoformat(),
-        "expires_at": (now + timedelta(seconds=body.ttl)).isoformat(),
-        "requeues": 0,
-    }
-    await state.publisher.publish_command(command, body.ttl)
-    metrics.COMMANDS_ACCEPTED.inc()
-    await command_state.remember(state, command)
-    event = messages.command_event(command, "queued", now.isoformat())
-    try:
-        await state.publisher.publish_task(
-            messages.COMMAND_LOG_QUEUE, messages.COMMAND_LOG_TASK, {"event": event}
-        )
-        metrics.COMMAND_EVENTS.labels("queued").inc()
-    except BrokerUnavailable:
-        # The command itself is durable in its queue; its later events carry its descriptor,
-        # so the log still learns of it. Answering 503 now would invite a duplicate.
-        log.warning("queued event of %s not logged", command_id)
+    command = await _core(state).send(
+        user.user_id, body.device_id, body.name, body.args, body.ttl, idempotency_key
+    )
     return _view(command, "queued")
 
 
@@ -116,8 +83,8 @@ async def poll_commands(
     """The device's next commands, oldest first. Each is leased to the device: ack it before the
     lease ends, or it is delivered again with ``attempt`` + 1."""
     assert device.device_id is not None
-    taken = await _deliveries(state).poll(
-        str(device.device_id), wait, limit, lease or state.settings.command_lease_seconds
+    taken = await _core(state).poll(
+        device.device_id, wait, limit, lease or state.settings.command_lease_seconds
     )
     if not taken:
         return Response(status_code=204)
@@ -130,14 +97,12 @@ async def ack_command(
 ) -> CommandStatus:
     """Report the outcome. Repeating an ack is harmless; another device's command is a 404."""
     assert device.device_id is not None
-    status = await _deliveries(state).ack(
-        str(device.device_id), str(command_id), body.status, body.result
-    )
+    status = await _core(state).ack(device.device_id, command_id, body.status, body.result)
     return CommandStatus(id=command_id, status=status)
 
 
 async def _owned_command(state: State, who: Any, command_id: uuid.UUID) -> dict[str, Any]:
-    command = await command_state.descriptor(state, command_id)
+    command = await _core(state).descriptor(command_id)
     if command is None:
         raise NotFound("no such command")
     await visible_devices(state, who, uuid.UUID(command["device_id"]))
@@ -150,29 +115,8 @@ async def cancel_command(
 ) -> CommandStatus:
     """Cancel a command not yet acked: it is never delivered (again). 409 once it is final."""
     command = await _owned_command(state, user, command_id)
-    cid = str(command_id)
-    final = (await command_state.finals(state, [cid])).get(cid)
-    if final is None:
-        try:
-            async with db.connection(state.pool) as conn:
-                row = await commands_sql.get_command(conn, command_id)
-            if row and row["status"] in messages.TERMINAL:
-                final = row["status"]
-        except DatabaseUnavailable:
-            pass  # the cache answered; that is enough to cancel
-    if final is not None:
-        raise Conflict(f"command already {final}")
-    event = messages.command_event(
-        command, "cancelled", datetime.now(UTC).isoformat(), detail={"by": user.username}
-    )
-    await state.publisher.publish_task(
-        messages.COMMAND_LOG_QUEUE, messages.COMMAND_LOG_TASK, {"event": event}
-    )
-    metrics.COMMAND_EVENTS.labels("cancelled").inc()
-    holds = await command_state.mark_final(state, cid, "cancelled")
-    if holds != "cancelled":
-        raise Conflict(f"command already {holds}")
-    return CommandStatus(id=command_id, status="cancelled")
+    status = await _core(state).cancel(command, user.username)
+    return CommandStatus(id=command_id, status=status)
 
 
 def _from_row(row: dict[str, Any], events: list[dict[str, Any]] | None) -> Command:
@@ -195,8 +139,8 @@ async def get_command(command_id: uuid.UUID, who: CurrentPrincipal, state: AppSt
     """A command's status and its whole event timeline."""
     command = await _owned_command(state, who, command_id)
     async with db.connection(state.pool) as conn:
-        row = await commands_sql.get_command(conn, command_id)
-        events = await commands_sql.events_of(conn, command_id) if row else []
+        row = await store.get_command(conn, command_id)
+        events = await store.events_of(conn, command_id) if row else []
     if row is None:  # accepted moments ago; the log has not stored it yet
         view = _view(command, "queued")
         view.events = []
@@ -225,7 +169,7 @@ async def device_commands(
     await visible_devices(state, who, device_id)
     cursor = _parse_cursor(before) if before else None
     async with db.connection(state.pool) as conn:
-        rows = await commands_sql.device_history(conn, device_id, limit, cursor, status)
+        rows = await store.device_history(conn, device_id, limit, cursor, status)
     page = [_from_row(r, None) for r in rows]
     nxt = f"{rows[-1]['created_at'].isoformat()}_{rows[-1]['id']}" if len(rows) == limit else None
     return CommandPage(commands=page, next=nxt)

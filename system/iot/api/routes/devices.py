@@ -74,8 +74,6 @@ async def delete_device(device_id: uuid.UUID, user: CurrentUser, state: AppState
         raise NotFound("no such device")
     state.device_cache.clear()
     await forget_owner(state, device_id)
-    if not await state.publisher.delete_command_queue(str(device_id)):
-        log.warning("device %s deleted; its command queue is left for `rabbitmqctl`", device_id)
     try:
         await state.redis.delete(cache.key(device_id))
     except (redis.RedisError, OSError):

@@ -1,0 +1,379 @@
+"""Commands in Postgres: the ``commands`` row is the state, ``command_events`` the timeline.
+
+Every change of a row and the event that records it are written in one transaction, so the
+status and the timeline never disagree. The hot paths are single statements (a claim is one
+round trip); the rare ones (ack, cancel, requeue) lock the row, ask :mod:`lifecycle` what to
+do, and write.
+
+Sync functions serve the commands worker and ``iotctl``; async ones the API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+
+from iot.commands import lifecycle
+
+NOTIFY_CHANNEL = "iot_commands"  # payload: the device id that has new work
+
+_COLUMNS = (
+    "id, device_id, owner_id, name, args, ttl_seconds, created_at, expires_at, status,"
+    " attempt, result, updated_at, leased_until, requeues"
+)
+
+# Stores a command handed over through `commands data` (idempotent: a redelivered message finds
+# the row there and does nothing), its `queued` event, and wakes the device's long polls.
+# A command for a device deleted meanwhile is dropped.
+_INSERT = (
+    """
+WITH new AS (
+    INSERT INTO commands (id, device_id, owner_id, name, args, ttl_seconds, created_at,
+                          expires_at, status)
+    SELECT %(id)s, %(device)s, %(owner)s, %(name)s, %(args)s::jsonb, %(ttl)s, %(created)s,
+           %(expires)s, 'queued'
+    WHERE EXISTS (SELECT 1 FROM devices WHERE id = %(device)s)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, device_id, created_at
+), logged AS (
+    INSERT INTO command_events (event_id, command_id, device_id, status, attempt, at, detail)
+    SELECT gen_random_uuid(), id, device_id, 'queued', 0, created_at, '{}'::jsonb FROM new
+)
+SELECT pg_notify('"""
+    + NOTIFY_CHANNEL
+    + """', device_id::text) FROM new
+"""
+)
+
+# A poll's claim, in one statement (DESIGN §4): the device's claimable commands oldest first,
+# locked without waiting for another poll's locks; each becomes expired, dead or delivered
+# (lifecycle.claim_outcome), with its event. The last column tells a poll that got nothing
+# when the next lease of this device lapses (its command is claimable again then).
+_CLAIM = """
+WITH picked AS (
+    SELECT id FROM commands
+    WHERE device_id = %(device)s AND status IN ('queued', 'delivered')
+      AND (leased_until IS NULL OR leased_until <= now())
+    ORDER BY created_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE commands c SET
+        status = CASE WHEN c.expires_at <= now() THEN 'expired'
+                      WHEN c.attempt >= %(max)s THEN 'dead' ELSE 'delivered' END,
+        attempt = CASE WHEN c.expires_at <= now() OR c.attempt >= %(max)s THEN c.attempt
+                       ELSE c.attempt + 1 END,
+        leased_until = CASE WHEN c.expires_at <= now() OR c.attempt >= %(max)s THEN NULL
+                            ELSE now() + %(lease)s * interval '1 second' END,
+        updated_at = now()
+    FROM picked WHERE c.id = picked.id
+    RETURNING c.id, c.device_id, c.name, c.args, c.created_at, c.expires_at, c.status,
+              c.attempt
+), logged AS (
+    INSERT INTO command_events (event_id, command_id, device_id, status, attempt, at, detail)
+    SELECT gen_random_uuid(), id, device_id, status, attempt, now(),
+           CASE WHEN status = 'dead' THEN '{"reason": "max attempts"}'::jsonb
+                ELSE '{}'::jsonb END
+    FROM claimed
+)
+SELECT k.id, k.name, k.args, k.created_at, k.expires_at, k.status, k.attempt,
+       (SELECT min(leased_until) FROM commands
+        WHERE device_id = %(device)s AND status = 'delivered' AND leased_until > now())
+       AS next_lapse
+FROM (SELECT 1) AS one LEFT JOIN claimed k ON true
+ORDER BY k.created_at, k.id
+"""
+
+# The sweep: commands nobody claims (their device is offline) still expire and die
+# (lifecycle.sweep_outcome). A running lease is left alone.
+_SWEEP_EXPIRED = """
+WITH due AS (
+    SELECT id FROM commands
+    WHERE status IN ('queued', 'delivered') AND expires_at <= now()
+      AND (leased_until IS NULL OR leased_until <= now())
+    ORDER BY expires_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    UPDATE commands c SET status = 'expired', leased_until = NULL, updated_at = now()
+    FROM due WHERE c.id = due.id
+    RETURNING c.id, c.device_id, c.attempt
+)
+INSERT INTO command_events (event_id, command_id, device_id, status, attempt, at, detail)
+SELECT gen_random_uuid(), id, device_id, 'expired', attempt, now(), '{}'::jsonb FROM done
+"""
+_SWEEP_DEAD = """
+WITH due AS (
+    SELECT id FROM commands
+    WHERE status = 'delivered' AND leased_until <= now() AND attempt >= %(max)s
+    ORDER BY leased_until LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    UPDATE commands c SET status = 'dead', leased_until = NULL, updated_at = now()
+    FROM due WHERE c.id = due.id
+    RETURNING c.id, c.device_id, c.attempt
+)
+INSERT INTO command_events (event_id, command_id, device_id, status, attempt, at, detail)
+SELECT gen_random_uuid(), id, device_id, 'dead', attempt, now(),
+       '{"reason": "max attempts"}'::jsonb
+FROM done
+"""
+
+_EVENT = (
+    "INSERT INTO command_events (event_id, command_id, device_id, status, attempt, at, detail)"
+    " VALUES (gen_random_uuid(), %s, %s, %s, %s, now(), %s::jsonb)"
+)
+_LOCK = "SELECT id, device_id, status, attempt FROM commands WHERE id = %s FOR UPDATE"
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _insert_params(command: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": uuid.UUID(command["id"]),
+        "device": uuid.UUID(command["device_id"]),
+        "owner": uuid.UUID(command["owner_id"]) if command.get("owner_id") else None,
+        "name": command["name"],
+        "args": orjson.dumps(command.get("args") or {}).decode(),
+        "ttl": int(command["ttl"]),
+        "created": command["created_at"],
+        "expires": command["expires_at"],
+    }
+
+
+def descriptor_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The command as the API answers it before its row exists, rebuilt from its row."""
+    return {
+        "id": str(row["id"]),
+        "device_id": str(row["device_id"]),
+        "owner_id": str(row["owner_id"]) if row["owner_id"] else None,
+        "name": row["name"],
+        "args": row["args"],
+        "ttl": row["ttl_seconds"],
+        "created_at": row["created_at"].isoformat(),
+        "expires_at": row["expires_at"].isoformat(),
+    }
+
+
+# ----- the commands worker -----
+def insert(conn: psycopg.Connection[Any], command: dict[str, Any]) -> int:
+    """Store a command from `commands data`; returns 1 if it was new (0: a redelivery, or its
+    device is gone). Wakes the device's long polls on commit."""
+    cur = conn.execute(_INSERT, _insert_params(command))
+    return cur.rowcount
+
+
+def record_event(conn: psycopg.Connection[Any], event: dict[str, Any]) -> int:
+    """Store one event from the `commands log` queue (by event id, so a redelivery is a no-op).
+    The row's status is not touched: every status change writes its own event."""
+    cur = conn.execute(
+        "INSERT INTO command_events (event_id, command_id, device_id, status, attempt, at, detail)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (event_id) DO NOTHING",
+        (
+            uuid.UUID(event["event_id"]),
+            uuid.UUID(event["command_id"]),
+            uuid.UUID(event["device_id"]),
+            event["status"],
+            int(event.get("attempt", 0)),
+            event["at"],
+            orjson.dumps(event.get("detail") or {}).decode(),
+        ),
+    )
+    return cur.rowcount
+
+
+# ----- operators (iotctl) -----
+def by_status(
+    conn: psycopg.Connection[Any], device_id: uuid.UUID, statuses: list[str]
+) -> list[Any]:
+    return conn.execute(
+        f"SELECT {_COLUMNS} FROM commands WHERE device_id = %s AND status = ANY(%s)"
+        " ORDER BY created_at, id",
+        (device_id, statuses),
+    ).fetchall()
+
+
+def requeue(
+    conn: psycopg.Connection[Any], device_id: uuid.UUID, ids: list[uuid.UUID] | None, by: str
+) -> list[dict[str, Any]]:
+    """Give dead commands of a device (all of them, or ``ids``) a fresh ttl and attempt count,
+    in one transaction; returns the requeued rows.
+
+    Raises:
+        LookupError: an id is not a command of this device.
+        lifecycle.TransitionRefused: one of ``ids`` is not dead (nothing is requeued).
+    """
+    with conn.transaction():
+        if ids:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM commands WHERE id = ANY(%s) AND device_id = %s"
+                " ORDER BY created_at, id FOR UPDATE",
+                (ids, device_id),
+            ).fetchall()
+            missing = {str(i) for i in ids} - {str(r["id"]) for r in rows}
+            if missing:
+                listed = ", ".join(sorted(missing))
+                raise LookupError(f"not commands of device {device_id}: {listed}")
+        else:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM commands WHERE device_id = %s AND status = 'dead'"
+                " ORDER BY created_at, id FOR UPDATE",
+                (device_id,),
+            ).fetchall()
+        for r in rows:
+            lifecycle.on_requeue(r["status"])
+        for r in rows:
+            conn.execute(
+                "UPDATE commands SET status = 'queued', attempt = 0, leased_until = NULL,"
+                " requeues = requeues + 1, expires_at = now() + ttl_seconds * interval '1 second',"
+                " updated_at = now() WHERE id = %s",
+                (r["id"],),
+            )
+            detail = {"requeued": r["requeues"] + 1, "by": by}
+            conn.execute(_EVENT, (r["id"], r["device_id"], lifecycle.QUEUED, 0, _json(detail)))
+        if rows:
+            conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(device_id)))
+    return [dict(r) for r in rows]
+
+
+# ----- the API -----
+async def claim(
+    conn: psycopg.AsyncConnection[Any],
+    device_id: uuid.UUID,
+    limit: int,
+    lease_seconds: float,
+    max_attempts: int,
+) -> tuple[list[dict[str, Any]], datetime | None]:
+    """Claim the device's next commands; returns (claimed rows, oldest first, each with its
+    new ``status``: delivered, expired or dead; when the next running lease lapses)."""
+    cur = await conn.execute(
+        _CLAIM,
+        {"device": device_id, "limit": limit, "lease": lease_seconds, "max": max_attempts},
+    )
+    rows = await cur.fetchall()
+    next_lapse = rows[0]["next_lapse"] if rows else None
+    return [dict(r) for r in rows if r["id"] is not None], next_lapse
+
+
+async def sweep(
+    conn: psycopg.AsyncConnection[Any], max_attempts: int, limit: int
+) -> tuple[int, int]:
+    """Expire and kill what no poll claims; returns (expired, dead)."""
+    expired = await conn.execute(_SWEEP_EXPIRED, {"limit": limit})
+    dead = await conn.execute(_SWEEP_DEAD, {"limit": limit, "max": max_attempts})
+    return expired.rowcount, dead.rowcount
+
+
+async def ack(
+    conn: psycopg.AsyncConnection[Any],
+    device_id: uuid.UUID,
+    command_id: uuid.UUID,
+    outcome: str,
+    result: dict[str, Any] | None,
+) -> str | None:
+    """Record a device's outcome; returns the status afterwards, or None when the device has
+    no such command."""
+    async with conn.transaction():
+        row = await (await conn.execute(_LOCK, (command_id,))).fetchone()
+        if row is None or row["device_id"] != device_id:
+            return None
+        change = lifecycle.on_ack(row["status"], outcome)
+        if change.status != row["status"]:
+            await conn.execute(
+                "UPDATE commands SET status = %s, result = %s::jsonb, leased_until = NULL,"
+                " updated_at = now() WHERE id = %s",
+                (change.status, _json(result), command_id),
+            )
+        if change.event:
+            await conn.execute(
+                _EVENT,
+                (command_id, device_id, change.event, row["attempt"], _json({"result": result})),
+            )
+        return change.status
+
+
+async def cancel(
+    conn: psycopg.AsyncConnection[Any],
+    command_id: uuid.UUID,
+    by: str,
+    unstored: dict[str, Any] | None,
+) -> str | None:
+    """Cancel a command; returns ``cancelled``, or None when there is no such command.
+
+    ``unstored`` is the command's descriptor when it was accepted but may still be on its way
+    through `commands data`: its row is written here first (the worker's insert then finds it).
+
+    Raises:
+        lifecycle.TransitionRefused: the command is already final.
+    """
+    async with conn.transaction():
+        row = await (await conn.execute(_LOCK, (command_id,))).fetchone()
+        if row is None and unstored is not None:
+            await conn.execute(_INSERT, _insert_params(unstored))
+            row = await (await conn.execute(_LOCK, (command_id,))).fetchone()
+        if row is None:
+            return None
+        change = lifecycle.on_cancel(row["status"])
+        await conn.execute(
+            "UPDATE commands SET status = %s, leased_until = NULL, updated_at = now()"
+            " WHERE id = %s",
+            (change.status, command_id),
+        )
+        await conn.execute(
+            _EVENT, (command_id, row["device_id"], change.event, row["attempt"], _json({"by": by}))
+        )
+        return change.status
+
+
+async def pending_count(conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID) -> int:
+    """Commands of the device not yet final (the per-device cap counts these)."""
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM commands WHERE device_id = %s"
+        " AND status IN ('queued', 'delivered')",
+        (device_id,),
+    )
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def get_command(conn: psycopg.AsyncConnection[Any], command_id: uuid.UUID) -> Any:
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = %s", (command_id,))
+    return await cur.fetchone()
+
+
+async def events_of(conn: psycopg.AsyncConnection[Any], command_id: uuid.UUID) -> list[Any]:
+    cur = await conn.execute(
+        "SELECT status, attempt, at, detail FROM command_events WHERE command_id = %s"
+        " ORDER BY at, stored_at",
+        (command_id,),
+    )
+    return list(await cur.fetchall())
+
+
+async def device_history(
+    conn: psycopg.AsyncConnection[Any],
+    device_id: uuid.UUID,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None,
+    statuses: list[str] | None,
+) -> list[Any]:
+    """A device's commands, newest first; ``before`` is the (created_at, id) cursor."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM commands WHERE device_id = %(d)s"
+        " AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))"
+        " AND (%(b_at)s::timestamptz IS NULL OR (created_at, id) < (%(b_at)s, %(b_id)s))"
+        " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
+        {
+            "d": device_id,
+            "statuses": statuses,
+            "b_at": before[0] if before else None,
+            "b_id": before[1] if before else None,
+            "limit": limit,
+        },
+    )
+    return list(await cur.fetchall())

@@ -1,0 +1,148 @@
+"""Wake long polls when their device has new commands: one Postgres ``LISTEN`` per replica.
+
+The commands worker stores a command and ``NOTIFY``s its device id in the same transaction, so
+a notification arrives only after the row is visible. Each replica keeps one listening
+connection and sets the events of the polls waiting for that device; nothing is queried while
+nothing happens.
+
+Notifications sent while the listener is disconnected are lost, so every (re)connection wakes
+every waiting poll to claim once more, and forgets what it knew to be idle. A listener whose
+connection stops answering is found by a bounded check every few seconds.
+
+It also remembers which devices are *surely idle*: a claim found nothing, no lease of theirs
+runs, and no notification came since. An idle short poll is then answered from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from iot import db
+from iot.commands import metrics
+from iot.commands.store import NOTIFY_CHANNEL
+
+log = logging.getLogger(__name__)
+CHECK_EVERY_SECONDS = 5.0
+IDLE_VALID_SECONDS = 30.0
+MAX_IDLE_ENTRIES = 200_000
+
+
+class Wakeups:
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._idle: dict[str, float] = {}  # device id -> monotonic time the knowledge expires
+        self._task: asyncio.Task[None] | None = None
+        self._listening = False
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="command-wakeups")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # ----- the polls' side -----
+    @contextlib.contextmanager
+    def waiting(self, device_id: str) -> Iterator[asyncio.Event]:
+        """An event set when the device may have new commands. Register it *before* claiming,
+        so a notification that arrives during the claim is not missed."""
+        event = asyncio.Event()
+        self._waiters.setdefault(device_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(device_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[device_id]
+
+    def mark_idle(self, device_id: str) -> None:
+        """A claim found nothing and no lease of the device runs (call only when no
+        notification arrived during that claim)."""
+        if not self._listening:
+            return
+        if len(self._idle) >= MAX_IDLE_ENTRIES:
+            self._idle.clear()
+        self._idle[device_id] = time.monotonic() + IDLE_VALID_SECONDS
+
+    def surely_idle(self, device_id: str) -> bool:
+        until = self._idle.get(device_id)
+        return until is not None and until > time.monotonic() and self._listening
+
+    def notify(self, device_id: str) -> None:
+        """The device has new work (from a notification, or this replica's own knowledge)."""
+        self._idle.pop(device_id, None)
+        for event in self._waiters.get(device_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        self._idle.clear()
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
+    # ----- the listening connection -----
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=db.CONNECT_TIMEOUT_SECONDS,
+                    application_name="iot-wakeups",
+                )
+                await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                self._set_listening(True)
+                self._wake_all()  # anything sent while we were away: claim again
+                log.info("listening for new commands")
+                backoff = 0.2
+                while True:
+                    async for note in conn.notifies(timeout=CHECK_EVERY_SECONDS):
+                        metrics.WAKEUPS.inc()
+                        self.notify(note.payload)
+                    await self._check(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means "listen again"
+                if self._listening:
+                    log.warning("new-command listener lost: %s; reconnecting", exc)
+            finally:
+                self._set_listening(False)
+                self._wake_all()
+                if conn is not None:
+                    db.sever(conn)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 1)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    @staticmethod
+    async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
+        """A bounded round trip: a connection that stopped answering is cut and replaced."""
+        loop = asyncio.get_running_loop()
+        watchdog = loop.call_later(db.CHECK_TIMEOUT_SECONDS, db.sever, conn)
+        try:
+            await conn.execute("SELECT 1")
+        finally:
+            watchdog.cancel()
+
+    def _set_listening(self, up: bool) -> None:
+        self._listening = up
+        metrics.LISTENING.set(1 if up else 0)

@@ -1,0 +1,232 @@
+"""The command routes over httpx.ASGITransport with a fake command core: what devices and
+people get back for each outcome of the core (no network, no services)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from iot import security
+from iot.api import app as app_module
+from iot.api.deps import State
+from iot.api.routes import commands as command_routes
+from iot.errors import BrokerUnavailable, Conflict, DatabaseUnavailable, NotFound, QueueFull
+from iot.settings import Settings
+
+DEVICE = uuid.uuid4()
+OWNER = uuid.uuid4()
+TOKEN = security.new_device_token()
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeCore:
+    """Stands in for iot.commands.service.Commands: records calls, answers as told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.pending: list[dict[str, Any]] = []
+        self.fail: Exception | None = None
+        self.idle = False
+        self.statuses: dict[uuid.UUID, str] = {}
+
+    def _record(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args))
+        if self.fail is not None:
+            raise self.fail
+
+    async def poll(self, device_id: uuid.UUID, wait: float, limit: int, lease: float) -> Any:
+        self._record("poll", device_id, wait, limit, lease)
+        taken, self.pending = self.pending[:limit], self.pending[limit:]
+        return taken
+
+    def surely_idle(self, device_id: str) -> bool:
+        return self.idle
+
+    async def ack(self, device_id: uuid.UUID, command_id: uuid.UUID, outcome: str, result: Any):
+        self._record("ack", device_id, command_id, outcome, result)
+        if command_id not in self.statuses:
+            raise NotFound("no such command")
+        return self.statuses.setdefault(command_id, outcome)
+
+    async def send(self, owner, device_id, name, args, ttl, key=None) -> dict[str, Any]:
+        self._record("send", owner, device_id, name, args, ttl, key)
+        return _command(name=name, args=args)
+
+    async def descriptor(self, command_id: uuid.UUID) -> dict[str, Any] | None:
+        return _command(command_id) if command_id in self.statuses else None
+
+    async def cancel(self, command: dict[str, Any], by: str) -> str:
+        self._record("cancel", command["id"], by)
+        return "cancelled"
+
+
+def _command(command_id: uuid.UUID | None = None, name: str = "blink", args: Any = None):
+    return {
+        "id": str(command_id or uuid.uuid4()),
+        "device_id": str(DEVICE),
+        "owner_id": str(OWNER),
+        "name": name,
+        "args": args or {},
+        "ttl": 60,
+        "created_at": NOW.isoformat(),
+        "expires_at": (NOW + timedelta(minutes=1)).isoformat(),
+    }
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        secret_key="k" * 32, postgres_password="p" * 16, rabbitmq_password="r" * 16
+    )
+
+
+@pytest.fixture
+def core() -> FakeCore:
+    return FakeCore()
+
+
+@pytest.fixture
+def client(settings: Settings, core: FakeCore, monkeypatch: pytest.MonkeyPatch):
+    async def owns(state: Any, who: Any, device_id: Any) -> list[uuid.UUID]:
+        if device_id != DEVICE or who.user_id != OWNER:
+            raise NotFound("no such device")
+        return [DEVICE]
+
+    monkeypatch.setattr(command_routes, "visible_devices", owns)
+    app = app_module.create_app(settings)
+    device = {"id": DEVICE, "owner_id": OWNER}
+    cache = {security.hash_device_token(TOKEN): (time.monotonic() + 60, device)}
+    state = State(settings, None, None, None, cache)  # type: ignore[arg-type]
+    state.commands = core  # type: ignore[assignment]
+    app.state.iot = state
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+def _person(settings: Settings, user: uuid.UUID = OWNER) -> dict[str, str]:
+    claims = security.UserClaims(user, "alice", False)
+    token = security.issue_access_token(claims, settings.secret_key, 60)
+    return {"Authorization": f"Bearer {token}"}
+
+
+DEVICE_AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def test_nothing_pending_is_204_and_the_default_lease_applies(client, core, settings):
+    r = await client.get("/commands", params={"wait": 2}, headers=DEVICE_AUTH)
+    assert r.status_code == 204
+    assert core.calls == [("poll", (DEVICE, 2.0, 10, settings.command_lease_seconds))]
+
+
+async def test_pending_commands_come_back_in_the_contracts_shape(client, core):
+    core.pending = [
+        {**_command(), "attempt": 1, "created_at": NOW, "expires_at": NOW + timedelta(1)}
+        for _ in range(3)
+    ]
+    r = await client.get("/commands", params={"limit": 2, "lease": 5}, headers=DEVICE_AUTH)
+    assert r.status_code == 200
+    got = r.json()["commands"]
+    assert len(got) == 2
+    assert set(got[0]) == {"id", "name", "args", "created_at", "expires_at", "attempt"}
+    assert core.calls[0][1][2:] == (2, 5.0)
+
+
+@pytest.mark.parametrize(
+    "params", [{"wait": 31}, {"wait": -1}, {"limit": 0}, {"limit": 101}, {"lease": 0.5}]
+)
+async def test_out_of_range_poll_parameters_are_422_without_touching_the_core(
+    client, core, params
+):
+    r = await client.get("/commands", params=params, headers=DEVICE_AUTH)
+    assert r.status_code == 422 and r.json()["detail"]
+    assert core.calls == []
+
+
+async def test_an_idle_short_poll_is_answered_without_the_core(client, core):
+    core.idle = True
+    r = await client.get("/commands", headers=DEVICE_AUTH)
+    assert r.status_code == 204 and core.calls == []
+    r = await client.get("/commands", params={"wait": 1}, headers=DEVICE_AUTH)
+    assert r.status_code == 204 and [c[0] for c in core.calls] == ["poll"]  # a long poll claims
+
+
+async def test_a_database_outage_answers_503_with_retry_after(client, core, settings):
+    core.fail = DatabaseUnavailable("database unavailable")
+    r = await client.get("/commands", params={"wait": 1}, headers=DEVICE_AUTH)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == str(settings.retry_after_seconds)
+    r = await client.post(
+        f"/commands/{uuid.uuid4()}/ack", json={"status": "succeeded"}, headers=DEVICE_AUTH
+    )
+    assert r.status_code == 503
+
+
+async def test_ack_of_an_unknown_command_is_404_and_a_known_one_returns_its_status(client, core):
+    cid = uuid.uuid4()
+    r = await client.post(f"/commands/{cid}/ack", json={"status": "failed"}, headers=DEVICE_AUTH)
+    assert r.status_code == 404
+    core.statuses[cid] = "succeeded"  # acked before: the first outcome holds
+    r = await client.post(f"/commands/{cid}/ack", json={"status": "failed"}, headers=DEVICE_AUTH)
+    assert r.status_code == 200 and r.json() == {"id": str(cid), "status": "succeeded"}
+
+
+async def test_an_ack_with_an_unknown_status_is_422(client, core):
+    r = await client.post(
+        f"/commands/{uuid.uuid4()}/ack", json={"status": "done"}, headers=DEVICE_AUTH
+    )
+    assert r.status_code == 422 and core.calls == []
+
+
+async def test_send_passes_the_idempotency_key_and_answers_queued(client, core, settings):
+    body = {"device_id": str(DEVICE), "name": "open", "args": {"s": 3}, "ttl": 60}
+    r = await client.post(
+        "/commands", json=body, headers={**_person(settings), "Idempotency-Key": "k-1"}
+    )
+    assert r.status_code == 201 and r.json()["status"] == "queued"
+    assert core.calls == [("send", (OWNER, DEVICE, "open", {"s": 3}, 60, "k-1"))]
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(QueueFull("the device's command queue is full"), 429), (BrokerUnavailable("x"), 503)],
+)
+async def test_send_refusals_say_why(client, core, settings, error, status):
+    core.fail = error
+    body = {"device_id": str(DEVICE), "name": "open"}
+    r = await client.post("/commands", json=body, headers=_person(settings))
+    assert r.status_code == status and r.json()["detail"] == error.detail
+
+
+async def test_a_foreign_device_is_404_and_devices_cannot_send(client, core, settings):
+    body = {"device_id": str(uuid.uuid4()), "name": "open"}
+    assert (await client.post("/commands", json=body, headers=_person(settings))).status_code == 404
+    body["device_id"] = str(DEVICE)
+    stranger = _person(settings, uuid.uuid4())
+    assert (await client.post("/commands", json=body, headers=stranger)).status_code == 404
+    assert (await client.post("/commands", json=body, headers=DEVICE_AUTH)).status_code == 403
+    assert core.calls == []
+
+
+async def test_cancel_of_a_final_command_is_409(client, core, settings, monkeypatch):
+    cid = uuid.uuid4()
+    core.statuses[cid] = "succeeded"
+
+    async def refuse(command: dict[str, Any], by: str) -> str:
+        raise Conflict("command already succeeded")
+
+    monkeypatch.setattr(core, "cancel", refuse)
+    r = await client.post(f"/commands/{cid}/cancel", headers=_person(settings))
+    assert r.status_code == 409 and "succeeded" in r.json()["detail"]
+    r = await client.post(f"/commands/{uuid.uuid4()}/cancel", headers=_person(settings))
+    assert r.status_code == 404
