@@ -27,15 +27,28 @@ class PromError(RuntimeError):
     """Prometheus did not answer or refused a query; the message says which."""
 
 
+MIN_EVENTS = 20  # fewer events in a window: the SLO is not judged (one slow event of two
+# would otherwise read as a 50 % error ratio)
+
+
+def _window(expr: str, seconds: float) -> str:
+    return expr.replace("[5m]", f"[{max(int(seconds), 10)}s]")
+
+
 @dataclass(frozen=True)
 class Slo:
     name: str
     objective: float
     error_ratio_expr: str  # with a 5m window, as in the rules file
+    events_rate_expr: str | None = None  # events per second, 5m window
 
     def expr(self, seconds: float) -> str:
         """The error-ratio expression over a window of ``seconds`` instead of 5 minutes."""
-        return self.error_ratio_expr.replace("[5m]", f"[{max(int(seconds), 10)}s]")
+        return _window(self.error_ratio_expr, seconds)
+
+    def events_expr(self, seconds: float) -> str | None:
+        """Events per second over a window of ``seconds``, if the rules define it."""
+        return _window(self.events_rate_expr, seconds) if self.events_rate_expr else None
 
 
 def load_slos(path: Path = SLO_RULES) -> list[Slo]:
@@ -50,6 +63,7 @@ def load_slos(path: Path = SLO_RULES) -> list[Slo]:
         raise PromError(f"cannot read the SLO rules in {path}: {exc}") from exc
     objectives: dict[str, float] = {}
     exprs: dict[str, str] = {}
+    events: dict[str, str] = {}
     for group in groups:
         for rule in group.get("rules", []):
             slo = (rule.get("labels") or {}).get("slo")
@@ -59,7 +73,11 @@ def load_slos(path: Path = SLO_RULES) -> list[Slo]:
                     objectives[slo] = float(match.group(1))
             elif rule.get("record") == "slo:sli_error:ratio_rate5m" and slo:
                 exprs[slo] = rule["expr"]
-    slos = [Slo(n, objectives[n], exprs[n]) for n in sorted(exprs) if n in objectives]
+            elif rule.get("record") == "slo:sli_events:rate5m" and slo:
+                events[slo] = rule["expr"]
+    slos = [
+        Slo(n, objectives[n], exprs[n], events.get(n)) for n in sorted(exprs) if n in objectives
+    ]
     if not slos:
         raise PromError(f"no SLOs (objective + 5m error ratio) found in {path}")
     return slos
@@ -137,9 +155,9 @@ def _quantile(metric: str, q: float, w: str, selector: str) -> str:
 
 
 def step_figures(prom: Prometheus, slos: list[Slo], start: float, end: float) -> dict[str, Any]:
-    """Prometheus's view of the window ``[start, end]``: the SLOs (error ratio, held or not,
-    None when the window had no events), queue depths (max and growth per second), ingest
-    lag, command delivery latency and counts, broker confirm time.
+    """Prometheus's view of the window ``[start, end]``: the SLOs (error ratio, events, held or
+    not: None when the window had fewer than ``MIN_EVENTS`` events), queue depths (max and
+    growth per second), ingest lag, command delivery latency and counts, broker confirm time.
 
     Raises:
         PromError: Prometheus did not answer.
@@ -150,11 +168,16 @@ def step_figures(prom: Prometheus, slos: list[Slo], start: float, end: float) ->
     out: dict[str, Any] = {"slos": {}}
     for slo in slos:
         ratio = prom.scalar(slo.expr(seconds), at)
+        events_expr = slo.events_expr(seconds)
+        rate = prom.scalar(events_expr, at) if events_expr else None
+        count = None if rate is None else round(rate * seconds)
         budget = 1 - slo.objective
+        judged = ratio is not None and (count is None or count >= MIN_EVENTS)
         out["slos"][slo.name] = {
             "objective": slo.objective,
             "error_ratio": ratio,
-            "held": None if ratio is None else ratio <= budget + 1e-12,
+            "events": count,
+            "held": (ratio <= budget + 1e-12) if judged and ratio is not None else None,
         }
     ready = f"rabbitmq_queue_messages_ready{{queue!~`{_QUIET}|{_PER_DEVICE}`}}"
     queues_max = prom.by_label(f"max by (queue) (max_over_time({ready}[{w}]))", at, "queue")

@@ -26,7 +26,7 @@ def _ms(value: Any) -> str:
 
 
 def _check(ok: bool | None) -> str:
-    return {True: "held", False: "**broken**", None: "no events"}[ok]
+    return {True: "held", False: "**broken**", None: "not judged (< 20 events)"}[ok]
 
 
 def _conclusion(report: dict[str, Any]) -> list[str]:
@@ -131,7 +131,7 @@ def _prom_table(steps: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {s['index']} | Prometheus: {p['error']} | | | | | | |")
             continue
         slos = "; ".join(
-            f"{n}: {_check(v['held'])} ({_n(v['error_ratio'], 4)})"
+            f"{n}: {_check(v['held'])} ({_n(v.get('error_ratio'), 4)} of {_n(v.get('events'))})"
             for n, v in (p.get("slos") or {}).items()
         )
         queues = "; ".join(

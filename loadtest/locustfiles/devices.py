@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import socket
 import time
 import uuid
 from collections import deque
@@ -39,9 +38,9 @@ from gevent.pool import Pool
 from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
-from locust.runners import MasterRunner, WorkerRunner
 
-from loadtest import samples, shapes
+from loadtest import shapes
+from loadtest.collect import Collector
 from loadtest.device import (
     SENSORS,
     Backoff,
@@ -91,10 +90,9 @@ class _Process:
 
     fleet: dict[str, Any] | None = None
     pool: DevicePool | None = None
-    node = ""  # host-pid, set at init (locust forks its workers after importing this file)
-    recorder = samples.Recorder()
-    fleet_devices = 0  # running devices, as broadcast by the master (worker processes)
-    count_cache: tuple[float, int] = (0.0, 0)
+
+
+COLLECTOR = Collector(RUN_DIR)
 
 
 def _fleet() -> dict[str, Any]:
@@ -126,17 +124,7 @@ def _pool(environment: Environment) -> DevicePool:
 
 def running_devices(environment: Environment) -> int:
     """How many DeviceUsers run in the whole test (all processes)."""
-    runner = environment.runner
-    if isinstance(runner, WorkerRunner):
-        return _Process.fleet_devices
-    if isinstance(runner, MasterRunner):
-        return int(runner.reported_user_classes_count.get("DeviceUser", 0))
-    now = time.monotonic()
-    at, count = _Process.count_cache
-    if now - at > 1 and runner is not None:
-        count = runner.user_classes_count.get("DeviceUser", 0)
-        _Process.count_cache = (now, count)
-    return count
+    return COLLECTOR.running_devices(environment)
 
 
 def _status(response: Any) -> int:
@@ -160,7 +148,7 @@ class DeviceUser(FastHttpUser):
     def on_start(self) -> None:
         try:
             self.state: DeviceState = _pool(self.environment).take()
-        except PoolExhausted as exc:
+        except (PoolExhausted, ValueError) as exc:  # ValueError: LOAD_WORKERS is wrong
             log.error("%s", exc)
             raise StopUser() from exc
         now = time.time()
@@ -427,103 +415,23 @@ class WebViewerUser(_Person):
             self.call("GET", f"/sensors?device_id={device_id}", "/sensors")
 
 
-# ----- collecting samples and the ledger in the master (or only) process -----
-
-
-def _makes_requests(environment: Environment) -> bool:
-    return not isinstance(environment.runner, MasterRunner)
-
-
-def _on_request(
-    request_type: str,
-    name: str,
-    response_time: float,
-    response: Any = None,
-    exception: BaseException | None = None,
-    start_time: float | None = None,
-    **_: Any,
-) -> None:
-    if request_type == "COMMAND":
-        status = "ok"
-        t = time.time()
-    else:
-        code = _status(response)
-        status = str(code) if code else "error"
-        t = start_time or time.time()
-    _Process.recorder.record(t, request_type, name, response_time, status, exception is not None)
-
-
-def _flush(environment: Environment, final: bool = False) -> None:
-    rows = _Process.recorder.drain(None if final else time.time())
-    if rows and environment.runner is not None:
-        environment.runner.send_message("load_samples", rows)
-
-
-def _send_ledger(environment: Environment) -> None:
-    if _Process.pool is None or environment.runner is None:
-        return
-    devices = {
+def _ledger() -> dict[str, dict[str, Any]]:
+    """Per device of this process: readings answered 201 (count, ts range), dropped, unsent."""
+    if _Process.pool is None:
+        return {}
+    return {
         s.id: {**s.accepted.as_dict(), "dropped": s.dropped, "unsent": len(s.buffer)}
         for s in _Process.pool.states.values()
         if s.accepted.count or s.dropped or s.buffer
     }
-    environment.runner.send_message("load_ledger", {"node": _Process.node, "devices": devices})
-
-
-def _write_samples(environment: Environment, msg: Any, **_: Any) -> None:
-    if RUN_DIR:
-        samples.append(Path(RUN_DIR) / "samples.jsonl", msg.data)
-
-
-def _write_ledger(environment: Environment, msg: Any, **_: Any) -> None:
-    if RUN_DIR:
-        folder = Path(RUN_DIR) / "ledger"
-        folder.mkdir(exist_ok=True)
-        (folder / f"{msg.data['node']}.json").write_text(json.dumps(msg.data["devices"]))
-
-
-def _set_fleet(environment: Environment, msg: Any, **_: Any) -> None:
-    _Process.fleet_devices = int(msg.data.get("devices", 0))
-
-
-def _flusher(environment: Environment) -> None:
-    while True:
-        gevent.sleep(5)
-        _flush(environment)
-
-
-def _broadcaster(environment: Environment) -> None:
-    while True:
-        gevent.sleep(2)
-        if isinstance(environment.runner, MasterRunner):
-            environment.runner.send_message("load_fleet", {"devices": running_devices(environment)})
 
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
-    runner = environment.runner
-    if runner is None:
-        return
-    _Process.node = f"{socket.gethostname()}-{os.getpid()}"
-    _Process.recorder = samples.Recorder(_Process.node)
     if isinstance(environment.shape_class, shapes.FleetShape):
         environment.shape_class.extra_users = sum(
             c.fixed_count for c in environment.user_classes if c.fixed_count
         )
-    if isinstance(runner, WorkerRunner):
-        runner.register_message("load_fleet", _set_fleet)
-    else:
-        runner.register_message("load_samples", _write_samples)
-        runner.register_message("load_ledger", _write_ledger)
-    if isinstance(runner, MasterRunner):
-        gevent.spawn(_broadcaster, environment)
-    if _makes_requests(environment):
-        environment.events.request.add_listener(_on_request)
-        gevent.spawn(_flusher, environment)
 
 
-@events.test_stop.add_listener
-def _on_test_stop(environment: Environment, **_: Any) -> None:
-    if _makes_requests(environment):
-        _flush(environment, final=True)
-        _send_ledger(environment)
+COLLECTOR.install(_ledger)

@@ -1,0 +1,490 @@
+"""The pure parts of the load tests: shapes' schedules, the device's bookkeeping, sample
+aggregation, CPU windows, knee detection and the sizing plan. No network, and no locust import
+in this process (locust patches everything with gevent): the shape classes are checked in a
+subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import cpu, plan, profiles, render, report, samples
+from loadtest.device import (
+    Backoff,
+    DevicePool,
+    DeviceState,
+    PoolExhausted,
+    RecentIds,
+    parse_time,
+    retry_after_seconds,
+    rfc3339_ms,
+)
+from loadtest.prom import load_slos
+from loadtest.runner import progress_line
+
+# ----- shapes -----
+
+
+def test_step_ramp_ticks_hold_each_step_then_stop():
+    ramp = profiles.StepRamp(devices=1000, step_devices=250, step_seconds=60, spawn_rate=50)
+    ticks = ramp.ticks(every=1)
+    assert len(ticks) == 240
+    assert [t.devices for t in ticks[::60]] == [250, 500, 750, 1000]
+    assert {t.devices for t in ticks[:60]} == {250}
+    assert ticks[-1].step == 3 and ramp.target(240.0) is None
+    assert all(t.spawn_rate == 50 for t in ticks)
+
+
+def test_step_ramp_last_step_ends_exactly_at_the_devices():
+    ramp = profiles.StepRamp(devices=1100, step_devices=250, step_seconds=10, spawn_rate=50)
+    assert [s.devices for s in ramp.steps()] == [250, 500, 750, 1000, 1100]
+    assert ramp.duration == 50 and ramp.max_devices == 1100
+
+
+def test_soak_is_one_constant_step():
+    soak = profiles.Soak(devices=300, seconds=30, spawn_rate=100)
+    assert {(t.devices, t.step) for t in soak.ticks()} == {(300, 0)}
+    assert len(soak.ticks()) == 30
+
+
+def test_spike_goes_from_base_to_all_and_back_fast():
+    spike = profiles.Spike(devices=1000, seconds=90, spawn_rate=20)
+    ticks = spike.ticks(every=1)
+    assert [ticks[i].devices for i in (0, 29, 30, 59, 60, 89)] == [200, 200, 1000, 1000, 200, 200]
+    assert ticks[0].spawn_rate == 20 and ticks[30].spawn_rate == 200  # devices / 5
+
+
+def test_build_defaults_and_errors():
+    ramp = profiles.build("step", 1000, duration=300)
+    assert [s.devices for s in ramp.steps()] == [200, 400, 600, 800, 1000]
+    assert ramp.steps()[0].end == 60
+    assert profiles.build("soak", 10).duration == 300
+    with pytest.raises(profiles.ProfileError, match="unknown shape"):
+        profiles.build("wave", 10)
+    with pytest.raises(profiles.ProfileError, match="at least 1"):
+        profiles.build("soak", 0)
+
+
+def test_profile_from_environment():
+    assert profiles.from_env({}) is None
+    assert profiles.from_env({"LOAD_SHAPE": "none"}) is None
+    p = profiles.from_env(
+        {
+            "LOAD_SHAPE": "step",
+            "LOAD_DEVICES": "100",
+            "LOAD_STEP_DEVICES": "50",
+            "LOAD_STEP_SECONDS": "20",
+        }
+    )
+    assert p is not None and [s.devices for s in p.steps()] == [50, 100]
+    with pytest.raises(profiles.ProfileError, match="needs LOAD_DEVICES"):
+        profiles.from_env({"LOAD_SHAPE": "soak"})
+    with pytest.raises(profiles.ProfileError, match="not a number"):
+        profiles.from_env({"LOAD_SHAPE": "soak", "LOAD_DEVICES": "many"})
+
+
+_SHAPE_PROBE = """
+import json
+from loadtest import shapes
+cls = shapes.selected()
+shape = cls()
+shape.extra_users = 3
+out = []
+for t in (0, 25, 59, 61, 119, 121):
+    shape.get_run_time = lambda t=t: t
+    out.append(shape.tick())
+print(json.dumps([cls.__name__, out]))
+"""
+
+
+def test_locust_shape_classes_follow_the_profile_plus_fixed_users(tmp_path: Path):
+    env = {
+        **os.environ,
+        "LOAD_SHAPE": "step",
+        "LOAD_DEVICES": "200",
+        "LOAD_STEP_DEVICES": "100",
+        "LOAD_STEP_SECONDS": "60",
+        "LOAD_SPAWN_RATE": "10",
+        "LOAD_RUN_DIR": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _SHAPE_PROBE], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    name, ticks = json.loads(out.stdout.strip().splitlines()[-1])
+    assert name == "StepRampShape"
+    assert ticks == [[103, 10.0], [103, 10.0], [103, 10.0], [203, 10.0], [203, 10.0], None]
+    events = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [(e["event"], e.get("devices")) for e in events] == [
+        ("step", 100),
+        ("step", 200),
+        ("end", None),
+    ]
+
+
+# ----- the device's bookkeeping -----
+
+
+def test_backoff_grows_with_jitter_is_capped_and_honours_retry_after():
+    b = Backoff(base=0.5, cap=4, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(6)]
+    for n, d in enumerate(delays):
+        ceiling = min(4, 0.5 * 2**n)
+        assert ceiling / 2 <= d <= ceiling
+    b.reset()
+    assert b.next_delay(retry_after=3) == 3
+    assert b.next_delay(retry_after=100) == 4  # Retry-After is capped too
+    assert retry_after_seconds("2") == 2 and retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+def test_recent_ids_run_each_command_once_and_forget_old_ones():
+    seen = RecentIds(size=2)
+    assert seen.first_time("a") and seen.first_time("b")
+    assert not seen.first_time("a")
+    assert seen.first_time("c")  # evicts b, the least recently seen
+    assert seen.first_time("b") and not seen.first_time("c")
+
+
+def test_readings_have_unique_increasing_timestamps_and_survive_refusals():
+    d = DeviceState(0, "dev", "tok", buffer_limit=12)
+    rng = random.Random(0)
+    d.measure(1_800_000_000.0, 5, rng)
+    d.measure(1_800_000_000.0, 5, rng)  # same instant: still unique
+    stamps = [ms for ms, _ in d.buffer]
+    assert stamps == sorted(set(stamps)) and len(stamps) == 10
+    assert d.buffer[0][1]["ts"] == "2027-01-15T08:00:00.000Z"
+    batch = d.batch()
+    d.measure(1_800_000_010.0, 5, rng)  # while the POST is in flight; 3 oldest dropped
+    assert d.dropped == 3
+    d.sent(batch)  # 201: the batch leaves the buffer, newer readings stay
+    assert len(d.buffer) == 5 and all(ms > stamps[-1] for ms, _ in d.buffer)
+    assert d.accepted.count == 10
+    assert (d.accepted.first_ms, d.accepted.last_ms) == (stamps[0], stamps[-1])
+    d.discard(d.batch())
+    assert not d.buffer and d.dropped == 8
+
+
+def test_time_formats():
+    assert rfc3339_ms(1_796_000_000_123) == "2026-11-30T00:53:20.123Z"
+    assert parse_time("2026-11-30T00:53:20.123Z") == pytest.approx(1_796_000_000.123)
+    assert parse_time("2026-11-30T01:53:20.123+01:00") == pytest.approx(1_796_000_000.123)
+    with pytest.raises(ValueError):
+        parse_time("2026-11-30T00:53:20")
+
+
+def test_device_pool_gives_each_process_its_slice_lowest_first():
+    devices = [{"id": f"d{i}", "token": f"t{i}"} for i in range(7)]
+    pools = [DevicePool(devices, k, 3, buffer_limit=10) for k in range(3)]
+    assert [sorted(p.states) for p in pools] == [[0, 3, 6], [1, 4], [2, 5]]
+    p = pools[0]
+    a, b = p.take(), p.take()
+    assert (a.id, b.id) == ("d0", "d3")
+    p.give_back(a)
+    assert p.take().id == "d0"
+    p.take()
+    with pytest.raises(PoolExhausted):
+        p.take()
+    with pytest.raises(ValueError, match="LOAD_WORKERS"):
+        DevicePool(devices, 3, 3, buffer_limit=10)
+
+
+# ----- samples -----
+
+
+def test_recorder_buckets_per_second_and_aggregate_percentiles():
+    rec = samples.Recorder("n1")
+    for i in range(100):
+        rec.record(1000.2, "POST", "/sensors", i + 1, "201", False)
+    rec.record(1001.5, "POST", "/sensors", 3000, "503", True)
+    rec.record(1001.7, "COMMAND", "end-to-end", 40, "ok", False)
+    assert [r["t"] for r in rec.drain(now=1001.9)] == [1000]  # second 1001 is not finished
+    rows = rec.drain()
+    rows = [
+        {
+            "t": 1000,
+            "method": "POST",
+            "name": "/sensors",
+            "node": "n1",
+            "count": 100,
+            "failures": 0,
+            "statuses": {"201": 100},
+            "hist": {str(i + 1): 1 for i in range(100)},
+        },
+    ] + rows
+    agg = samples.aggregate(rows, 1000, 1002)
+    sensors = agg["POST /sensors"]
+    assert sensors["count"] == 101 and sensors["failures"] == 1
+    assert sensors["statuses"] == {"201": 100, "503": 1}
+    assert sensors["p50"] == 51 and sensors["p99"] == 100 and sensors["max"] == 3000
+    assert sensors["rps"] == 50.5
+    assert agg["total"]["count"] == 101  # the COMMAND entry is not a request
+    assert agg["COMMAND end-to-end"]["p99"] == 40
+    assert samples.rounded_ms(147.4) == 150 and samples.rounded_ms(3432) == 3400
+
+
+# ----- CPU windows -----
+
+
+def test_cores_per_component_skip_restarts_and_count_the_machine():
+    rows = [
+        {
+            "t": 0,
+            "cpu": {"api-1": 10.0, "pg": 5.0},
+            "pids": {"api-1": 1, "pg": 2},
+            "busy": 0,
+            "total": 0,
+            "cpus": 2,
+        },
+        {
+            "t": 10,
+            "cpu": {"api-1": 15.0, "pg": 6.0},
+            "pids": {"api-1": 1, "pg": 2},
+            "busy": 1000,
+            "total": 2000,
+            "cpus": 2,
+        },
+        {
+            "t": 20,
+            "cpu": {"api-1": 1.0, "pg": 7.0},
+            "pids": {"api-1": 9, "pg": 2},
+            "busy": 2000,
+            "total": 4000,
+            "cpus": 2,
+        },
+        {
+            "t": 30,
+            "cpu": {"api-1": 6.0, "pg": 8.0},
+            "pids": {"api-1": 9, "pg": 2},
+            "busy": 3000,
+            "total": 6000,
+            "cpus": 2,
+        },
+    ]
+    used = cpu.cores(rows, 0, 30)
+    assert used["api-1"] == 0.5  # 10 s of CPU over the 20 s without a restart
+    assert used["pg"] == 0.1
+    assert used["machine"] == 1.0
+
+
+def test_tree_seconds_sums_descendants():
+    table = {1: (0, 1.0), 2: (1, 2.0), 3: (2, 4.0), 4: (0, 8.0)}
+    assert cpu.tree_seconds(table, 1) == 7.0
+    assert cpu.tree_seconds(table, 5) is None
+
+
+# ----- the report: steps, checks, knee -----
+
+
+def _step(index: int, devices: int, cpu_use: dict, slos_ok: bool = True, failures: int = 0):
+    return {
+        "index": index,
+        "devices": devices,
+        "failures": failures,
+        "cpu": cpu_use,
+        "prometheus": {
+            "slos": {"ingest-lag": {"held": slos_ok}, "command-latency": {"held": None}},
+            "queues": {"sensors.data": {"max_ready": 5, "growth_per_s": 0.0}},
+        },
+    }
+
+
+def test_knee_is_the_last_step_before_the_first_broken_one_and_names_the_saturated():
+    steps = [
+        _step(0, 1000, {"api-1": 0.3, "postgres": 0.2, "machine": 0.8}),
+        _step(1, 2000, {"api-1": 0.6, "postgres": 0.4, "machine": 1.3}),
+        _step(2, 3000, {"api-1": 0.9, "postgres": 0.6, "machine": 1.7, "generator": 0.2}),
+        _step(3, 4000, {"api-1": 0.95, "postgres": 0.7, "machine": 1.95}, slos_ok=False),
+        _step(4, 5000, {"api-1": 0.95, "postgres": 0.7, "machine": 1.95}),
+    ]
+    a = report.analyse(steps, cpus=2)
+    assert a["knee"] == {"index": 2, "devices": 3000}
+    assert a["first_break"] == {"index": 3, "devices": 4000, "broken": ["ingest-lag"]}
+    assert a["first_saturated"]["component"] == "api-1"  # 0.9 of its one core
+    assert a["first_saturated"]["devices"] == 3000
+    assert a["bottleneck"]["component"] == "api-1"
+    assert a["generator_saturated"] is None
+
+
+def test_without_saturation_the_fullest_component_at_the_first_break_is_named():
+    steps = [
+        _step(0, 100, {"worker-sensors": 0.2, "rabbitmq": 0.3, "machine": 0.6}),
+        _step(1, 200, {"worker-sensors": 0.6, "rabbitmq": 0.5, "machine": 1.2}, failures=3),
+    ]
+    a = report.analyse(steps, cpus=2)
+    assert a["knee"]["devices"] == 100
+    assert a["first_break"]["broken"] == ["no-failed-requests"]
+    assert a["first_saturated"] is None
+    assert a["bottleneck"]["component"] == "worker-sensors"  # 0.6 of 1 core beats 0.5 of 2
+
+
+def test_a_saturated_machine_names_its_largest_user_and_a_busy_generator_is_flagged():
+    steps = [_step(0, 500, {"rabbitmq": 0.9, "postgres": 0.6, "machine": 1.8, "generator": 0.9})]
+    a = report.analyse(steps, cpus=2)
+    assert a["first_saturated"]["component"] == "machine"
+    assert a["first_saturated"]["largest_user"] == "rabbitmq"
+    assert a["generator_saturated"] == {"index": 0, "devices": 500}
+
+
+def test_checks_count_growing_backlogs_and_unjudged_slos():
+    step = _step(0, 100, {})
+    step["prometheus"]["queues"]["sensors.data"] = {"max_ready": 5000, "growth_per_s": 40.0}
+    checks = report.checks_of(step)
+    assert checks == {
+        "ingest-lag": True,
+        "command-latency": None,
+        "no-failed-requests": True,
+        "backlog-stable": False,
+    }
+    assert report.capacity("api-2", 2) == 1 and report.capacity("postgres", 2) == 2
+    assert report.capacity("generator", 2, generator_processes=3) == 3
+
+
+def test_step_log_and_measurement_window(tmp_path: Path):
+    lines = [
+        {"event": "step", "t": 100.0, "index": 0, "devices": 50},
+        {"event": "reached", "t": 103.0, "index": 0, "devices": 50},
+        {"event": "step", "t": 160.0, "index": 1, "devices": 100},
+        {"event": "end", "t": 220.0},
+    ]
+    path = tmp_path / "steps.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    steps = report.read_steps(path)
+    assert [(s["devices"], s["start"], s["end"]) for s in steps] == [
+        (50, 100.0, 160.0),
+        (100, 160.0, 220.0),
+    ]
+    assert report.measurement_window(steps[0], settle=10) == (113.0, 160.0)
+    assert report.measurement_window(steps[1], settle=100) == (178.0, 220.0)  # 30 % at most
+
+
+def test_markdown_names_the_knee_and_the_bottleneck():
+    steps = [_step(0, 1000, {"api-1": 0.9, "machine": 1.0})]
+    for s in steps:
+        s.update(
+            window=[0, 60],
+            requests_per_s=10.0,
+            routes={},
+            errors_by_status={},
+            checks=report.checks_of(s),
+            generator_cores_per_1000_devices=None,
+        )
+    data = {
+        "meta": {
+            "scenario": "devices",
+            "shape": "step",
+            "devices": 1000,
+            "run": "r",
+            "base_url": "http://x",
+            "batch": 5,
+            "reading_interval": 10,
+            "poll_wait": 10,
+            "commands_per_device_hour": 6,
+        },
+        "cpus": 2,
+        "steps": steps,
+        "analysis": report.analyse(steps, 2),
+        "readings": {},
+    }
+    text = render.markdown(data, ["cpu.png"])
+    assert "**Knee**: 1,000 devices" in text
+    assert "First to saturate: **api-1**" in text
+    assert "![cpu.png](cpu.png)" in text
+
+
+def test_slos_come_from_the_monitoring_rules_with_the_step_window():
+    slos = {s.name: s for s in load_slos()}
+    assert set(slos) == {"api-availability", "command-delivery", "command-latency", "ingest-lag"}
+    assert slos["api-availability"].objective == 0.999
+    expr = slos["ingest-lag"].expr(42.7)
+    assert "[42s]" in expr and "[5m]" not in expr
+    assert "[42s]" in (slos["ingest-lag"].events_expr(42.7) or "")
+
+
+def test_progress_line_reads_locust_history_rows():
+    history = {
+        "Aggregated": {"User Count": "203", "Requests/s": "41.5", "Total Failure Count": "0"},
+        "POST /sensors": {"99%": "120"},
+    }
+    line = progress_line(history, 20)
+    assert "users    203" in line and "req/s     41.5" in line and "120 ms" in line
+    assert "N/A" in line  # no command latency yet
+
+
+# ----- the plan -----
+
+
+def _ramp_report() -> dict:
+    steps = [
+        {
+            "index": i,
+            "devices": n,
+            "cpu": {
+                "api-1": 0.1 * n / 1000,
+                "api-2": 0.1 * n / 1000,
+                "worker-sensors": 0.05 + 0.1 * n / 1000,
+                "generator": 0.2 * n / 1000,
+                "machine": 1.0,
+            },
+        }
+        for i, n in enumerate((1000, 2000, 3000))
+    ]
+    return {
+        "meta": {
+            "run": "r1",
+            "shape": "step",
+            "reading_interval": 10,
+            "poll_wait": 10,
+            "commands_per_device_hour": 6,
+        },
+        "cpus": 2,
+        "steps": steps,
+        "analysis": {"knee": {"index": 2, "devices": 3000}},
+    }
+
+
+def test_fit_is_linear_with_a_non_negative_fixed_part():
+    assert plan.fit([(1000, 0.15), (2000, 0.25), (3000, 0.35)]) == pytest.approx((0.05, 0.0001))
+    assert plan.fit([(1000, 0.5)]) == (0.0, 0.0005)
+    assert plan.fit([(1000, 0.3), (2000, 0.2)])[0] == 0.0  # a falling cost: through the origin
+
+
+def test_plan_scales_per_device_costs_to_the_fleet_and_counts_processes():
+    p = plan.plan(_ramp_report(), devices=100_000, interval=10, commands_per_hour=6)
+    comp = {c["component"]: c for c in p["components"]}
+    assert comp["api"]["predicted_cores"] == pytest.approx(20.0)
+    assert p["api_replicas"] == 29  # 20 cores at 70 % each
+    assert comp["worker-sensors"]["predicted_cores"] == pytest.approx(10.05)
+    assert p["workers"] == {"worker-sensors": 15}
+    assert p["total_cores"] == pytest.approx(30.05)  # the generator is not deployed
+    assert p["cores_to_buy"] == 43
+    assert p["generator_cores"] == pytest.approx(20.0)
+    assert any("33x the largest measured step" in w for w in p["warnings"])
+    text = plan.render(p)
+    assert "API replicas: 29" in text and "Assumptions:" in text
+
+
+def test_plan_scales_with_the_request_rate_of_the_workload():
+    base = plan.Workload(10, 10, 6).requests_per_second()
+    assert base == pytest.approx(0.2 + 18 / 3600)
+    faster = plan.plan(_ramp_report(), devices=3000, interval=5, commands_per_hour=6)
+    assert faster["load_scale"] == pytest.approx((0.4 + 0.005) / (0.2 + 0.005), rel=1e-3)
+    with pytest.raises(plan.PlanError):
+        plan.plan(_ramp_report(), devices=0, interval=10)
+    with pytest.raises(plan.PlanError, match="no steps"):
+        plan.plan({**_ramp_report(), "steps": []}, devices=10, interval=10)
+
+
+def test_newest_step_report_skips_other_shapes(tmp_path: Path):
+    for name, shape in (("20260101T000000Z-devices", "step"), ("20260102T000000Z-devices", "soak")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps({"meta": {"shape": shape}}))
+    assert plan.newest_step_report(tmp_path).parent.name == "20260101T000000Z-devices"
+    with pytest.raises(plan.PlanError, match="no step-ramp report"):
+        plan.newest_step_report(tmp_path / "none")
