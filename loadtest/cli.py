@@ -50,6 +50,13 @@ def run(
             "its own slice of the devices."
         ),
     ] = 0,
+    external_workers: Annotated[
+        int,
+        typer.Option(
+            help="Run locust as a master that waits for this many worker processes "
+            "started elsewhere (`locust --worker`; the command is printed)."
+        ),
+    ] = 0,
     step_devices: Annotated[
         int | None, typer.Option(help="Step ramp: devices added per step (default devices/5).")
     ] = None,
@@ -97,7 +104,8 @@ def run(
         _fail("--processes must be 0 or more")
     opts = runner.RunOptions(
         scenario=scenario, devices=devices, duration=duration, shape=shape,
-        processes=processes, step_devices=step_devices, step_seconds=step_seconds,
+        processes=processes, external_workers=external_workers, step_devices=step_devices,
+        step_seconds=step_seconds,
         spawn_rate=spawn_rate, reading_interval=interval, batch=batch, poll_wait=poll_wait,
         commands_per_device_hour=commands_per_device_hour, viewers=viewers,
         classes=[c.strip() for c in classes.split(",") if c.strip()], reuse=reuse,

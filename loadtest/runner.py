@@ -48,6 +48,7 @@ class RunOptions:
     duration: float | None = None
     shape: str = "soak"
     processes: int = 0
+    external_workers: int = 0
     step_devices: int | None = None
     step_seconds: float | None = None
     spawn_rate: float = 50.0
@@ -135,12 +136,33 @@ def _env(opts: RunOptions, profile: profiles.Profile, run_dir: Path, devices: Pa
             "LOAD_POLL_WAIT": str(opts.poll_wait),
             "LOAD_COMMANDS_PER_DEVICE_HOUR": str(opts.commands_per_device_hour),
             "LOAD_VIEWERS": str(opts.viewers),
-            "LOAD_WORKERS": str(max(1, opts.processes)),
+            "LOAD_WORKERS": str(max(1, opts.processes, opts.external_workers)),
             "LOAD_RUN_STARTED": f"{time.time():.3f}",
             "PYTHONUNBUFFERED": "1",
         }
     )
     return env
+
+
+# What a worker on another machine needs besides the devices file (the shape runs in the master).
+WORKER_VARIABLES = (
+    "LOAD_READING_INTERVAL", "LOAD_BATCH", "LOAD_POLL_WAIT", "LOAD_COMMANDS_PER_DEVICE_HOUR",
+    "LOAD_VIEWERS", "LOAD_WORKERS", "LOAD_RUN_STARTED",
+)  # fmt: skip
+
+
+def worker_instructions(opts: RunOptions, env: dict, devices: Path) -> str:
+    """How to start the external workers: same repository and locustfile, a copy of the
+    devices file, the same behaviour variables, ``--worker --master-host``."""
+    variables = " ".join(f"{k}={env[k]}" for k in WORKER_VARIABLES)
+    return (
+        f"waiting for {opts.external_workers} locust worker process(es) (up to 10 minutes).\n"
+        f"On each worker machine: copy {devices} there, then start (in the repository, "
+        f"one line per worker process; LOAD_WORKERS counts them all):\n"
+        f"  LOAD_DEVICES_FILE=devices.json {variables} \\\n"
+        f"    .venv/bin/locust -f loadtest/locustfiles/{opts.scenario}.py --worker "
+        f"--master-host <this machine>"
+    )
 
 
 def _latest_history(path: Path) -> dict[str, dict[str, str]]:
@@ -259,9 +281,19 @@ def run(opts: RunOptions, progress: Callable[[str], None] = print) -> RunResult:
         "--csv", str(run_dir / "locust"), "--csv-full-history",
         "--html", str(run_dir / "locust.html"), "--only-summary",
         "--logfile", str(run_dir / "locust.log"), "--loglevel", "INFO",
+        # users finish the request they are in when stopped: no reading is sent without its
+        # answer being recorded
+        "--stop-timeout", str(opts.poll_wait + 15),
     ]  # fmt: skip
+    env = _env(opts, profile, run_dir, devices)
+    if opts.processes > 0 and opts.external_workers > 0:
+        raise LoadError("give --processes or --external-workers, not both")
     if opts.processes > 0:
         cmd += ["--processes", str(opts.processes)]
+    elif opts.external_workers > 0:
+        cmd += ["--master", "--expect-workers", str(opts.external_workers),
+                "--expect-workers-max-wait", "600"]  # fmt: skip
+        progress(worker_instructions(opts, env, devices))
     cmd += opts.classes
     meta: dict[str, Any] = {
         "run": name,
@@ -279,9 +311,8 @@ def run(opts: RunOptions, progress: Callable[[str], None] = print) -> RunResult:
         f"running {opts.scenario} ({opts.shape}, up to {profile.max_devices} devices, "
         f"{profile.duration:.0f} s); results in {run_dir}"
     )
-    code = _run_locust(
-        cmd, _env(opts, profile, run_dir, devices), run_dir, profile.duration + 180, progress
-    )
+    limit = profile.duration + 180 + (600 if opts.external_workers else 0)
+    code = _run_locust(cmd, env, run_dir, limit, progress)
     meta["ended"] = time.time()
     meta["locust_exit"] = code
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
