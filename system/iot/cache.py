@@ -82,6 +82,22 @@ def store_latest(client: redis.Redis, device_id: str, readings: list[dict[str, A
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
 
 
+def store_latest_many(client: redis.Redis, batches: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Update several devices' latest readings in one round trip.
+
+    Raises:
+        CacheUnavailable: Redis does not answer.
+    """
+    try:
+        script = client.register_script(UPDATE_LATEST)
+        with client.pipeline(transaction=False) as pipe:
+            for device_id, readings in batches:
+                script(keys=[key(device_id)], args=update_args(readings), client=pipe)
+            pipe.execute()
+    except _ERRORS as exc:
+        raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
+
+
 async def astore_latest(
     client: aioredis.Redis, device_id: uuid.UUID, readings: list[dict[str, Any]]
 ) -> None:

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from iot import cache, db
 from iot.api.broker import Publisher
 from iot.api.deps import State
+from iot.api.ingest import Coalescer, IngestShortcut
 from iot.api.metrics import MetricsMiddleware
 from iot.api.routes import auth, commands, devices, health, sensors
 from iot.api.shortcut import IdlePollShortcut
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await publisher.start()
         redis = cache.async_client(settings.redis_url, settings.redis_timeout_seconds)
         state = State(settings, pool, publisher, redis, {})
+        state.ingest = Coalescer(publisher.publish_task)
         state.commands = Commands(
             pool,
             publisher.publish_task,
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(IdlePollShortcut)  # inside the metrics middleware: still counted
+    app.add_middleware(IngestShortcut)
     app.add_middleware(MetricsMiddleware, replica=settings.replica_name)
 
     @app.exception_handler(IotError)

@@ -16,6 +16,7 @@ from iot import db, security
 from iot.api.broker import Publisher
 
 if TYPE_CHECKING:
+    from iot.api.ingest import Coalescer
     from iot.commands.service import Commands
 from iot.errors import AuthError, DatabaseUnavailable, Forbidden
 from iot.settings import Settings
@@ -30,6 +31,7 @@ class State:
     redis: aioredis.Redis
     device_cache: dict[str, tuple[float, dict[str, Any]]]
     commands: Commands | None = None
+    ingest: Coalescer | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Principal:
         return None if self.is_admin else self.user_id
 
 
-def get_state(request: Request) -> State:
+async def get_state(request: Request) -> State:
+    # async: FastAPI runs a plain-def dependency in its thread pool, on every request.
     return request.app.state.iot  # type: ignore[no-any-return]
 
 

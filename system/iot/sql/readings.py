@@ -9,29 +9,40 @@ from typing import Any
 import psycopg
 
 # Rows of a device deleted while its readings were queued are dropped by the EXISTS clause;
-# ON CONFLICT makes a redelivered batch (or a reading sent twice) a no-op.
+# ON CONFLICT makes a redelivered batch (or a reading sent twice) a no-op. One statement for
+# the batches of several devices (the API coalesces requests into one message).
 _INSERT = """
 INSERT INTO readings (device_id, sensor, ts, value, client_id, received_at)
-SELECT %(device_id)s, u.sensor, u.ts, u.value, u.client_id, %(received_at)s
-FROM unnest(%(sensors)s::text[], %(ts)s::timestamptz[], %(values)s::float8[],
-            %(ids)s::text[]) AS u(sensor, ts, value, client_id)
-WHERE EXISTS (SELECT 1 FROM devices WHERE id = %(device_id)s)
+SELECT u.device_id, u.sensor, u.ts, u.value, u.client_id, u.received_at
+FROM unnest(%(devices)s::uuid[], %(sensors)s::text[], %(ts)s::timestamptz[],
+            %(values)s::float8[], %(ids)s::text[], %(received)s::timestamptz[])
+     AS u(device_id, sensor, ts, value, client_id, received_at)
+WHERE EXISTS (SELECT 1 FROM devices WHERE id = u.device_id)
 ON CONFLICT (device_id, sensor, ts) DO NOTHING
 """
 
 
-def insert_batch(conn: psycopg.Connection[Any], batch: dict[str, Any]) -> int:
-    """Store one batch of readings; returns how many rows were new."""
-    readings = batch["readings"]
+def insert_batches(conn: psycopg.Connection[Any], batches: list[dict[str, Any]]) -> int:
+    """Store the readings of several batches in one statement; returns how many rows were new."""
+    devices, sensors, ts, values, ids, received = [], [], [], [], [], []
+    for batch in batches:
+        device = uuid.UUID(batch["device_id"])
+        for r in batch["readings"]:
+            devices.append(device)
+            sensors.append(r["sensor"])
+            ts.append(r["ts"])
+            values.append(r["value"])
+            ids.append(r.get("id"))
+            received.append(batch["received_at"])
     cur = conn.execute(
         _INSERT,
         {
-            "device_id": uuid.UUID(batch["device_id"]),
-            "received_at": batch["received_at"],
-            "sensors": [r["sensor"] for r in readings],
-            "ts": [r["ts"] for r in readings],
-            "values": [r["value"] for r in readings],
-            "ids": [r.get("id") for r in readings],
+            "devices": devices,
+            "sensors": sensors,
+            "ts": ts,
+            "values": values,
+            "ids": ids,
+            "received": received,
         },
     )
     return cur.rowcount

@@ -30,21 +30,29 @@ def _redis_client() -> Any:
 
 
 @app.task(name=messages.SENSORS_TASK)
-def store(batch: dict[str, Any]) -> int:
-    """Store a batch; returns the number of new rows. A redelivered batch adds none."""
+def store(batch: dict[str, Any] | None = None, batches: list[dict[str, Any]] | None = None) -> int:
+    """Store the readings of one message (``batches``: several devices' batches coalesced by
+    the API; ``batch``: one, as earlier versions sent); returns the number of new rows. A
+    redelivered message adds none."""
     started = time.perf_counter()
+    todo = batches if batches is not None else [batch] if batch is not None else []
     try:
-        stored = storage.write(messages.SENSORS_TASK, lambda c: readings_sql.insert_batch(c, batch))
+        stored = storage.write(
+            messages.SENSORS_TASK, lambda c: readings_sql.insert_batches(c, todo)
+        )
     except Exception:
         metrics.TASKS.labels(messages.SENSORS_TASK, "failed").inc()
-        log.exception("could not store batch of device %s", batch.get("device_id"))
+        log.exception("could not store %d batches", len(todo))
         raise
-    received = datetime.fromisoformat(batch["received_at"])
-    metrics.INGEST_LAG.observe((datetime.now(UTC) - received).total_seconds())
+    now = datetime.now(UTC)
+    total = 0
+    for b in todo:
+        metrics.INGEST_LAG.observe((now - datetime.fromisoformat(b["received_at"])).total_seconds())
+        total += len(b["readings"])
     metrics.READINGS_STORED.inc(stored)
-    metrics.READINGS_DUPLICATE.inc(len(batch["readings"]) - stored)
+    metrics.READINGS_DUPLICATE.inc(total - stored)
     try:
-        cache.store_latest(_redis_client(), batch["device_id"], batch["readings"])
+        cache.store_latest_many(_redis_client(), [(b["device_id"], b["readings"]) for b in todo])
     except CacheUnavailable as exc:
         # Redis holds derived data only; Postgres has the rows. Count it and move on.
         metrics.CACHE_ERRORS.inc()

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from iot import cache, db, messages
+from iot import cache, db
 from iot.api import metrics
 from iot.api.access import visible_devices
 from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal
@@ -44,9 +44,8 @@ async def post_readings(
             for r in body.readings
         ],
     }
-    await state.publisher.publish_task(
-        messages.SENSORS_QUEUE, messages.SENSORS_TASK, {"batch": batch}
-    )
+    assert state.ingest is not None
+    await state.ingest.submit(batch)
     metrics.READINGS_ACCEPTED.inc(len(body.readings))
     return ReadingsAccepted(accepted=len(body.readings))
 

@@ -1,0 +1,234 @@
+"""The ingest hot path: readings of many requests share one confirmed publish, and a plainly
+valid ``POST /sensors`` is answered before FastAPI's routing, validation and dependencies.
+
+:class:`Coalescer`: each request hands its batch over and waits; batches that arrive while
+earlier publishes await their confirms travel together in the next message (at most
+``max_in_flight`` messages unconfirmed, at most ``max_readings`` readings a message). Under light
+load every request publishes at once; under heavy load messages grow by themselves, so the
+broker, the worker and Postgres see fewer, larger batches. Every request still answers 201 only
+after RabbitMQ confirmed the message that holds its readings; a failure fails every request of
+that message with 503 (they retry; the worker's insert ignores what was stored already).
+
+:class:`IngestShortcut`: answers only what the full route would answer the same way - a device
+token in this replica's auth cache and a body that is plainly valid (checked here with the
+schema's rules, strictly). Anything else goes through the full route, which gives the same
+answer or the proper 422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from iot import messages, security
+from iot.api import metrics
+from iot.api.schemas import EARLIEST, MAX_FUTURE, MAX_READINGS
+from iot.errors import IotError, Unavailable
+
+PublishTask = Callable[[str, str, dict[str, Any]], Awaitable[str]]
+_ROUTE = SimpleNamespace(path="/sensors")  # the route label metrics use
+_PREFIX = b"bearer " + security.DEVICE_TOKEN_PREFIX.encode()
+_SENSOR = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
+_MAX_BODY = 2 * 1024 * 1024  # larger bodies take the full route (nginx refuses them anyway)
+
+
+class Coalescer:
+    def __init__(
+        self, publish_task: PublishTask, max_in_flight: int = 4, max_readings: int = 5000
+    ) -> None:
+        self._publish_task = publish_task
+        self._max_in_flight = max_in_flight
+        self._max_readings = max_readings
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._in_flight = 0
+
+    async def submit(self, batch: dict[str, Any]) -> None:
+        """Publish one device's batch; returns once RabbitMQ confirmed the message holding it.
+
+        Raises:
+            BrokerUnavailable: not confirmed (nothing may be assumed stored: retry).
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((batch, future))
+        self._send_what_fits()
+        await future
+
+    def _send_what_fits(self) -> None:
+        while self._waiting and self._in_flight < self._max_in_flight:
+            taken, count = 0, 0
+            for batch, _ in self._waiting:
+                count += len(batch["readings"])
+                if taken and count > self._max_readings:
+                    break
+                taken += 1
+            group, self._waiting = self._waiting[:taken], self._waiting[taken:]
+            self._in_flight += 1
+            asyncio.create_task(self._send(group))
+
+    async def _send(self, group: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        try:
+            await self._publish_task(
+                messages.SENSORS_QUEUE, messages.SENSORS_TASK, {"batches": [b for b, _ in group]}
+            )
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the same failure
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for _, future in group:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            self._in_flight -= 1
+            self._send_what_fits()
+
+
+def plain_readings(body: bytes, now: datetime) -> list[dict[str, Any]] | None:
+    """The readings of a plainly valid ``{"readings": [...]}`` body, as the workers get them;
+    None for anything the full route must judge (it may still be valid, or it is a 422)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or doc.keys() != {"readings"}:
+        return None
+    items = doc["readings"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_READINGS:
+        return None
+    latest = now + MAX_FUTURE
+    out = []
+    for r in items:
+        if not isinstance(r, dict) or not {"sensor", "value", "ts"} <= r.keys() <= _FIELDS:
+            return None
+        sensor, value, ts, rid = r["sensor"], r["value"], r["ts"], r.get("id")
+        if not isinstance(sensor, str) or not _SENSOR.fullmatch(sensor):
+            return None
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return None
+        if not isinstance(ts, str) or not _RFC3339.fullmatch(ts):
+            return None
+        try:
+            when = datetime.fromisoformat(ts)
+        except ValueError:
+            return None
+        if when < EARLIEST or when > latest:
+            return None
+        if rid is not None and (not isinstance(rid, str) or len(rid) > 64):
+            return None
+        out.append({"sensor": sensor, "value": float(value), "ts": when.isoformat(), "id": rid})
+    return out
+
+
+_FIELDS = frozenset({"sensor", "value", "ts", "id"})
+
+
+class IngestShortcut:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (
+            scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/sensors"
+        ):
+            await self.app(scope, receive, send)
+            return
+        device = self._cached_device(scope)
+        if device is None:
+            await self.app(scope, receive, send)
+            return
+        body, more, connected = await _read_body(receive)
+        if not connected:
+            return  # the client is gone: nothing to answer
+        readings = None if more else plain_readings(body, datetime.now(UTC))
+        if readings is None:
+            await self.app(scope, _replay(body, more, receive), send)
+            return
+        scope["route"] = _ROUTE
+        state: Any = scope["app"].state.iot
+        batch = {
+            "device_id": str(device["id"]),
+            "received_at": datetime.now(UTC).isoformat(),
+            "readings": readings,
+        }
+        try:
+            await state.ingest.submit(batch)
+        except IotError as exc:
+            headers = []
+            if isinstance(exc, Unavailable):
+                headers.append((b"retry-after", str(state.settings.retry_after_seconds).encode()))
+            await _answer(send, exc.status_code, {"detail": exc.detail}, headers)
+            return
+        metrics.READINGS_ACCEPTED.inc(len(readings))
+        await _answer(send, 201, {"accepted": len(readings)})
+
+    @staticmethod
+    def _cached_device(scope: Scope) -> dict[str, Any] | None:
+        auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if auth[:11].lower() != _PREFIX:
+            return None
+        state: Any = getattr(scope["app"].state, "iot", None)
+        if state is None or getattr(state, "ingest", None) is None:
+            return None
+        hit = state.device_cache.get(security.hash_device_token(auth[7:].decode("latin-1")))
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return hit[1]  # type: ignore[no-any-return]
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool, bool]:
+    """(what was read, whether more body follows, whether the client is still connected).
+    Stops early past _MAX_BODY: the full route reads the rest."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False, False
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        more = bool(message.get("more_body", False))
+        if not more or size > _MAX_BODY:
+            return b"".join(chunks), more, True
+
+
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+    """A receive that hands what was already read to the full route first, then the rest."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay
+
+
+async def _answer(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = orjson.dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
