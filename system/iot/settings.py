@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     postgres_port: int = 5442
     redis_port: int = 6389
     toxiproxy_port: int = 8575
+    # Our processes reach the backing services through toxiproxy, so chaos experiments can
+    # fault any connection. Off (IOT_VIA_TOXIPROXY=false) is the production profile: direct
+    # connections, one hop and toxiproxy's CPU less, and no chaos experiments.
+    via_toxiproxy: bool = True
     proxy_rabbitmq_port: int = 5782
     proxy_postgres_port: int = 5542
     proxy_redis_port: int = 6489
@@ -81,6 +85,9 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = 0.5
     db_pool_size: int = 10
     worker_concurrency: int = 4
+    # The sensors worker's threads mostly wait for Postgres' commit (fsync): more of them in
+    # flight share one WAL flush (group commit). See docs/decisions.md, "Ingest".
+    sensors_concurrency: int = 8
     worker_prefetch_multiplier: int = 4
     history_max_points: int = 10_000
     replica_name: str = ""
@@ -89,8 +96,6 @@ class Settings(BaseSettings):
     command_lease_seconds: float = 60
     command_max_attempts: int = 5
     command_queue_max: int = 100
-    command_prefetch: int = 100
-    command_consumer_idle_seconds: float = 40
     command_max_args_bytes: int = 4096
 
     # Binaries that do not come from the virtualenv.
@@ -115,8 +120,8 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        """Postgres as the product's processes see it: through toxiproxy."""
-        return self._pg_url(self.proxy_postgres_port)
+        """Postgres as the product's processes see it: through toxiproxy (unless disabled)."""
+        return self._pg_url(self.proxy_postgres_port if self.via_toxiproxy else self.postgres_port)
 
     @property
     def database_direct_url(self) -> str:
@@ -131,14 +136,13 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return (
-            f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}"
-            f"@{self.host}:{self.proxy_rabbitmq_port}/"
-        )
+        port = self.proxy_rabbitmq_port if self.via_toxiproxy else self.rabbitmq_port
+        return f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}@{self.host}:{port}/"
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.proxy_redis_port}/0"
+        port = self.proxy_redis_port if self.via_toxiproxy else self.redis_port
+        return f"redis://{self.host}:{port}/0"
 
     def require_secrets(self) -> None:
         """Refuse to run with a missing or placeholder secret.

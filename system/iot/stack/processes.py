@@ -51,7 +51,11 @@ def programs(s: Settings) -> list[Program]:
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(var / "conf" / "rabbitmq-advanced.config"),
     }
     pg = s.postgres_bin_dir
-    app_env = {"IOT_HOME": str(s.home), "PYTHONUNBUFFERED": "1"}
+    app_env = {
+        "IOT_HOME": str(s.home),
+        "PYTHONUNBUFFERED": "1",
+        "IOT_VIA_TOXIPROXY": "true" if s.via_toxiproxy else "false",
+    }
     celery = _venv_bin("celery")
     progs = [
         Program(
@@ -151,9 +155,14 @@ def programs(s: Settings) -> list[Program]:
                 env={**app_env, "IOT_REPLICA_NAME": f"api-{i}"},
             )
         )
-    for name, queue, port in (
-        ("worker-sensors", "sensors.data", s.worker_sensors_metrics_port),
-        ("worker-commandlog", "commands.data,commands.log", s.worker_commandlog_metrics_port),
+    for name, queue, port, threads in (
+        ("worker-sensors", "sensors.data", s.worker_sensors_metrics_port, s.sensors_concurrency),
+        (
+            "worker-commandlog",
+            "commands.data,commands.log",
+            s.worker_commandlog_metrics_port,
+            s.worker_concurrency,
+        ),
     ):
         progs.append(
             Program(
@@ -170,7 +179,7 @@ def programs(s: Settings) -> list[Program]:
                     "--pool",
                     "threads",
                     "-c",
-                    str(s.worker_concurrency),
+                    str(threads),
                     "-E",
                     "--without-gossip",
                     "--without-mingle",
