@@ -196,17 +196,22 @@ class Commands:
         metrics.POLL_WAITERS.inc()
         try:
             with self.wakeups.waiting(key) as woken:
+                # Registered first, then asked: a notification in between clears the idle
+                # mark or sets the event, never neither. A device known to be idle costs no
+                # query at all until something arrives for it (or the knowledge ages out).
                 while True:
-                    woken.clear()
-                    async with db.connection(self.pool) as conn:
-                        rows, next_lapse = await store.claim(
-                            conn, device_id, limit, lease, self.max_attempts
-                        )
-                    delivered = self._account(rows)
-                    if delivered:
-                        return delivered
-                    if next_lapse is None and not woken.is_set():
-                        self.wakeups.mark_idle(key)
+                    next_lapse = None
+                    if woken.is_set() or not self.wakeups.surely_idle(key):
+                        woken.clear()
+                        async with db.connection(self.pool) as conn:
+                            rows, next_lapse = await store.claim(
+                                conn, device_id, limit, lease, self.max_attempts
+                            )
+                        delivered = self._account(rows)
+                        if delivered:
+                            return delivered
+                        if next_lapse is None and not woken.is_set():
+                            self.wakeups.mark_idle(key)
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return []
