@@ -150,3 +150,16 @@ def cores(rows: Iterable[dict[str, Any]], start: float, end: float) -> dict[str,
         cpus = inside[-1].get("cpus") or os.cpu_count() or 1
         out["machine"] = round(busy / total * cpus, 3)
     return out
+
+
+def restarts(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Components whose pid changed between two samples (restarted, e.g. by the supervisor),
+    with the time of the first sample that saw the new pid."""
+    out = []
+    last: dict[str, int] = {}
+    for row in sorted(rows, key=lambda r: r["t"]):
+        for name, pid in row["pids"].items():
+            if name in last and last[name] != pid:
+                out.append({"component": name, "t": row["t"], "pid": pid})
+            last[name] = pid
+    return out

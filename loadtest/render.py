@@ -60,6 +60,15 @@ def _conclusion(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Bottleneck: **{a['bottleneck']['component']}**: {a['bottleneck']['reason']}."
         )
+    if report.get("restarts"):
+        start = report["steps"][0]["window"][0] if report.get("steps") else 0
+        names = ", ".join(
+            f"{r['component']} (at {r['t'] - start:+.0f} s)" for r in report["restarts"]
+        )
+        lines.append(
+            f"- Warning: restarted during the run (the step figures around it are disturbed): "
+            f"{names}."
+        )
     if a.get("generator_saturated"):
         g = a["generator_saturated"]
         lines.append(

@@ -249,6 +249,7 @@ def build(
         "analysis": analyse(built, cpus, processes),
         "overall": _overall(rows, steps),
         "readings": _ledger_totals(run_dir / "ledger"),
+        "restarts": cpu.restarts(cpu_rows),
     }
     if prom is not None and steps:
         try:

@@ -273,6 +273,15 @@ def test_cores_per_component_skip_restarts_and_count_the_machine():
     assert used["machine"] == 1.0
 
 
+def test_restarts_are_pid_changes():
+    rows = [
+        {"t": 1, "pids": {"api-1": 5, "pg": 7}},
+        {"t": 2, "pids": {"api-1": 5, "pg": 7}},
+        {"t": 3, "pids": {"api-1": 9, "pg": 7}},
+    ]
+    assert cpu.restarts(rows) == [{"component": "api-1", "t": 3, "pid": 9}]
+
+
 def test_tree_seconds_sums_descendants():
     table = {1: (0, 1.0), 2: (1, 2.0), 3: (2, 4.0), 4: (0, 8.0)}
     assert cpu.tree_seconds(table, 1) == 7.0
