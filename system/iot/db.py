@@ -26,6 +26,7 @@ CONNECT_TIMEOUT_SECONDS = 3
 STATEMENT_TIMEOUT_MS = 10_000
 API_TIMEOUT_SECONDS = 5.0
 CHECK_TIMEOUT_SECONDS = 2.0
+POOL_WAIT_SECONDS = 3.0  # for a free pooled connection; longer under overload is a 503
 OUTAGE_HOLD_SECONDS = 1.0  # after a failure, fail at once this long before trying again
 _outages: weakref.WeakKeyDictionary[AsyncConnectionPool, float] = weakref.WeakKeyDictionary()
 
@@ -113,7 +114,8 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
     try:
         # The outer timeout is a last resort only: the watchdog below ends a stuck query first.
         async with asyncio.timeout(API_TIMEOUT_SECONDS * 3):
-            async with pool.connection(timeout=API_TIMEOUT_SECONDS) as conn:
+            wait = min(POOL_WAIT_SECONDS, API_TIMEOUT_SECONDS)
+            async with pool.connection(timeout=wait) as conn:
                 used = conn
                 watchdog = loop.call_at(deadline, expire, conn)
                 try:
@@ -124,6 +126,10 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
         _mark_down(pool)
         raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
     except PoolTimeout as exc:
+        if pool.get_stats().get("pool_size", 0) >= (pool.max_size or 0):
+            # Every connection exists and is busy: overload, not an outage. Answer this
+            # request 503 but let the others keep trying (no fail-fast hold).
+            raise DatabaseUnavailable("database busy; retry later") from exc
         _mark_down(pool)
         raise DatabaseUnavailable("database unavailable (no connection)") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:

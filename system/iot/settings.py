@@ -81,9 +81,13 @@ class Settings(BaseSettings):
     publish_timeout_seconds: float = 5.0
     retry_after_seconds: int = 2
     access_token_ttl_seconds: int = 3600
-    device_auth_cache_seconds: float = 5.0
+    # A replica caches a device's token this long while it hears token changes (rotation,
+    # deletion: Postgres NOTIFY, every replica forgets at once); only the shorter time while
+    # it cannot hear them.
+    device_auth_cache_seconds: float = 300.0
+    device_auth_cache_unwatched_seconds: float = 5.0
     redis_timeout_seconds: float = 0.5
-    db_pool_size: int = 10
+    db_pool_size: int = 20
     worker_concurrency: int = 4
     # The sensors worker's threads mostly wait for Postgres' commit (fsync): more of them in
     # flight share one WAL flush (group commit). See docs/decisions.md, "Ingest".

@@ -118,3 +118,33 @@ def test_with_postgres_black_holed_requests_answer_503_in_time_then_recover(
         timeout=20,
         what="GET /devices answering 200 again",
     )
+
+
+def test_a_full_pool_answers_busy_without_failing_every_other_request(settings, monkeypatch):
+    """Overload (every pooled connection busy) is a 503 for that request only; it must not
+    trip the outage hold that fails every use of the database for a second."""
+    import asyncio
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from iot import db
+    from iot.errors import DatabaseUnavailable
+
+    monkeypatch.setattr(db, "POOL_WAIT_SECONDS", 0.3)
+
+    async def scenario() -> tuple[str, int]:
+        pool = AsyncConnectionPool(settings.database_direct_url, min_size=1, max_size=1, open=False)
+        await pool.open(wait=True)
+        try:
+            async with pool.connection():  # the only connection, busy
+                with pytest.raises(DatabaseUnavailable) as caught:
+                    async with db.connection(pool):
+                        pass
+            async with db.connection(pool) as conn:  # at once: no outage hold
+                row = await (await conn.execute("SELECT 1")).fetchone()
+        finally:
+            await pool.close()
+        return caught.value.detail, row[0]
+
+    detail, one = asyncio.run(scenario())
+    assert detail == "database busy; retry later" and one == 1

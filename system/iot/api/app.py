@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from iot import cache, db
 from iot.api.broker import Publisher
-from iot.api.deps import State
+from iot.api.deps import State, forget_devices
 from iot.api.ingest import Coalescer, IngestShortcut
 from iot.api.metrics import MetricsMiddleware
 from iot.api.routes import auth, commands, devices, health, sensors
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool,
             publisher.publish_task,
             redis,
-            Wakeups(settings.database_url),
+            Wakeups(settings.database_url, lambda d: forget_devices(state.device_cache, d)),
             max_attempts=settings.command_max_attempts,
             queue_cap=settings.command_queue_max,
         )

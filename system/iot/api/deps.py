@@ -23,6 +23,16 @@ from iot.settings import Settings
 from iot.sql import devices as devices_sql
 
 
+def forget_devices(cache: dict[str, tuple[float, dict[str, Any]]], device_id: str | None) -> None:
+    """Drop a device's cached token (None: every device's), after a rotation or deletion."""
+    if device_id is None:
+        cache.clear()
+        return
+    for key, (_, device) in list(cache.items()):
+        if str(device["id"]) == device_id:
+            cache.pop(key, None)
+
+
 @dataclass
 class State:
     settings: Settings
@@ -89,7 +99,13 @@ async def _device_by_token(state: State, token: str) -> dict[str, Any]:
         raise AuthError("unknown device token")
     if len(state.device_cache) >= DEVICE_CACHE_MAX:
         state.device_cache.clear()
-    state.device_cache[token_hash] = (now + state.settings.device_auth_cache_seconds, device)
+    watched = state.commands is not None and state.commands.wakeups.listening
+    ttl = (
+        state.settings.device_auth_cache_seconds
+        if watched
+        else state.settings.device_auth_cache_unwatched_seconds
+    )
+    state.device_cache[token_hash] = (now + ttl, device)
     return device
 
 

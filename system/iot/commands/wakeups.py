@@ -9,6 +9,9 @@ Notifications sent while the listener is disconnected are lost, so every (re)con
 every waiting poll to claim once more, and forgets what it knew to be idle. A listener whose
 connection stops answering is found by a bounded check every few seconds.
 
+The same connection hears ``iot_devices`` (a token rotated, a device deleted), so every
+replica's device-auth cache forgets that device at once.
+
 It also remembers which devices are *surely idle*: a claim found nothing, no lease of theirs
 runs, and no notification came since. An idle short poll is then answered from memory.
 """
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -27,6 +30,7 @@ import psycopg
 from iot import db
 from iot.commands import metrics
 from iot.commands.store import NOTIFY_CHANNEL
+from iot.sql.devices import DEVICES_CHANNEL  # payload: a device whose token changed or is gone
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_SECONDS = 5.0
@@ -35,8 +39,16 @@ MAX_IDLE_ENTRIES = 200_000
 
 
 class Wakeups:
-    def __init__(self, database_url: str) -> None:
+    """``on_device_changed(device_id)`` is called for a device whose token changed (rotated,
+    deleted), and with None whenever changes may have been missed (not listening)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        on_device_changed: Callable[[str | None], None] | None = None,
+    ) -> None:
         self._url = database_url
+        self._on_device_changed = on_device_changed
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._idle: dict[str, float] = {}  # device id -> monotonic time the knowledge expires
         self._task: asyncio.Task[None] | None = None
@@ -109,12 +121,16 @@ class Wakeups:
                     application_name="iot-wakeups",
                 )
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                await conn.execute(f"LISTEN {DEVICES_CHANNEL}")
                 self._set_listening(True)
                 self._wake_all()  # anything sent while we were away: claim again
                 log.info("listening for new commands")
                 backoff = 0.2
                 while True:
                     async for note in conn.notifies(timeout=CHECK_EVERY_SECONDS):
+                        if note.channel == DEVICES_CHANNEL:
+                            self._device_changed(note.payload)
+                            continue
                         metrics.WAKEUPS.inc()
                         self.notify(note.payload)
                     await self._check(conn)
@@ -146,3 +162,8 @@ class Wakeups:
     def _set_listening(self, up: bool) -> None:
         self._listening = up
         metrics.LISTENING.set(1 if up else 0)
+        self._device_changed(None)  # what was cached may have changed unseen
+
+    def _device_changed(self, device_id: str | None) -> None:
+        if self._on_device_changed is not None:
+            self._on_device_changed(device_id)

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 
 _COLUMNS = "id, owner_id, name, created_at, token_rotated_at"
+DEVICES_CHANNEL = "iot_devices"  # LISTENed to by every API replica (commands/wakeups.py)
 
 
 async def create_device(
@@ -69,12 +70,15 @@ async def rotate_token(
     owner_id: uuid.UUID | None,
     token_hash: str,
 ) -> dict[str, Any] | None:
-    cur = await conn.execute(
-        "UPDATE devices SET token_hash = %s, token_rotated_at = now()"
-        f" WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s) RETURNING {_COLUMNS}",
-        (token_hash, device_id, owner_id, owner_id),
-    )
-    row = await cur.fetchone()
+    async with conn.transaction():
+        cur = await conn.execute(
+            "UPDATE devices SET token_hash = %s, token_rotated_at = now()"
+            f" WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s) RETURNING {_COLUMNS}",
+            (token_hash, device_id, owner_id, owner_id),
+        )
+        row = await cur.fetchone()
+        if row:
+            await _notify_changed(conn, device_id)
     return dict(row) if row else None
 
 
@@ -91,4 +95,10 @@ async def delete_device(
             return False
         for table in ("readings", "commands", "command_events"):
             await conn.execute(f"DELETE FROM {table} WHERE device_id = %s", (device_id,))
+        await _notify_changed(conn, device_id)
     return True
+
+
+async def _notify_changed(conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID) -> None:
+    """Every replica's auth cache forgets the device when this transaction commits."""
+    await conn.execute("SELECT pg_notify(%s, %s)", (DEVICES_CHANNEL, str(device_id)))

@@ -54,7 +54,7 @@ async def get_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -
 
 @router.post("/devices/{device_id}/token", response_model=DeviceWithToken)
 async def rotate_token(device_id: uuid.UUID, user: CurrentUser, state: AppState) -> DeviceWithToken:
-    """Issue a new token; the old one stops working (within the auth cache's few seconds)."""
+    """Issue a new token; the old one stops working at once on every replica."""
     token = security.new_device_token()
     async with db.connection(state.pool) as conn:
         row = await devices_sql.rotate_token(
