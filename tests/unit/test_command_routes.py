@@ -3,6 +3,7 @@ people get back for each outcome of the core (no network, no services)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from iot import security
 from iot.api import app as app_module
 from iot.api.deps import State
 from iot.api.routes import commands as command_routes
+from iot.commands.wakeups import Wakeups
 from iot.errors import BrokerUnavailable, Conflict, DatabaseUnavailable, NotFound, QueueFull
 from iot.settings import Settings
 
@@ -39,6 +41,7 @@ class FakeCore:
         self.fail: Exception | None = None
         self.idle = False
         self.statuses: dict[uuid.UUID, str] = {}
+        self.wakeups = Wakeups("postgresql://never-connected")  # waiters only
 
     def _record(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))
@@ -86,9 +89,7 @@ def _command(command_id: uuid.UUID | None = None, name: str = "blink", args: Any
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(
-        secret_key="k" * 32, postgres_password="p" * 16, rabbitmq_password="r" * 16
-    )
+    return Settings(secret_key="k" * 32, postgres_password="p" * 16, rabbitmq_password="r" * 16)
 
 
 @pytest.fixture
@@ -145,20 +146,44 @@ async def test_pending_commands_come_back_in_the_contracts_shape(client, core):
 @pytest.mark.parametrize(
     "params", [{"wait": 31}, {"wait": -1}, {"limit": 0}, {"limit": 101}, {"lease": 0.5}]
 )
-async def test_out_of_range_poll_parameters_are_422_without_touching_the_core(
-    client, core, params
-):
+async def test_out_of_range_poll_parameters_are_422_without_touching_the_core(client, core, params):
     r = await client.get("/commands", params=params, headers=DEVICE_AUTH)
     assert r.status_code == 422 and r.json()["detail"]
     assert core.calls == []
 
 
-async def test_an_idle_short_poll_is_answered_without_the_core(client, core):
+async def test_polls_of_an_idle_device_are_answered_without_the_core(client, core):
     core.idle = True
     r = await client.get("/commands", headers=DEVICE_AUTH)
     assert r.status_code == 204 and core.calls == []
-    r = await client.get("/commands", params={"wait": 1}, headers=DEVICE_AUTH)
-    assert r.status_code == 204 and [c[0] for c in core.calls] == ["poll"]  # a long poll claims
+    r = await client.get("/commands", params={"wait": 0.3, "limit": 5}, headers=DEVICE_AUTH)
+    assert r.status_code == 204 and core.calls == []  # waited, no claim
+
+
+async def test_a_notification_during_a_long_poll_hands_it_to_the_route_with_the_time_left(
+    client, core
+):
+    core.idle = True
+    core.pending = [
+        {**_command(), "attempt": 1, "created_at": NOW, "expires_at": NOW + timedelta(1)}
+    ]
+
+    async def notify_soon() -> None:
+        await asyncio.sleep(0.2)
+        core.wakeups.notify(str(DEVICE))
+
+    poke = asyncio.create_task(notify_soon())
+    r = await client.get("/commands", params={"wait": 5, "lease": 9}, headers=DEVICE_AUTH)
+    await poke
+    assert r.status_code == 200 and len(r.json()["commands"]) == 1
+    [(name, (device, wait, limit, lease))] = core.calls
+    assert (name, device, limit, lease) == ("poll", DEVICE, 10, 9.0)
+    assert 4.0 < wait < 4.9  # what was left of the 5 s
+
+
+async def test_a_device_not_known_idle_takes_the_full_route(client, core):
+    r = await client.get("/commands", params={"wait": 0.2}, headers=DEVICE_AUTH)
+    assert r.status_code == 204 and [c[0] for c in core.calls] == ["poll"]
 
 
 async def test_a_database_outage_answers_503_with_retry_after(client, core, settings):

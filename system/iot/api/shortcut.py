@@ -1,5 +1,6 @@
-"""The hot path of a fleet of devices: an idle short poll (``GET /commands?wait=0`` with nothing
-pending), answered before FastAPI's routing, validation and dependency injection.
+"""The hot path of a fleet of devices: a poll (``GET /commands``, short or long) of a device with
+nothing pending, answered before FastAPI's routing, validation and dependency injection. A long
+poll waits here for the device's notification; when one comes, the full route claims.
 
 It answers only when everything is already known: a valid device token in this replica's auth
 cache, parameters that are plainly valid, and a device this replica knows has nothing to claim
@@ -10,33 +11,46 @@ slow way.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iot import security
+from iot.commands import metrics
 
 _ROUTE = SimpleNamespace(path="/commands")  # the route label metrics use
 _PREFIX = b"bearer " + security.DEVICE_TOKEN_PREFIX.encode()
 
 
-def _plainly_valid(query: bytes) -> bool:
+def plain_wait(query: bytes) -> float | None:
+    """The ``wait`` of plainly valid poll parameters (0 when absent); None otherwise."""
+    wait = 0.0
     try:
         for key, value in parse_qsl(query.decode("ascii"), strict_parsing=False):
-            if key == "wait" and float(value) != 0:
-                return False
+            if key == "wait":
+                wait = float(value)
+                if not 0 <= wait <= 30:
+                    return None
             elif key == "limit" and not 1 <= int(value) <= 100:
-                return False
+                return None
             elif key == "lease" and not 1 <= float(value) <= 3600:
-                return False
+                return None
             elif key not in ("wait", "limit", "lease"):
-                return False
+                return None
     except ValueError:
-        return False
-    return True
+        return None
+    return wait
+
+
+def with_wait(query: bytes, wait: float) -> bytes:
+    """The same query with ``wait`` replaced."""
+    pairs = [(k, v) for k, v in parse_qsl(query.decode("ascii")) if k != "wait"]
+    return urlencode([*pairs, ("wait", f"{wait:.3f}")]).encode("ascii")
 
 
 class IdlePollShortcut:
@@ -44,29 +58,56 @@ class IdlePollShortcut:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and scope["path"] == "/commands"
-            and self._idle(scope)
+        if not (
+            scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/commands"
         ):
-            scope["route"] = _ROUTE
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        wait = plain_wait(scope.get("query_string", b""))
+        commands, device_id = self._idle_device(scope) if wait is not None else (None, None)
+        if commands is None or device_id is None or wait is None:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        woken = False
+        if wait > 0:
+            # Waiting here costs no query and none of FastAPI's routing; anything that arrives
+            # for the device ends the wait and the full route claims it.
+            metrics.POLL_WAITERS.inc()
+            try:
+                with commands.wakeups.waiting(device_id) as event:
+                    if not commands.surely_idle(device_id):
+                        woken = True
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(event.wait(), wait)
+                        woken = event.is_set()
+            finally:
+                metrics.POLL_WAITERS.dec()
+        if woken:
+            remaining = max(deadline - loop.time(), 0.0)
+            scope["query_string"] = with_wait(scope.get("query_string", b""), remaining)
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = _ROUTE
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
-    def _idle(scope: Scope) -> bool:
-        if not _plainly_valid(scope.get("query_string", b"")):
-            return False
+    def _idle_device(scope: Scope) -> tuple[Any, str | None]:
+        """(the command core, the device id) for a cached device token whose device is surely
+        idle; (None, None) otherwise."""
         auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         if auth[:11].lower() != _PREFIX:
-            return False
+            return None, None
         state: Any = getattr(scope["app"].state, "iot", None)
         if state is None or state.commands is None:
-            return False
+            return None, None
         hit = state.device_cache.get(security.hash_device_token(auth[7:].decode("latin-1")))
         if hit is None or hit[0] <= time.monotonic():
-            return False
-        return bool(state.commands.surely_idle(str(hit[1]["id"])))
+            return None, None
+        device_id = str(hit[1]["id"])
+        if not state.commands.surely_idle(device_id):
+            return None, None
+        return state.commands, device_id
