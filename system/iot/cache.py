@@ -89,10 +89,11 @@ def store_latest_many(client: redis.Redis, batches: list[tuple[str, list[dict[st
         CacheUnavailable: Redis does not answer.
     """
     try:
-        script = client.register_script(UPDATE_LATEST)
+        # EVAL, not a registered script: a pipeline with scripts first asks Redis whether they
+        # exist (one more round trip per call); the script text is small.
         with client.pipeline(transaction=False) as pipe:
             for device_id, readings in batches:
-                script(keys=[key(device_id)], args=update_args(readings), client=pipe)
+                pipe.eval(UPDATE_LATEST, 1, key(device_id), *update_args(readings))
             pipe.execute()
     except _ERRORS as exc:
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc

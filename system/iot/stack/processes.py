@@ -155,13 +155,22 @@ def programs(s: Settings) -> list[Program]:
                 env={**app_env, "IOT_REPLICA_NAME": f"api-{i}"},
             )
         )
-    for name, queue, port, threads in (
-        ("worker-sensors", "sensors.data", s.worker_sensors_metrics_port, s.sensors_concurrency),
+    # The sensors worker logs at WARNING: a line per task at hundreds of tasks a second costs
+    # CPU and buries what matters (tasks are counted and timed in its metrics and Flower).
+    for name, queue, port, threads, level in (
+        (
+            "worker-sensors",
+            "sensors.data",
+            s.worker_sensors_metrics_port,
+            s.sensors_concurrency,
+            "WARNING",
+        ),
         (
             "worker-commandlog",
             "commands.data,commands.log",
             s.worker_commandlog_metrics_port,
             s.worker_concurrency,
+            "INFO",
         ),
     ):
         progs.append(
@@ -184,7 +193,7 @@ def programs(s: Settings) -> list[Program]:
                     "--without-gossip",
                     "--without-mingle",
                     "-l",
-                    "INFO",
+                    level,
                 ],
                 "app",
                 30,
