@@ -16,10 +16,16 @@ SENSORS = ("temperature", "humidity", "pressure", "co2", "battery", "light", "vo
 MAX_READINGS_PER_POST = 1000  # the API's limit per request
 
 
+_second: list[Any] = [None, ""]  # the last second formatted, shared by every device
+
+
 def rfc3339_ms(ms: int) -> str:
-    """Milliseconds since the epoch as RFC 3339 in UTC with a ``Z``: 2026-11-29T12:00:00.123Z."""
-    dt = datetime.fromtimestamp(ms // 1000, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    """Milliseconds since the epoch as RFC 3339 in UTC with a ``Z``: 2026-11-29T12:00:00.123Z.
+    (The second is formatted once and reused: thousands of devices stamp readings each second.)"""
+    second = ms // 1000
+    if _second[0] != second:
+        _second[0], _second[1] = second, f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}"
+    return f"{_second[1]}.{ms % 1000:03d}Z"
 
 
 def parse_time(value: str) -> float:
