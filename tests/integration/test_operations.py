@@ -41,6 +41,7 @@ def test_queues_lists_the_product_queues_and_no_queue_per_device(alice: Person):
         assert queue in out.stdout
     # A device costs rows, not broker queues (DESIGN §4).
     assert str(device.id) not in out.stdout and "commands.dev." not in out.stdout
+    assert "celery_delayed" not in out.stdout  # no ETA queues: we never send ETA tasks
 
 
 def test_commands_list_shows_a_devices_pending_commands(alice: Person):
