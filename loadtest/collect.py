@@ -84,12 +84,17 @@ class Collector:
             gevent.sleep(5)
             self._flush(environment)
 
-    def _on_test_stop(self, environment: Environment, **_: Any) -> None:
+    def send_ledger(self, environment: Environment) -> None:
+        """Send this process's ledger (and every sample so far) to the master now: called when
+        its last device stops, and when the test stops."""
         if isinstance(environment.runner, MasterRunner) or environment.runner is None:
             return
         self._flush(environment, final=True)
         devices = self._ledger()
         environment.runner.send_message("load_ledger", {"node": self.node, "devices": devices})
+
+    def _on_test_stop(self, environment: Environment, **_: Any) -> None:
+        self.send_ledger(environment)
 
     # ----- in the master (or only) process -----
     def _write_samples(self, environment: Environment, msg: Any, **_: Any) -> None:

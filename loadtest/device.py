@@ -224,6 +224,10 @@ class DevicePool:
             )
         return self.states[self._free.pop(0)]
 
+    @property
+    def in_use(self) -> int:
+        return len(self.states) - len(self._free)
+
     def give_back(self, state: DeviceState) -> None:
         if state.index in self.states and state.index not in self._free:
             self._free.append(state.index)

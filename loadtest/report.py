@@ -51,7 +51,7 @@ def read_steps(path: Path) -> list[dict[str, Any]]:
             steps.append({"index": e["index"], "devices": e["devices"], "start": e["t"]})
         elif e["event"] == "reached" and steps and steps[-1]["index"] == e["index"]:
             steps[-1]["reached"] = e["t"]
-        elif e["event"] == "end":
+        elif e["event"] == "end" and end is None:
             end = e["t"]
     if steps:
         steps[-1].setdefault("end", end)

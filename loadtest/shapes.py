@@ -9,6 +9,11 @@ devices are all running to ``$LOAD_RUN_DIR/steps.jsonl``, which the capacity rep
 Users with a ``fixed_count`` (the operator, the web viewers) come on top of the devices:
 the locustfile sets :attr:`FleetShape.extra_users` when locust starts.
 
+When the profile is over the shape first asks for zero users, so that every user finishes the
+request it is in (locust's ``--stop-timeout``) and the workers report their last samples, and
+ends the test only when no user is left and one more sample flush has passed (or after
+``LOAD_DRAIN_SECONDS``, 60). A headless locust would otherwise quit its workers at once.
+
 Importing this module imports locust (and so patches the process with gevent).
 """
 
@@ -25,6 +30,7 @@ from locust import LoadTestShape
 from loadtest import profiles
 
 ENV_RUN_DIR = "LOAD_RUN_DIR"
+FLUSH_GRACE = 7.0  # seconds after the last user stopped: workers flush their samples every 5 s
 
 
 class StepLog:
@@ -63,12 +69,30 @@ class FleetShape(LoadTestShape):
         self.log = StepLog(os.environ.get(ENV_RUN_DIR))
         self._step = -1
         self._reached = False
+        self._draining: float | None = None
+        self._empty_since: float | None = None
+        self.drain_limit = float(os.environ.get("LOAD_DRAIN_SECONDS") or 60)
+
+    def _drain(self, t: float) -> tuple[int, float] | None:
+        """After the profile: zero users until they are all gone and flushed, then the end."""
+        if self._draining is None:
+            self._draining = t
+            self.log.write("end")
+        users = self.runner.user_count if self.runner is not None else 0
+        if users == 0 and self._empty_since is None:
+            self._empty_since = t
+        if (self._empty_since is not None and t - self._empty_since >= FLUSH_GRACE) or (
+            t - self._draining > self.drain_limit
+        ):
+            self.log.write("drained", users=users)
+            return None
+        return 0, max(self.profile.spawn_rate, 1000.0)
 
     def tick(self) -> tuple[int, float] | None:
-        target = self.profile.target(self.get_run_time())
+        t = self.get_run_time()
+        target = self.profile.target(t)
         if target is None:
-            self.log.write("end")
-            return None
+            return self._drain(t)
         users = target.devices + self.extra_users
         if target.step != self._step:
             self._step, self._reached = target.step, False

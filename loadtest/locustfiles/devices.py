@@ -168,6 +168,9 @@ class DeviceUser(FastHttpUser):
         state = getattr(self, "state", None)
         if state is not None and _Process.pool is not None:
             _Process.pool.give_back(state)
+            if _Process.pool.in_use == 0:
+                # this process's last device: report now (a master may quit its workers soon)
+                COLLECTOR.send_ledger(self.environment)
 
     @task
     def step(self) -> None:

@@ -96,7 +96,7 @@ cls = shapes.selected()
 shape = cls()
 shape.extra_users = 3
 out = []
-for t in (0, 25, 59, 61, 119, 121):
+for t in (0, 25, 59, 61, 119, 121, 125, 129):
     shape.get_run_time = lambda t=t: t
     out.append(shape.tick())
 print(json.dumps([cls.__name__, out]))
@@ -119,12 +119,23 @@ def test_locust_shape_classes_follow_the_profile_plus_fixed_users(tmp_path: Path
     assert out.returncode == 0, out.stderr
     name, ticks = json.loads(out.stdout.strip().splitlines()[-1])
     assert name == "StepRampShape"
-    assert ticks == [[103, 10.0], [103, 10.0], [103, 10.0], [203, 10.0], [203, 10.0], None]
+    # after the profile: no users (stopped gracefully) until they are gone and flushed
+    assert ticks == [
+        [103, 10.0],
+        [103, 10.0],
+        [103, 10.0],
+        [203, 10.0],
+        [203, 10.0],
+        [0, 1000.0],
+        [0, 1000.0],
+        None,
+    ]
     events = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [(e["event"], e.get("devices")) for e in events] == [
         ("step", 100),
         ("step", 200),
         ("end", None),
+        ("drained", None),
     ]
 
 
