@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup up down status test test-unit lint bench chaos
+.PHONY: setup up down status test test-unit lint bench chaos load
 
 setup:
 	bash scripts/setup.sh
@@ -37,3 +37,13 @@ bench:
 chaos: setup
 	$(VENV)/iotctl up
 	$(VENV)/iotctl chaos run --all --long
+
+# Capacity planning: a step ramp to 5,000 emulated devices (locust, 2 generator processes), its
+# capacity report under reports/load/, then a sizing plan for 100,000 devices from it.
+# The ramp goes past the knee on purpose, so its failures do not stop the plan. `make test`
+# runs only a short locust run.
+load: setup
+	$(VENV)/iotctl up
+	-$(VENV)/iotctl load run devices --shape step --devices 5000 --step-devices 1000 \
+		--step-seconds 60 --processes 2 --reuse
+	$(VENV)/iotctl load plan --devices 100000 --interval 10

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = 0.5
     db_pool_size: int = 20
     worker_concurrency: int = 4
+    worker_task_events: bool = True  # off for the sensors worker (see stack/processes.py)
     # The sensors worker's threads mostly wait for Postgres' commit (fsync): more of them in
     # flight share one WAL flush (group commit). See docs/decisions.md, "Ingest".
     sensors_concurrency: int = 8

@@ -155,15 +155,18 @@ def programs(s: Settings) -> list[Program]:
                 env={**app_env, "IOT_REPLICA_NAME": f"api-{i}"},
             )
         )
-    # The sensors worker logs at WARNING: a line per task at hundreds of tasks a second costs
-    # CPU and buries what matters (tasks are counted and timed in its metrics and Flower).
-    for name, queue, port, threads, level in (
+    # The sensors worker logs at WARNING and sends no task events: at hundreds of tasks a
+    # second a log line and three events per task (published, routed by RabbitMQ, read by
+    # Flower) cost more CPU than storing the readings. Its tasks are counted and timed in its
+    # metrics; Flower still sees it online (heartbeats) and every task of the command worker.
+    for name, queue, port, threads, level, events in (
         (
             "worker-sensors",
             "sensors.data",
             s.worker_sensors_metrics_port,
             s.sensors_concurrency,
             "WARNING",
+            False,
         ),
         (
             "worker-commandlog",
@@ -171,6 +174,7 @@ def programs(s: Settings) -> list[Program]:
             s.worker_commandlog_metrics_port,
             s.worker_concurrency,
             "INFO",
+            True,
         ),
     ):
         progs.append(
@@ -189,7 +193,7 @@ def programs(s: Settings) -> list[Program]:
                     "threads",
                     "-c",
                     str(threads),
-                    "-E",
+                    *(["-E"] if events else []),
                     "--without-gossip",
                     "--without-mingle",
                     "-l",
@@ -199,7 +203,11 @@ def programs(s: Settings) -> list[Program]:
                 30,
                 f"http:http://{h}:{port}/metrics",
                 f"http://{h}:{port}/metrics",
-                env={**app_env, "IOT_WORKER_METRICS_PORT": str(port)},
+                env={
+                    **app_env,
+                    "IOT_WORKER_METRICS_PORT": str(port),
+                    "IOT_WORKER_TASK_EVENTS": "true" if events else "false",
+                },
                 stopwaitsecs=30,
             )
         )

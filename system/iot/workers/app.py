@@ -65,7 +65,7 @@ app.conf.update(
     task_acks_on_failure_or_timeout=True,
     worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
     worker_concurrency=settings.worker_concurrency,
-    worker_send_task_events=True,
+    worker_send_task_events=settings.worker_task_events,
     task_send_sent_event=False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
