@@ -12,8 +12,11 @@ connection stops answering is found by a bounded check every few seconds.
 The same connection hears ``iot_devices`` (a token rotated, a device deleted), so every
 replica's device-auth cache forgets that device at once.
 
-It also remembers which devices are *surely idle*: a claim found nothing, no lease of theirs
-runs, and no notification came since. An idle short poll is then answered from memory.
+It also knows which devices are *surely idle*: at each (re)connection it reads which devices
+have pending commands (one query); every other device is idle until a notification names it,
+and a device leaves that set again when a claim finds nothing and no lease of its runs. A poll
+of an idle device is answered from memory, with no query; the first polls of thousands of
+devices at once (a restart, a fleet coming online) cost no claims.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,8 +36,10 @@ from iot.sql.devices import DEVICES_CHANNEL  # payload: a device whose token cha
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_SECONDS = 5.0
-IDLE_VALID_SECONDS = 30.0
-MAX_IDLE_ENTRIES = 200_000
+_BASELINE = (
+    "SELECT DISTINCT device_id::text AS device FROM commands"
+    " WHERE status IN ('queued', 'delivered')"
+)
 
 
 class Wakeups:
@@ -50,7 +54,10 @@ class Wakeups:
         self._url = database_url
         self._on_device_changed = on_device_changed
         self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._idle: dict[str, float] = {}  # device id -> monotonic time the knowledge expires
+        # Devices that may have something to claim; every other device is surely idle, as
+        # long as `_known` (listening without a break since the baseline was read).
+        self._busy: set[str] = set()
+        self._known = False
         self._task: asyncio.Task[None] | None = None
         self._listening = False
 
@@ -86,24 +93,23 @@ class Wakeups:
     def mark_idle(self, device_id: str) -> None:
         """A claim found nothing and no lease of the device runs (call only when no
         notification arrived during that claim)."""
-        if not self._listening:
-            return
-        if len(self._idle) >= MAX_IDLE_ENTRIES:
-            self._idle.clear()
-        self._idle[device_id] = time.monotonic() + IDLE_VALID_SECONDS
+        self._busy.discard(device_id)
 
     def surely_idle(self, device_id: str) -> bool:
-        until = self._idle.get(device_id)
-        return until is not None and until > time.monotonic() and self._listening
+        return self._known and device_id not in self._busy
 
     def notify(self, device_id: str) -> None:
         """The device has new work (from a notification, or this replica's own knowledge)."""
-        self._idle.pop(device_id, None)
+        self._busy.add(device_id)
         for event in self._waiters.get(device_id, ()):
             event.set()
 
+    def _forget(self) -> None:
+        """Nothing is known any more: every poll claims until the next baseline."""
+        self._known = False
+        self._busy = set()
+
     def _wake_all(self) -> None:
-        self._idle.clear()
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
@@ -122,6 +128,11 @@ class Wakeups:
                 )
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 await conn.execute(f"LISTEN {DEVICES_CHANNEL}")
+                # Listening first, then the baseline: a command stored meanwhile is in the
+                # baseline or in a notification read after it.
+                rows = await (await conn.execute(_BASELINE)).fetchall()
+                self._busy = {r[0] for r in rows}
+                self._known = True
                 self._set_listening(True)
                 self._wake_all()  # anything sent while we were away: claim again
                 log.info("listening for new commands")
@@ -140,6 +151,7 @@ class Wakeups:
                 if self._listening:
                     log.warning("new-command listener lost: %s; reconnecting", exc)
             finally:
+                self._forget()
                 self._set_listening(False)
                 self._wake_all()
                 if conn is not None:
