@@ -124,21 +124,34 @@ def test_access_token_lifetime_is_in_the_token():
 
 
 @pytest.mark.parametrize(
-    "query,ok",
+    "query,wait",
     [
-        (b"", True),
-        (b"wait=0", True),
-        (b"wait=0&limit=10&lease=30", True),
-        (b"wait=0.0&limit=100", True),
-        (b"wait=1", False),
-        (b"limit=0", False),
-        (b"limit=101", False),
-        (b"lease=0", False),
-        (b"wait=soon", False),
-        (b"other=1", False),
+        (b"", 0.0),
+        (b"wait=0", 0.0),
+        (b"wait=0&limit=10&lease=30", 0.0),
+        (b"wait=0.0&limit=100", 0.0),
+        (b"wait=25&limit=5", 25.0),
+        (b"wait=30", 30.0),
+        (b"wait=31", None),
+        (b"wait=-1", None),
+        (b"limit=0", None),
+        (b"limit=101", None),
+        (b"lease=0", None),
+        (b"wait=soon", None),
+        (b"other=1", None),
     ],
 )
-def test_only_plainly_valid_idle_polls_take_the_shortcut(query, ok):
-    from iot.api.shortcut import _plainly_valid
+def test_only_plainly_valid_polls_take_the_shortcut(query, wait):
+    from iot.api.shortcut import plain_wait
 
-    assert _plainly_valid(query) is ok
+    assert plain_wait(query) == wait
+
+
+def test_a_woken_poll_keeps_its_other_parameters_with_the_time_left():
+    from urllib.parse import parse_qs
+
+    from iot.api.shortcut import plain_wait, with_wait
+
+    query = with_wait(b"limit=5&wait=10&lease=30", 7.25)
+    assert parse_qs(query.decode()) == {"limit": ["5"], "lease": ["30"], "wait": ["7.250"]}
+    assert plain_wait(query) == 7.25
