@@ -3,8 +3,9 @@
 number of running devices, broadcast by the master to the workers.
 
 Messages: ``load_samples`` (worker → master: sample rows), ``load_ledger`` (worker → master:
-per device what the API accepted), ``load_fleet`` (master → workers: running devices).
-The master writes ``samples.jsonl`` and ``ledger/<node>.json`` into ``LOAD_RUN_DIR``.
+per device what the API accepted), ``load_commands`` (worker → master: the commands the
+operator sent), ``load_fleet`` (master → workers: running devices). The master writes
+``samples.jsonl``, ``ledger/<node>.json`` and ``commands/<node>.json`` into ``LOAD_RUN_DIR``.
 
 Importing this module imports locust and gevent; only locustfiles import it.
 """
@@ -93,6 +94,11 @@ class Collector:
         devices = self._ledger()
         environment.runner.send_message("load_ledger", {"node": self.node, "devices": devices})
 
+    def send_commands(self, environment: Environment, sent: list[tuple[str, float]]) -> None:
+        """Send the (id, time) of the commands this process's operator sent to the master."""
+        if environment.runner is not None and not isinstance(environment.runner, MasterRunner):
+            environment.runner.send_message("load_commands", {"node": self.node, "sent": sent})
+
     def _on_test_stop(self, environment: Environment, **_: Any) -> None:
         self.send_ledger(environment)
 
@@ -106,6 +112,12 @@ class Collector:
             folder = self.run_dir / "ledger"
             folder.mkdir(exist_ok=True)
             (folder / f"{msg.data['node']}.json").write_text(json.dumps(msg.data["devices"]))
+
+    def _write_commands(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if self.run_dir:
+            folder = self.run_dir / "commands"
+            folder.mkdir(exist_ok=True)
+            (folder / f"{msg.data['node']}.json").write_text(json.dumps(msg.data["sent"]))
 
     def _set_fleet(self, environment: Environment, msg: Any, **_: Any) -> None:
         self.fleet_devices = int(msg.data.get("devices", 0))
@@ -136,6 +148,7 @@ class Collector:
             else:
                 runner.register_message("load_samples", self._write_samples)
                 runner.register_message("load_ledger", self._write_ledger)
+                runner.register_message("load_commands", self._write_commands)
             if isinstance(runner, MasterRunner):
                 gevent.spawn(self._broadcaster, environment)
             else:

@@ -242,3 +242,50 @@ def prepare(
     path = run_dir / DEVICES_FILE
     save(path, fleet)
     return path
+
+
+def sent_commands(run_dir: Path) -> list[tuple[str, float]]:
+    """The (id, time) of every command the run's operator sent (``commands/*.json``)."""
+    out: list[tuple[str, float]] = []
+    for path in sorted((run_dir / "commands").glob("*.json")):
+        out += [(str(i), float(at)) for i, at in json.loads(path.read_text())]
+    return out
+
+
+async def _cancel(base_url: str, token: str, ids: list[str], concurrency: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    gate = asyncio.Semaphore(concurrency)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+
+        async def one(command_id: str) -> None:
+            async with gate:
+                try:
+                    r = await _send(
+                        lambda: client.post(f"/commands/{command_id}/cancel"), "cancel", 5
+                    )
+                    key = {200: "cancelled", 409: "already final"}.get(r.status_code)
+                    key = key or f"HTTP {r.status_code}"
+                except FleetError:
+                    key = "no answer"
+            counts[key] = counts.get(key, 0) + 1
+
+        await asyncio.gather(*(one(i) for i in ids))
+    return counts
+
+
+def cancel_pending(
+    run_dir: Path, base_url: str, since: float, concurrency: int = 20
+) -> dict[str, int]:
+    """Cancel the run's commands sent after ``since`` (epoch s) that no device acked: answers
+    counted as ``cancelled`` or ``already final`` (409).
+
+    Raises:
+        FleetError: the load-test person cannot log in.
+    """
+    ids = [i for i, at in sent_commands(run_dir) if at >= since]
+    if not ids:
+        return {}
+    people = load(run_dir / DEVICES_FILE)
+    token = login(base_url, people.username, people.password)
+    return asyncio.run(_cancel(base_url, token, ids, concurrency))

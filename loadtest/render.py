@@ -25,6 +25,10 @@ def _ms(value: Any) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
 
+def _counts(counts: dict[str, int] | None) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items()) if counts else "none"
+
+
 def _check(ok: bool | None) -> str:
     return {True: "held", False: "**broken**", None: "not judged (< 20 events)"}[ok]
 
@@ -179,6 +183,9 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         "",
         f"Readings answered 201: {r.get('accepted', 0):,} from {r.get('devices', 0):,} devices; "
         f"dropped {r.get('dropped', 0):,}; still unsent at the end {r.get('unsent', 0):,}.",
+        "",
+        "Commands sent near the end, cancelled afterwards so that they do not expire into a "
+        f"later run: {_counts(m.get('cancelled_at_end'))}.",
         "",
         "## Steps",
         "",

@@ -318,6 +318,13 @@ def run(opts: RunOptions, progress: Callable[[str], None] = print) -> RunResult:
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     if not (run_dir / "locust_stats.csv").exists():
         raise LoadError(f"locust did not run (exit {code}); see {run_dir / 'locust.out'}")
+    try:  # commands sent near the end that no device took would expire later
+        meta["cancelled_at_end"] = fleet.cancel_pending(
+            run_dir, s.base_url, meta["ended"] - opts.poll_wait - 120
+        )
+    except fleet.FleetError as exc:
+        progress(f"warning: could not cancel the run's pending commands: {exc}")
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     progress("locust finished; waiting for Prometheus's last scrape, then writing the report")
     time.sleep(2 * _scrape_seconds(s))
     built = report.build(run_dir, f"http://{s.host}:{s.prometheus_port}", progress)

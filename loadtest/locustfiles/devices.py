@@ -90,6 +90,7 @@ class _Process:
 
     fleet: dict[str, Any] | None = None
     pool: DevicePool | None = None
+    commands: list[tuple[str, float]] = []  # (id, time) of every command answered 201
 
 
 COLLECTOR = Collector(RUN_DIR)
@@ -336,6 +337,9 @@ class OperatorUser(_Person):
 
     def on_stop(self) -> None:
         self.senders.kill()
+        # the run cancels what it sent and no device took yet, so that it does not expire
+        # later (and count against the next run's command-delivery SLO)
+        COLLECTOR.send_commands(self.environment, _Process.commands)
 
     @task
     def tick(self) -> None:
@@ -368,7 +372,9 @@ class OperatorUser(_Person):
             r = self.client.post("/commands", json=body, headers=headers, name="/commands")
             status = _status(r)
             if status == 201:
-                self.sent.append((str(r.json()["id"]), time.time()))
+                sent = (str(r.json()["id"]), time.time())
+                self.sent.append(sent)
+                _Process.commands.append(sent)
                 return
             if status == 401:
                 self._login()
