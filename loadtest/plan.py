@@ -14,6 +14,9 @@ from typing import Any
 
 from loadtest.report import GENERATOR
 
+# Part of this test stack only: the fault-injection proxy every product connection crosses.
+NOT_DEPLOYED = ("toxiproxy",)
+
 
 class PlanError(ValueError):
     """No usable step-ramp report, or parameters out of range; the message says why."""
@@ -54,8 +57,9 @@ def newest_step_report(reports: Path) -> Path:
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares ``cores = a + b * devices`` with ``a >= 0`` (through the origin when the
-    free fit's intercept is negative or there is a single point)."""
+    """Least-squares ``cores = a + b * devices`` with ``a, b >= 0``: a cost that does not grow
+    with the devices is fixed (``b = 0``, ``a`` = the mean); one whose free fit has a negative
+    intercept, or a single point, goes through the origin."""
     pts = [(x, y) for x, y in points if x > 0]
     if not pts:
         return 0.0, 0.0
@@ -69,7 +73,9 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
         if vx > 0:
             b = sum((x - mx) * (y - my) for x, y in pts) / vx
             a = my - b * mx
-            if a >= 0 and b >= 0:
+            if b <= 0:
+                return my, 0.0
+            if a >= 0:
                 return a, b
     return 0.0, max(sxy / sxx, 0.0)
 
@@ -136,7 +142,7 @@ def plan(
         if g == "api" or g.startswith("worker-"):
             row["processes"] = max(1, math.ceil(cores / target_utilisation))
         components.append(row)
-    system = [c for c in components if c["component"] != GENERATOR]
+    system = [c for c in components if c["component"] not in (GENERATOR, *NOT_DEPLOYED)]
     total = sum(c["predicted_cores"] for c in system)
     by_name = {c["component"]: c for c in components}
     largest = max(s["devices"] for s in steps)
@@ -186,7 +192,8 @@ def plan(
             "worker process uses at most one core (one Python process each)",
             "RabbitMQ, Postgres and Redis are sized as single nodes by CPU only; memory, disk "
             "and network are not measured here",
-            "the load generator is not part of the deployment (shown separately)",
+            "the load generator is not part of the deployment (shown separately); neither is "
+            "toxiproxy (the chaos tests' fault proxy, shown but not counted)",
         ],
         "warnings": warnings,
     }

@@ -450,6 +450,7 @@ def _ramp_report() -> dict:
                 "api-2": 0.1 * n / 1000,
                 "worker-sensors": 0.05 + 0.1 * n / 1000,
                 "generator": 0.2 * n / 1000,
+                "toxiproxy": 0.1 * n / 1000,
                 "machine": 1.0,
             },
         }
@@ -472,7 +473,8 @@ def _ramp_report() -> dict:
 def test_fit_is_linear_with_a_non_negative_fixed_part():
     assert plan.fit([(1000, 0.15), (2000, 0.25), (3000, 0.35)]) == pytest.approx((0.05, 0.0001))
     assert plan.fit([(1000, 0.5)]) == (0.0, 0.0005)
-    assert plan.fit([(1000, 0.3), (2000, 0.2)])[0] == 0.0  # a falling cost: through the origin
+    assert plan.fit([(1000, 0.3), (2000, 0.2)]) == pytest.approx((0.25, 0.0))  # fixed cost
+    assert plan.fit([(1000, 0.1), (2000, 0.3)]) == pytest.approx((0.0, 0.00014))  # via origin
 
 
 def test_plan_scales_per_device_costs_to_the_fleet_and_counts_processes():
@@ -482,7 +484,7 @@ def test_plan_scales_per_device_costs_to_the_fleet_and_counts_processes():
     assert p["api_replicas"] == 29  # 20 cores at 70 % each
     assert comp["worker-sensors"]["predicted_cores"] == pytest.approx(10.05)
     assert p["workers"] == {"worker-sensors": 15}
-    assert p["total_cores"] == pytest.approx(30.05)  # the generator is not deployed
+    assert p["total_cores"] == pytest.approx(30.05)  # neither the generator nor toxiproxy
     assert p["cores_to_buy"] == 43
     assert p["generator_cores"] == pytest.approx(20.0)
     assert any("33x the largest measured step" in w for w in p["warnings"])
