@@ -123,6 +123,8 @@ def _backlog(run_dir: Path, report: dict[str, Any]) -> str | None:
             ax.plot([t - t0 for t, _ in points], [v for _, v in points], label=key)
     ax.set_xlabel("seconds since the first measured window")
     ax.set_ylabel("messages ready")
+    top = max((v for points in queues.values() for _, v in points), default=0)
+    ax.set_ylim(0, max(10, top * 1.1))
     ax2 = ax.twinx()
     for points in lag.values():
         ax2.plot([t - t0 for t, _ in points], [v for _, v in points], "k:", label="ingest lag p99")
