@@ -17,7 +17,7 @@ status:
 	$(VENV)/iotctl status
 
 test: setup
-	$(VENV)/ruff check system tests
+	$(VENV)/ruff check system tests loadtest chaos
 	$(VENV)/mypy system
 	$(VENV)/iotctl up
 	$(VENV)/pytest
@@ -26,7 +26,7 @@ test-unit: setup
 	$(VENV)/pytest tests/unit
 
 lint:
-	$(VENV)/ruff check system tests
+	$(VENV)/ruff check system tests loadtest chaos
 	$(VENV)/mypy system
 
 bench:
