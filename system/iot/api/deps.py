@@ -71,6 +71,22 @@ DEVICE_CACHE_MAX = 100_000
 STALE_SECONDS = 3600.0
 
 
+_DEVICE_BEARER = b"bearer " + security.DEVICE_TOKEN_PREFIX.encode()
+
+
+def cached_device(state: State, headers: list[tuple[bytes, bytes]]) -> dict[str, Any] | None:
+    """The device whose token a request carries, when this replica's auth cache holds a fresh
+    entry for it; None otherwise (the full route then authenticates). For the ASGI shortcuts,
+    which answer only what is already known."""
+    auth = next((v for k, v in headers if k == b"authorization"), b"")
+    if auth[:11].lower() != _DEVICE_BEARER:
+        return None
+    hit = state.device_cache.get(security.hash_device_token(auth[7:].decode("latin-1")))
+    if hit is None or hit[0] <= time.monotonic():
+        return None
+    return hit[1]
+
+
 async def _device_by_token(state: State, token: str) -> dict[str, Any]:
     """The device a token belongs to, from a short per-replica cache or Postgres.
 

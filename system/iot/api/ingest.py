@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -29,14 +28,14 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from iot import messages, security
+from iot import messages
 from iot.api import metrics
+from iot.api.deps import cached_device
 from iot.api.schemas import EARLIEST, MAX_FUTURE, MAX_READINGS
 from iot.errors import IotError, Unavailable
 
 PublishTask = Callable[[str, str, dict[str, Any]], Awaitable[str]]
 _ROUTE = SimpleNamespace(path="/sensors")  # the route label metrics use
-_PREFIX = b"bearer " + security.DEVICE_TOKEN_PREFIX.encode()
 _SENSOR = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
 _MAX_BODY = 2 * 1024 * 1024  # larger bodies take the full route (nginx refuses them anyway)
@@ -173,16 +172,10 @@ class IngestShortcut:
 
     @staticmethod
     def _cached_device(scope: Scope) -> dict[str, Any] | None:
-        auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if auth[:11].lower() != _PREFIX:
-            return None
         state: Any = getattr(scope["app"].state, "iot", None)
         if state is None or getattr(state, "ingest", None) is None:
             return None
-        hit = state.device_cache.get(security.hash_device_token(auth[7:].decode("latin-1")))
-        if hit is None or hit[0] <= time.monotonic():
-            return None
-        return hit[1]  # type: ignore[no-any-return]
+        return cached_device(state, scope["headers"])
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool, bool]:

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from iot import security
+from iot.api.deps import cached_device
 from iot.commands import metrics
 
 _ROUTE = SimpleNamespace(path="/commands")  # the route label metrics use
-_PREFIX = b"bearer " + security.DEVICE_TOKEN_PREFIX.encode()
 
 
 def plain_wait(query: bytes) -> float | None:
@@ -98,16 +96,13 @@ class IdlePollShortcut:
     def _idle_device(scope: Scope) -> tuple[Any, str | None]:
         """(the command core, the device id) for a cached device token whose device is surely
         idle; (None, None) otherwise."""
-        auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if auth[:11].lower() != _PREFIX:
-            return None, None
         state: Any = getattr(scope["app"].state, "iot", None)
         if state is None or state.commands is None:
             return None, None
-        hit = state.device_cache.get(security.hash_device_token(auth[7:].decode("latin-1")))
-        if hit is None or hit[0] <= time.monotonic():
+        device = cached_device(state, scope["headers"])
+        if device is None:
             return None, None
-        device_id = str(hit[1]["id"])
+        device_id = str(device["id"])
         if not state.commands.surely_idle(device_id):
             return None, None
         return state.commands, device_id
