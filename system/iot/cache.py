@@ -8,9 +8,10 @@ order in which workers run.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,6 +22,9 @@ from iot.errors import CacheUnavailable
 
 KEY_PREFIX = "latest:"
 OWNERS_KEY = "device-owners"  # hash device id -> owner id: authorise reads without Postgres
+# hash device id -> unix ms when the worker last stored readings of the device: written in the
+# same round trip as the readings, read by GET /devices (one HMGET per page)
+SEEN_KEY = "device-last-seen"
 
 UPDATE_LATEST = """
 for i = 1, #ARGV, 3 do
@@ -94,6 +98,9 @@ def store_latest_many(client: redis.Redis, batches: list[tuple[str, list[dict[st
         with client.pipeline(transaction=False) as pipe:
             for device_id, readings in batches:
                 pipe.eval(UPDATE_LATEST, 1, key(device_id), *update_args(readings))
+            if batches:
+                seen = str(int(time.time() * 1000))
+                pipe.hset(SEEN_KEY, mapping={device_id: seen for device_id, _ in batches})
             pipe.execute()
     except _ERRORS as exc:
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
@@ -125,3 +132,24 @@ async def aget_latest(
     except _ERRORS as exc:
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
     return {d: decode(raw) for d, raw in zip(device_ids, results, strict=True) if raw}
+
+
+async def aget_last_seen(
+    client: aioredis.Redis, device_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, datetime]:
+    """When readings of each device were last stored; a device never seen is absent.
+
+    Raises:
+        CacheUnavailable: Redis does not answer.
+    """
+    if not device_ids:
+        return {}
+    try:
+        values = await client.hmget(SEEN_KEY, [str(d) for d in device_ids])
+    except _ERRORS as exc:
+        raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
+    return {
+        d: datetime.fromtimestamp(int(v) / 1000, UTC)
+        for d, v in zip(device_ids, values, strict=True)
+        if v is not None
+    }

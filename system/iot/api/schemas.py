@@ -42,6 +42,12 @@ class Device(BaseModel):
     name: str
     created_at: datetime
     token_rotated_at: datetime
+    last_seen: datetime | None = Field(
+        None, description="when readings of the device were last stored; null: never (or unknown)"
+    )
+    online: bool | None = Field(
+        None, description="last_seen within the online window (120 s); null when unknown"
+    )
 
 
 class DeviceWithToken(BaseModel):

@@ -1,23 +1,47 @@
-"""Devices, registered by their owner. A person sees only their own devices (admins all)."""
+"""Devices, registered by their owner. A person sees only their own devices (admins all).
+
+A device's ``last_seen`` is when the sensors worker last stored its readings (Redis hash
+``device-last-seen``, written in the worker's one pipeline); it is ``online`` when that was within
+``ONLINE_WINDOW``. Polls for commands do not count: they are the hot path and write nothing.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Query, Response
 
 from iot import cache, db, security
 from iot.api.access import forget_owner, remember_owner
-from iot.api.deps import AppState, CurrentUser
+from iot.api.deps import AppState, CurrentUser, State
 from iot.api.schemas import Device, DeviceCreate, DeviceList, DeviceWithToken
-from iot.errors import NotFound
+from iot.errors import CacheUnavailable, NotFound
 from iot.sql import devices as devices_sql
 
 router = APIRouter(tags=["devices"])
 log = logging.getLogger(__name__)
+ONLINE_WINDOW = timedelta(seconds=120)
+
+
+async def _with_presence(state: State, rows: list[dict[str, Any]]) -> list[Device]:
+    """Devices with ``last_seen`` and ``online``; both null when Redis does not answer."""
+    try:
+        seen = await cache.aget_last_seen(state.redis, [r["id"] for r in rows])
+    except CacheUnavailable:
+        return [Device(**r) for r in rows]
+    now = datetime.now(UTC)
+    return [
+        Device(
+            **r,
+            last_seen=seen.get(r["id"]),
+            online=r["id"] in seen and now - seen[r["id"]] <= ONLINE_WINDOW,
+        )
+        for r in rows
+    ]
 
 
 @router.post("/devices", status_code=201, response_model=DeviceWithToken)
@@ -40,7 +64,7 @@ async def list_devices(
 ) -> DeviceList:
     async with db.connection(state.pool) as conn:
         rows = await devices_sql.list_devices(conn, user.owner_filter, limit, offset)
-    return DeviceList(devices=[Device(**r) for r in rows], limit=limit, offset=offset)
+    return DeviceList(devices=await _with_presence(state, rows), limit=limit, offset=offset)
 
 
 @router.get("/devices/{device_id}", response_model=Device)
@@ -49,7 +73,8 @@ async def get_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -
         row = await devices_sql.get_device(conn, device_id, user.owner_filter)
     if row is None:
         raise NotFound("no such device")
-    return Device(**row)
+    (device,) = await _with_presence(state, [row])
+    return device
 
 
 @router.post("/devices/{device_id}/token", response_model=DeviceWithToken)
@@ -76,6 +101,7 @@ async def delete_device(device_id: uuid.UUID, user: CurrentUser, state: AppState
     await forget_owner(state, device_id)
     try:
         await state.redis.delete(cache.key(device_id))
+        await state.redis.hdel(cache.SEEN_KEY, str(device_id))
     except (redis.RedisError, OSError):
         pass  # derived data of a device that no longer exists: nothing reads it
     return Response(status_code=204)
