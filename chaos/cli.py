@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from chaos import experiment, report
 from iot.settings import get_settings
+from loadtest.background import LoadOptions
 
 app = typer.Typer(
     help="Chaos experiments: faults through toxiproxy and the supervisor, while a "
@@ -30,12 +32,38 @@ def summary() -> None:
     """The newest report of each experiment as one Markdown table.
 
     Lost, duplicated and unexpected are summed over commands, readings and command-log rows.
+    Runs under --load get their own table (the load's figures during the fault).
     """
     found = report.latest()
     if not found:
         typer.secho(f"no reports under {report.REPORTS}; run `iotctl chaos run`", err=True)
         raise typer.Exit(1)
-    typer.echo(report.summary_table([found[n] for n in sorted(found)]))
+    plain = [found[n] for n in sorted(found) if "load" not in found[n]]
+    loaded = [found[n] for n in sorted(found) if "load" in found[n]]
+    if plain:
+        typer.echo(report.summary_table(plain))
+    if loaded:
+        typer.echo(("\n" if plain else "") + "Under a background load:\n")
+        typer.echo(report.load_table(loaded))
+
+
+def load_options(
+    devices: int, processes: int = 0, devices_file: Path | None = None
+) -> LoadOptions | None:
+    """The background load ``--load`` asks for (None: no load).
+
+    Raises:
+        typer.BadParameter: a negative number of devices or processes.
+    """
+    if devices < 0:
+        raise typer.BadParameter("--load must be 0 (no load) or more devices")
+    if processes < 0:
+        raise typer.BadParameter("--load-processes must be 0 or more")
+    if devices == 0:
+        if processes or devices_file:
+            raise typer.BadParameter("--load-processes and --load-devices-file need --load N")
+        return None
+    return LoadOptions(devices=devices, processes=processes, devices_file=devices_file)
 
 
 @app.command("run")
@@ -46,12 +74,28 @@ def run(
         float | None, typer.Option(help="Seconds the fault lasts (default: the short form).")
     ] = None,
     long: Annotated[bool, typer.Option("--long", help="Use each experiment's long form.")] = False,
+    load: Annotated[
+        int,
+        typer.Option(
+            help="Run the experiment while this many emulated devices (locust, the `devices` "
+            "scenario of `iotctl load`, through nginx) load the system; their devices are "
+            "reused from the newest load run and topped up.",
+        ),
+    ] = 0,
+    load_processes: Annotated[
+        int, typer.Option(help="Locust worker processes for --load (0: one process).")
+    ] = 0,
+    load_devices_file: Annotated[
+        Path | None, typer.Option(help="Use the devices of this devices.json for --load.")
+    ] = None,
 ) -> None:
     """Run experiments; a report per run goes to reports/chaos/ (JSON, Markdown, plot).
-    Exit status 1 if any lost, duplicated or unexpected item, or a missed recovery bound."""
+    Exit status 1 if any lost, duplicated or unexpected item, or a missed recovery bound
+    (with --load: also a load reading answered 201 that is not in Postgres)."""
     if bool(name) == run_all:
         typer.secho("give an experiment name or --all", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+    background = load_options(load, load_processes, load_devices_file)
     settings = get_settings()
     failed = []
     for n in experiment.names() if run_all else [name or ""]:
@@ -62,7 +106,7 @@ def run(
                 if duration is not None
                 else (exp.long_fault_seconds if long else exp.fault_seconds)
             )
-            result = experiment.run(exp, settings, seconds, progress=typer.echo)
+            result = experiment.run(exp, settings, seconds, progress=typer.echo, load=background)
         except experiment.ExperimentError as exc:
             typer.secho(f"[{n}] could not run: {exc}", fg=typer.colors.RED, err=True)
             failed.append(n)
@@ -78,6 +122,8 @@ def run(
             f"{line}  recovery {result['recovery_seconds']}s  report {folder}",
             fg=color,
         )
+        if "load" in result:
+            typer.echo(f"[{n}] {report.load_line(result['load'])}")
         if not result["passed"]:
             failed.append(n)
     if failed:

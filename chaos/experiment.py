@@ -31,12 +31,15 @@ from chaos.fleet import Fleet, SimDevice, Timeline
 from chaos.ledger import Ledger, check
 from iot import security
 from iot.settings import Settings
+from loadtest.background import BackgroundLoad, LoadOptions
+from loadtest.runner import LoadError
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 UNSAFE = Path(__file__).parent / "unsafe"  # deliberately unsafe runs that must FAIL the check
 WARMUP_SECONDS = 5
 WARMUP_WINDOWS = 3  # the steady state must hold for one whole window within this many
 QUIET_SECONDS = 3  # no errors for this long (and a small backlog) = recovered
+BACKLOG_RECOVERED = 200  # messages; or twice the largest backlog seen before the fault
 DRAIN_TIMEOUT = 120
 CHECK_TIMEOUT = 60
 ALERT_CLEAR_SECONDS = 90  # before the fault, how long to wait for expected alerts to clear
@@ -121,9 +124,74 @@ def run(
     settings: Settings,
     fault_seconds: float | None = None,
     progress: Callable[[str], None] = print,
+    load: LoadOptions | None = None,
 ) -> dict[str, Any]:
-    """Run the experiment; returns the report (a dict). Raises ExperimentError if it cannot."""
+    """Run the experiment; returns the report (a dict). Raises ExperimentError if it cannot.
+
+    With ``load``, that many locust devices (``loadtest/``, through nginx) run from before the
+    steady-state check until the experiment's fleet has drained. The ledger still covers the
+    experiment's own fleet; the load's failures are reported per phase (before, during and
+    after the fault), and its readings answered 201 must all be in Postgres too.
+    """
+    if load is None:
+        return _run(exp, settings, fault_seconds, progress)
+    background = BackgroundLoad(load)
+    progress(f"[{exp.name}] load: starting {load.devices} locust devices")
+    try:
+        background.start(lambda m: progress(f"[{exp.name}] load: {m}"))
+    except LoadError as exc:
+        raise ExperimentError(f"the load could not start: {exc}") from exc
+    report: dict[str, Any] = {}
+    try:
+        report = _run(exp, settings, fault_seconds, progress, background)
+    finally:
+        windows = _load_windows(report, background.ready_at or time.time())
+        try:
+            figures = background.finish(windows, lambda m: progress(f"[{exp.name}] load: {m}"))
+        except LoadError as exc:
+            if report:  # the experiment ran: its verdict must say the load report is missing
+                report.setdefault("problems", []).append(f"load: {exc}")
+                report["passed"] = False
+            progress(f"[{exp.name}] load: {exc}")
+            figures = None
+    if figures is not None:
+        report["load"] = figures
+        missing = figures["readings"].get("missing")
+        if missing is None:
+            report["problems"].append("load: its readings could not be compared with Postgres")
+        elif missing:
+            report["problems"].append(f"load: {missing} readings answered 201 not in Postgres")
+        report["passed"] = not report["problems"]
+    return report
+
+
+def _load_windows(report: dict[str, Any], ready_at: float) -> dict[str, tuple[float, float]]:
+    """The phases of an experiment the load figures are given for (epoch s): from the load's
+    devices all running to the fault, the fault, from its end to recovery, from recovery to
+    the end of the drain, and all of it."""
+    if "fault_start" not in report:
+        return {}
+    start, end = report["fault_start"], report["fault_end"]
+    recovered = end + (report.get("recovery_seconds") or 0.0)
+    drained = max(report.get("drained_at") or recovered, recovered)
+    return {
+        "before": (min(ready_at, start), start),
+        "fault": (start, end),
+        "recovery": (end, recovered),
+        "after": (recovered, drained),
+        "whole": (min(ready_at, start), drained),
+    }
+
+
+def _run(
+    exp: Experiment,
+    settings: Settings,
+    fault_seconds: float | None,
+    progress: Callable[[str], None],
+    background: BackgroundLoad | None = None,
+) -> dict[str, Any]:
     fault_seconds = fault_seconds if fault_seconds is not None else exp.fault_seconds
+    load_status = background.status if background is not None else None
     actions = Actions(settings)
     sampler = probes.Sampler(settings)
     progress(f"[{exp.name}] steady state: waiting for every component to be healthy")
@@ -175,7 +243,9 @@ def run(
         try:
             for a in exp.method:
                 actions.run(**a)
-            _sample_for(sampler, fault_seconds, progress, exp.name, timeline, fault_start)
+            _sample_for(
+                sampler, fault_seconds, progress, exp.name, timeline, fault_start, load_status
+            )
         finally:
             for a in exp.rollbacks:
                 actions.run(**a)
@@ -190,6 +260,8 @@ def run(
             fault_end,
             exp.recovery_bound + 30,
             lambda m: progress(f"[{exp.name}] {m}"),
+            _backlog_limit(sampler.backlog, fault_start),
+            load_status,
         )
         recovery = None if recovered_at is None else max(recovered_at - fault_end, 0.0)
 
@@ -203,6 +275,7 @@ def run(
             sampler.sample()
             time.sleep(1)
         drained = fleet.drained()
+        drained_at = time.time()
         fleet.stop()
         # Alerts need a scrape and an evaluation (5 s each) after the symptom, plus their
         # `for:`; a process restarted by the supervisor is seen only once it is scraped again.
@@ -224,7 +297,9 @@ def run(
                 "fault_end": fault_end,
                 "recovery_seconds": None if recovery is None else round(recovery, 1),
                 "drained": drained,
-                "drain_seconds": round(time.time() - drain_start, 1),
+                "drain_seconds": round(drained_at - drain_start, 1),
+                "drained_at": drained_at,
+                "backlog_recovered_below": _backlog_limit(sampler.backlog, fault_start),
                 "ledger": ledger.snapshot(),
                 "counts": counts,
                 "alerts_fired": detected,
@@ -292,6 +367,7 @@ def _sample_for(
     name: str = "",
     timeline: Timeline | None = None,
     since: float = 0.0,
+    load_status: Callable[[], str] | None = None,
 ) -> None:
     end = time.time() + seconds
     last_report = time.time()
@@ -304,8 +380,20 @@ def _sample_for(
                 f"[{name}]   {time.time() - since:4.0f}s: "
                 f"{timeline.requests_between(since, time.time())} requests, "
                 f"{timeline.errors_between(since, time.time())} errors, "
-                f"backlog {sampler.backlog[-1][1]}"
+                f"backlog {sampler.backlog[-1][1]}" + _with_load(load_status)
             )
+
+
+def _with_load(load_status: Callable[[], str] | None) -> str:
+    """`` | load ...`` for a progress line when a background load runs."""
+    return f" | {load_status()}" if load_status is not None else ""
+
+
+def _backlog_limit(backlog: list[tuple[float, int | None]], before: float) -> int:
+    """The backlog under which the system counts as recovered: BACKLOG_RECOVERED, or twice
+    the largest backlog sampled before ``before`` (a loaded system has a standing backlog)."""
+    seen = [d for t, d in backlog if t < before and d is not None]
+    return max(BACKLOG_RECOVERED, 2 * max(seen, default=0))
 
 
 def _wait_recovery(
@@ -314,9 +402,11 @@ def _wait_recovery(
     since: float,
     limit: float,
     progress: Callable[[str], None] = print,
+    backlog_limit: int = BACKLOG_RECOVERED,
+    load_status: Callable[[], str] | None = None,
 ) -> float | None:
     """The first moment after ``since`` from which there were no errors for QUIET_SECONDS and
-    the backlog was small; None if not within ``limit`` seconds."""
+    the backlog was at most ``backlog_limit``; None if not within ``limit`` seconds."""
     deadline = since + limit
     candidate = since
     last_report = since
@@ -329,12 +419,12 @@ def _wait_recovery(
             causes = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"
             progress(
                 f"  +{now - since:3.0f}s after the fault: {sum(kinds.values())} errors in the "
-                f"last 5s ({causes}), backlog {sampler.backlog[-1][1]}"
+                f"last 5s ({causes}), backlog {sampler.backlog[-1][1]}" + _with_load(load_status)
             )
         if timeline.errors_between(int(candidate), now + 1):
             candidate = now
         depth = sampler.backlog[-1][1]
-        if depth is None or depth > 200:
+        if depth is None or depth > backlog_limit:
             candidate = now
         if now - candidate >= QUIET_SECONDS:
             return candidate

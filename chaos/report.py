@@ -18,12 +18,74 @@ REPORTS = Path(__file__).resolve().parents[1] / "reports" / "chaos"
 def write(report: dict[str, Any], root: Path = REPORTS) -> Path:
     """Write report.json, report.md and timeline.png into a new folder; returns the folder."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(report.get("fault_start", time.time())))
-    folder = root / f"{stamp}-{report['experiment']}"
+    folder = root / f"{stamp}-{label(report).replace(' ', '-')}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
     plot(report, folder / "timeline.png")
     (folder / "report.md").write_text(markdown(report))
     return folder
+
+
+def label(r: dict[str, Any]) -> str:
+    """The experiment's name, with `` load N`` when it ran under a background load."""
+    load = r.get("load")
+    return f"{r['experiment']} load {load['devices']}" if load else r["experiment"]
+
+
+def _statuses(by_status: dict[str, int]) -> str:
+    return ", ".join(f"{n} × {s}" for s, n in sorted(by_status.items())) or "none"
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:,.0f} ms"
+
+
+def load_line(load: dict[str, Any]) -> str:
+    """One line about the background load: devices, what happened during the fault, the
+    readings check and where locust's reports are."""
+    f = load["windows"].get("fault") or {}
+    r = load.get("readings") or {}
+    failed = _statuses(f.get("failures_by_status") or {})
+    return (
+        f"load: {load['devices']} devices, {load['run']['requests_per_s']:g} req/s; during the "
+        f"fault {f.get('requests_per_s', 0):g} req/s, failures {failed}"
+        f", p99 POST /sensors {_ms(f.get('sensors_p99_ms'))}; readings answered 201 "
+        f"{r.get('accepted', '?')}, missing in Postgres {r.get('missing', 'not checked')}; "
+        f"locust reports {load['reports']}"
+    )
+
+
+def _load_markdown(load: dict[str, Any]) -> list[str]:
+    r = load.get("readings") or {}
+    lines = [
+        "",
+        f"## Background load: {load['devices']} emulated devices (locust)",
+        "",
+        "The ledger above covers the experiment's own fleet; the load's failed requests are "
+        "expected during the fault and not counted as loss, but every reading it got a 201 "
+        "for must be in Postgres.",
+        "",
+        "| phase | seconds | requests/s | failed | failures by status | POST /sensors p99 "
+        "| command e2e p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    phases = {**load["windows"], "locust run": load["run"]}
+    for name, w in phases.items():
+        if not w["seconds"]:  # e.g. no recovery phase after a kill
+            continue
+        lines.append(
+            f"| {name} | {w['seconds']:g} | {w['requests_per_s']:g} | {w['failures']} | "
+            f"{_statuses(w['failures_by_status'])} | {_ms(w['sensors_p99_ms'])} | "
+            f"{_ms(w['command_e2e_p99_ms'])} |"
+        )
+    lines += [
+        "",
+        f"- readings answered 201: {r.get('accepted', '?')} from {r.get('devices', '?')} "
+        f"devices; in Postgres {r.get('stored', '?')}, missing {r.get('missing', 'not checked')}"
+        f" (extra rows {r.get('extra', '?')}: attempts stored although their answer was lost)",
+        f"- locust's reports (CSV, HTML, capacity report): `{load['reports']}`",
+    ]
+    return lines
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -56,6 +118,8 @@ def markdown(r: dict[str, Any]) -> str:
     }
     for name, t in sorted(others.items()):
         lines.append(f"- also {name}: fired at {t} s")
+    if r.get("load"):
+        lines += _load_markdown(r["load"])
     if r.get("problems"):
         lines += ["", "Problems:"] + [f"- {p}" for p in r["problems"]]
     lines += ["", "![timeline](timeline.png)", ""]
@@ -96,7 +160,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
 
 def latest(root: Path = REPORTS) -> dict[str, dict[str, Any]]:
-    """The newest report of each experiment under ``root``, by experiment name."""
+    """The newest report of each experiment under ``root``, by :func:`label` (the experiment's
+    name, and its load if it ran under one)."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(root.glob("*/report.json")):  # folder names start with the UTC time
         try:
@@ -104,7 +169,7 @@ def latest(root: Path = REPORTS) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if "counts" in r:
-            found[r["experiment"]] = r
+            found[label(r)] = r
     return found
 
 
@@ -132,6 +197,41 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
             sum(r.get("error_causes", {}).values()),
             r.get("recovery_seconds"),
             alerts or "–",
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def load_table(reports: list[dict[str, Any]]) -> str:
+    """The table of experiments under a background load (chaos/README.md): loss in the
+    experiment's ledger, recovery, and what the load saw during the fault."""
+    lines = [
+        "| experiment | load devices | fault s | run s | lost / duplicated / unexpected "
+        "| recovery s | load req/s during the fault | load failures during the fault "
+        "| POST /sensors p99 during the fault | load readings 201 / missing in Postgres |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        load = r["load"]
+        counts = r["counts"].values()
+        f = load["windows"].get("fault") or {}
+        readings = load.get("readings") or {}
+        loss = "{} / {} / {}".format(
+            sum(c["lost"] for c in counts),
+            sum(c["duplicated"] for c in counts),
+            sum(c["unexpected"] for c in counts),
+        )
+        cells = [
+            r["experiment"],
+            f"{load['devices']:,}",
+            f"{r['fault_seconds']:g}",
+            f"{load['windows'].get('whole', {}).get('seconds', 0):g}",
+            loss,
+            r.get("recovery_seconds"),
+            f"{f.get('requests_per_s', 0):g}",
+            f"{f.get('failures', 0):,} ({_statuses(f.get('failures_by_status') or {})})",
+            _ms(f.get("sensors_p99_ms")),
+            f"{readings.get('accepted', '?'):,} / {readings.get('missing', 'not checked')}",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

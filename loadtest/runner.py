@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports" / "load"
 LOCUSTFILES = Path(__file__).resolve().parent / "locustfiles"
 PROGRESS_EVERY = 10.0
+STOP_FILE = "stop"  # in the run folder: the shape ends the run when it appears
 
 
 class LoadError(RuntimeError):
@@ -61,6 +62,7 @@ class RunOptions:
     reuse: bool = False
     devices_file: Path | None = None
     verify: bool = True
+    verify_wait: float = 60.0  # seconds the accepted readings may take to reach Postgres
 
 
 @dataclass
@@ -138,6 +140,7 @@ def _env(opts: RunOptions, profile: profiles.Profile, run_dir: Path, devices: Pa
             "LOAD_VIEWERS": str(opts.viewers),
             "LOAD_WORKERS": str(max(1, opts.processes, opts.external_workers)),
             "LOAD_RUN_STARTED": f"{time.time():.3f}",
+            "LOAD_STOP_FILE": str(run_dir / STOP_FILE),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -216,41 +219,91 @@ def _locust_version() -> str:
         return ""
 
 
-def _run_locust(
-    cmd: list[str], env: dict, run_dir: Path, limit: float, progress: Callable[[str], None]
-) -> int:
-    started = time.monotonic()
-    with (run_dir / "locust.out").open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        sampler = cpu.Sampler(run_dir / "cpu.jsonl", _roots(get_settings(), proc.pid))
-        sampler.start()
+class Running:
+    """A locust run started by :func:`start`: its folder, process and CPU sampler. End it with
+    :func:`finish` (which :meth:`stop` asks the shape to drain first, or lets the profile end)."""
+
+    def __init__(
+        self,
+        opts: RunOptions,
+        profile: profiles.Profile,
+        run_dir: Path,
+        meta: dict[str, Any],
+        proc: subprocess.Popen[bytes],
+        sampler: cpu.Sampler,
+        out: Any,
+    ) -> None:
+        self.opts, self.profile, self.run_dir, self.meta = opts, profile, run_dir, meta
+        self.proc, self.sampler, self._out = proc, sampler, out
+        self.started = time.monotonic()
+        self.limit = profile.duration + 180 + (600 if opts.external_workers else 0)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def history(self) -> dict[str, dict[str, str]]:
+        """Locust's newest statistics row per (type, name)."""
+        return _latest_history(self.run_dir / "locust_stats_history.csv")
+
+    def line(self) -> str:
+        """One progress line from locust's newest statistics."""
+        return progress_line(self.history(), self.elapsed)
+
+    def reached(self) -> bool:
+        """Whether the shape has started every device of its last planned step."""
+        last = self.profile.steps()[-1].index
+        return any(
+            e.get("event") == "reached" and e.get("index") == last
+            for e in _events(self.run_dir / "steps.jsonl")
+        )
+
+    def stop(self) -> None:
+        """Ask the shape to end the run now: zero users (each finishes its request), the last
+        samples and ledgers flushed, then locust exits."""
+        (self.run_dir / STOP_FILE).touch()
+
+    def wait(self, progress: Callable[[str], None]) -> int:
+        """Wait for locust to exit, printing progress every PROGRESS_EVERY seconds; stops it
+        (SIGINT, then SIGKILL) if it overruns its profile by three minutes. Returns its exit
+        status."""
         try:
             while True:
                 try:
-                    code = proc.wait(timeout=PROGRESS_EVERY)
+                    code = self.proc.wait(timeout=PROGRESS_EVERY)
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                elapsed = time.monotonic() - started
-                progress(
-                    progress_line(_latest_history(run_dir / "locust_stats_history.csv"), elapsed)
-                )
-                if elapsed > limit:
-                    progress(f"locust overran its {limit:.0f} s: stopping it")
-                    proc.send_signal(signal.SIGINT)
+                progress(self.line())
+                if self.elapsed > self.limit:
+                    progress(f"locust overran its {self.limit:.0f} s: stopping it")
+                    self.proc.send_signal(signal.SIGINT)
                     try:
-                        code = proc.wait(timeout=30)
+                        code = self.proc.wait(timeout=30)
                     except subprocess.TimeoutExpired:
-                        proc.kill()
-                        code = proc.wait()
+                        self.proc.kill()
+                        code = self.proc.wait()
                     break
         except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
             raise
         finally:
-            sampler.stop()
-    return code
+            self.sampler.stop()
+            self._out.close()
+        return code
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            continue
+    return out
 
 
 def run(opts: RunOptions, progress: Callable[[str], None] = print) -> RunResult:
@@ -259,6 +312,15 @@ def run(opts: RunOptions, progress: Callable[[str], None] = print) -> RunResult:
     Raises:
         LoadError: the stack is not running, an unknown scenario, bad shape parameters, the
             devices could not be registered, or locust did not run (its log is named).
+    """
+    return finish(start(opts, progress), progress)
+
+
+def start(opts: RunOptions, progress: Callable[[str], None] = print) -> Running:
+    """Check the stack, prepare the devices and start locust headless in the background.
+
+    Raises:
+        LoadError: as :func:`run`.
     """
     s = get_settings()
     if opts.scenario not in scenarios():
@@ -311,8 +373,23 @@ def run(opts: RunOptions, progress: Callable[[str], None] = print) -> RunResult:
         f"running {opts.scenario} ({opts.shape}, up to {profile.max_devices} devices, "
         f"{profile.duration:.0f} s); results in {run_dir}"
     )
-    limit = profile.duration + 180 + (600 if opts.external_workers else 0)
-    code = _run_locust(cmd, env, run_dir, limit, progress)
+    out = (run_dir / "locust.out").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    sampler = cpu.Sampler(run_dir / "cpu.jsonl", _roots(s, proc.pid))
+    sampler.start()
+    return Running(opts, profile, run_dir, meta, proc, sampler, out)
+
+
+def finish(running: Running, progress: Callable[[str], None] = print) -> RunResult:
+    """Wait for locust to end, then cancel the run's unanswered commands, write the capacity
+    report and (unless ``verify`` is off) compare the readings answered 201 with Postgres.
+
+    Raises:
+        LoadError: locust did not run (its log is named).
+    """
+    s = get_settings()
+    opts, run_dir, meta = running.opts, running.run_dir, running.meta
+    code = running.wait(progress)
     meta["ended"] = time.time()
     meta["locust_exit"] = code
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -330,7 +407,9 @@ def run(opts: RunOptions, progress: Callable[[str], None] = print) -> RunResult:
     built = report.build(run_dir, f"http://{s.host}:{s.prometheus_port}", progress)
     if opts.verify:
         try:
-            built["readings"].update(verify.check(run_dir, s.database_direct_url, 60, progress))
+            built["readings"].update(
+                verify.check(run_dir, s.database_direct_url, opts.verify_wait, progress)
+            )
         except Exception as exc:  # noqa: BLE001 - the report is still worth writing
             progress(f"warning: could not compare the ledger with Postgres: {exc}")
         (run_dir / "report.json").write_text(json.dumps(built, indent=1, default=str))

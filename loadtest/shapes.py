@@ -12,7 +12,9 @@ the locustfile sets :attr:`FleetShape.extra_users` when locust starts.
 When the profile is over the shape first asks for zero users, so that every user finishes the
 request it is in (locust's ``--stop-timeout``) and the workers report their last samples, and
 ends the test only when no user is left and one more sample flush has passed (or after
-``LOAD_DRAIN_SECONDS``, 60). A headless locust would otherwise quit its workers at once.
+``LOAD_DRAIN_SECONDS``, 60). A headless locust would otherwise quit its workers at once. The
+same drain starts early when the file ``LOAD_STOP_FILE`` names appears (a run in the background
+of something else, e.g. a chaos experiment, ends when that does).
 
 Importing this module imports locust (and so patches the process with gevent).
 """
@@ -30,6 +32,7 @@ from locust import LoadTestShape
 from loadtest import profiles
 
 ENV_RUN_DIR = "LOAD_RUN_DIR"
+ENV_STOP_FILE = "LOAD_STOP_FILE"  # when this file appears, the run ends early (and drains)
 FLUSH_GRACE = 7.0  # seconds after the last user stopped: workers flush their samples every 5 s
 
 
@@ -72,6 +75,8 @@ class FleetShape(LoadTestShape):
         self._draining: float | None = None
         self._empty_since: float | None = None
         self.drain_limit = float(os.environ.get("LOAD_DRAIN_SECONDS") or 60)
+        stop = os.environ.get(ENV_STOP_FILE, "").strip()
+        self.stop_file = Path(stop) if stop else None
 
     def _drain(self, t: float) -> tuple[int, float] | None:
         """After the profile: zero users until they are all gone and flushed, then the end."""
@@ -90,7 +95,10 @@ class FleetShape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         t = self.get_run_time()
-        target = self.profile.target(t)
+        stopped = self._draining is not None or (
+            self.stop_file is not None and self.stop_file.exists()
+        )
+        target = None if stopped else self.profile.target(t)
         if target is None:
             return self._drain(t)
         users = target.devices + self.extra_users
