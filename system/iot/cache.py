@@ -3,7 +3,8 @@
 Redis holds only derived data (Postgres is the record), so a failure here is never a reason to
 refuse a reading. The update is a Lua script that compares timestamps inside Redis, so an older
 reading (a redelivery, a device flushing its buffer) never overwrites a newer one, whatever the
-order in which workers run.
+order in which workers run. A reading with the same timestamp replaces the cached one, as it
+replaces the row in Postgres (last write wins; within one call, the later in the list).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ for i = 1, #ARGV, 3 do
   local newer = true
   if current then
     local current_ts = tonumber(string.match(current, '^(-?%d+)|'))
-    if current_ts and current_ts >= tonumber(ARGV[i + 1]) then newer = false end
+    if current_ts and current_ts > tonumber(ARGV[i + 1]) then newer = false end
   end
   if newer then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])

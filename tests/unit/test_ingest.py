@@ -45,6 +45,13 @@ def test_a_plain_body_becomes_the_workers_readings() -> None:
     ]
 
 
+def test_a_reading_without_ts_is_stamped_with_the_receive_time() -> None:
+    got = plain_readings(body({"sensor": "t", "value": 1}, GOOD), NOW)
+    assert got is not None
+    assert got[0]["ts"] == NOW.isoformat()
+    assert got[1]["ts"] == "2026-11-30T11:59:00+00:00"
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -54,7 +61,7 @@ def test_a_plain_body_becomes_the_workers_readings() -> None:
         body(GOOD, extra=1),  # unknown top-level field
         body(*[GOOD] * 1001),  # too many
         body({**GOOD, "unit": "C"}),  # unknown field
-        body({"sensor": "t", "value": 1}),  # no ts
+        body({"sensor": "t", "value": 1, "ts": None}),  # null is not "absent"
         body({**GOOD, "sensor": "has space"}),
         body({**GOOD, "sensor": "x" * 65}),
         body({**GOOD, "value": True}),
@@ -161,6 +168,19 @@ async def test_the_shortcut_and_the_full_route_answer_alike(client, ingest) -> N
     assert plain.json() == full.json() == {"accepted": 1}
     assert [b["device_id"] for b in ingest.batches] == [str(device_id)] * 2
     assert [b["readings"][0]["value"] for b in ingest.batches] == [1.0, 2.5]
+
+
+async def test_both_paths_stamp_a_reading_without_ts_with_the_receive_time(client, ingest):
+    _, auth = _device(client)
+    before = datetime.now(UTC)
+    for value in (1, "2.5"):  # the shortcut, then the full route
+        r = await client.post(
+            "/sensors", json={"readings": [{"sensor": "t", "value": value}]}, headers=auth
+        )
+        assert r.status_code == 201, r.text
+    after = datetime.now(UTC)
+    stamps = [datetime.fromisoformat(b["readings"][0]["ts"]) for b in ingest.batches]
+    assert len(stamps) == 2 and all(before <= ts <= after for ts in stamps)
 
 
 async def test_invalid_readings_get_the_full_routes_422_and_nothing_is_published(

@@ -107,27 +107,32 @@ def plain_readings(body: bytes, now: datetime) -> list[dict[str, Any]] | None:
     latest = now + MAX_FUTURE
     out = []
     for r in items:
-        if not isinstance(r, dict) or not {"sensor", "value", "ts"} <= r.keys() <= _FIELDS:
+        if not isinstance(r, dict) or not _REQUIRED <= r.keys() <= _FIELDS:
             return None
-        sensor, value, ts, rid = r["sensor"], r["value"], r["ts"], r.get("id")
+        sensor, value, rid = r["sensor"], r["value"], r.get("id")
         if not isinstance(sensor, str) or not _SENSOR.fullmatch(sensor):
             return None
         if type(value) not in (int, float) or not math.isfinite(value):
             return None
-        if not isinstance(ts, str) or not _RFC3339.fullmatch(ts):
-            return None
-        try:
-            when = datetime.fromisoformat(ts)
-        except ValueError:
-            return None
-        if when < EARLIEST or when > latest:
-            return None
+        if "ts" in r:
+            ts = r["ts"]
+            if not isinstance(ts, str) or not _RFC3339.fullmatch(ts):
+                return None
+            try:
+                when = datetime.fromisoformat(ts)
+            except ValueError:
+                return None
+            if when < EARLIEST or when > latest:
+                return None
+        else:
+            when = now  # a device without a set clock: stamped with the receive time
         if rid is not None and (not isinstance(rid, str) or len(rid) > 64):
             return None
         out.append({"sensor": sensor, "value": float(value), "ts": when.isoformat(), "id": rid})
     return out
 
 
+_REQUIRED = frozenset({"sensor", "value"})
 _FIELDS = frozenset({"sensor", "value", "ts", "id"})
 
 
@@ -148,7 +153,8 @@ class IngestShortcut:
         body, more, connected = await _read_body(receive)
         if not connected:
             return  # the client is gone: nothing to answer
-        readings = None if more else plain_readings(body, datetime.now(UTC))
+        received = datetime.now(UTC)
+        readings = None if more else plain_readings(body, received)
         if readings is None:
             await self.app(scope, _replay(body, more, receive), send)
             return
@@ -156,7 +162,7 @@ class IngestShortcut:
         state: Any = scope["app"].state.iot
         batch = {
             "device_id": str(device["id"]),
-            "received_at": datetime.now(UTC).isoformat(),
+            "received_at": received.isoformat(),
             "readings": readings,
         }
         try:

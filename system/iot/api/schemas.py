@@ -66,7 +66,12 @@ class DeviceList(BaseModel):
 class Reading(Request):
     sensor: SensorName
     value: float
-    ts: AwareDatetime = Field(description="RFC 3339 with a time zone")
+    ts: AwareDatetime = Field(
+        default_factory=lambda: datetime.now(UTC),
+        description="RFC 3339 with a time zone; when absent, the time the API received it"
+        " (a device whose clock is not set yet). Readings are keyed (device, sensor, ts): a"
+        " later reading with the same key replaces the value (last write wins).",
+    )
     id: Annotated[str | None, Field(max_length=64)] = None
 
     @field_validator("ts")

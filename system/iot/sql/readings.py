@@ -8,22 +8,33 @@ from typing import Any
 
 import psycopg
 
-# Rows of a device deleted while its readings were queued are dropped by the EXISTS clause;
-# ON CONFLICT makes a redelivered batch (or a reading sent twice) a no-op. One statement for
+# A reading's identity is (device, sensor, ts): a retry of the same reading changes nothing (the
+# WHERE of DO UPDATE leaves an equal value alone), a different value for the same key replaces
+# the stored one - last write wins, "last" by the time the API received it, so a redelivered
+# older message never undoes a correction. Postgres refuses DO UPDATE touching one row twice in
+# a statement, so DISTINCT ON keeps the last of equal keys in the statement (by position;
+# timestamptz equality also catches one instant written with two offsets). Rows of a device
+# deleted while its readings were queued are dropped by the EXISTS clause. One statement for
 # the batches of several devices (the API coalesces requests into one message).
 _INSERT = """
-INSERT INTO readings (device_id, sensor, ts, value, client_id, received_at)
-SELECT u.device_id, u.sensor, u.ts, u.value, u.client_id, u.received_at
+INSERT INTO readings AS r (device_id, sensor, ts, value, client_id, received_at)
+SELECT DISTINCT ON (u.device_id, u.sensor, u.ts)
+       u.device_id, u.sensor, u.ts, u.value, u.client_id, u.received_at
 FROM unnest(%(devices)s::uuid[], %(sensors)s::text[], %(ts)s::timestamptz[],
             %(values)s::float8[], %(ids)s::text[], %(received)s::timestamptz[])
-     AS u(device_id, sensor, ts, value, client_id, received_at)
+     WITH ORDINALITY AS u(device_id, sensor, ts, value, client_id, received_at, n)
 WHERE EXISTS (SELECT 1 FROM devices WHERE id = u.device_id)
-ON CONFLICT (device_id, sensor, ts) DO NOTHING
+ORDER BY u.device_id, u.sensor, u.ts, u.n DESC
+ON CONFLICT (device_id, sensor, ts) DO UPDATE
+SET value = EXCLUDED.value, client_id = EXCLUDED.client_id, received_at = EXCLUDED.received_at,
+    stored_at = now()
+WHERE r.value IS DISTINCT FROM EXCLUDED.value AND r.received_at <= EXCLUDED.received_at
 """
 
 
 def insert_batches(conn: psycopg.Connection[Any], batches: list[dict[str, Any]]) -> int:
-    """Store the readings of several batches in one statement; returns how many rows were new."""
+    """Store the readings of several batches in one statement; returns how many rows were new
+    or changed (a retry of a stored reading counts none)."""
     devices, sensors, ts, values, ids, received = [], [], [], [], [], []
     for batch in batches:
         device = uuid.UUID(batch["device_id"])
