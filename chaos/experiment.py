@@ -277,6 +277,8 @@ def _run(
         drained = fleet.drained()
         drained_at = time.time()
         fleet.stop()
+        if background is not None:  # its devices finish their requests while we check
+            background.stop()
         # Alerts need a scrape and an evaluation (5 s each) after the symptom, plus their
         # `for:`; a process restarted by the supervisor is seen only once it is scraped again.
         while (

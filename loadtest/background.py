@@ -132,6 +132,11 @@ class BackgroundLoad:
             return ""
         return status_line(self.running.history())
 
+    def stop(self) -> None:
+        """Ask locust to end (it drains in the background); :meth:`finish` waits for it."""
+        if self.running is not None:
+            self.running.stop()
+
     def stop_now(self) -> None:
         """End locust without a report (start failed)."""
         if self.running is not None and self.running.proc.poll() is None:

@@ -390,7 +390,10 @@ def finish(running: Running, progress: Callable[[str], None] = print) -> RunResu
     s = get_settings()
     opts, run_dir, meta = running.opts, running.run_dir, running.meta
     code = running.wait(progress)
-    meta["ended"] = time.time()
+    # when the shape ended the run (locust may have exited a while before a caller came to
+    # wait for it), else now
+    drained = [e["t"] for e in _events(run_dir / "steps.jsonl") if e.get("event") == "drained"]
+    meta["ended"] = min(drained[-1], time.time()) if drained else time.time()
     meta["locust_exit"] = code
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     if not (run_dir / "locust_stats.csv").exists():
@@ -403,7 +406,7 @@ def finish(running: Running, progress: Callable[[str], None] = print) -> RunResu
         progress(f"warning: could not cancel the run's pending commands: {exc}")
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     progress("locust finished; waiting for Prometheus's last scrape, then writing the report")
-    time.sleep(2 * _scrape_seconds(s))
+    time.sleep(max(0.0, meta["ended"] + 2 * _scrape_seconds(s) - time.time()))
     built = report.build(run_dir, f"http://{s.host}:{s.prometheus_port}", progress)
     if opts.verify:
         try:
