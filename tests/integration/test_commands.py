@@ -162,6 +162,30 @@ def test_killing_the_replica_holding_a_lease_redelivers_from_the_other(
     status_becomes(alice, cid, "succeeded")
 
 
+def test_stopping_a_replica_answers_its_waiting_long_polls_at_once(
+    alice: Person, restart_guard
+):
+    device = alice.new_device()
+    holder = device.poll(wait=0).headers["x-replica"]  # nginx routes a credential to one replica
+    answers: list[tuple[int, str, float]] = []
+
+    def wait_long() -> None:
+        started = time.monotonic()
+        r = device.poll(wait=25)
+        answers.append((r.status_code, r.headers.get("x-replica", ""), time.monotonic() - started))
+
+    poller = threading.Thread(target=wait_long)
+    poller.start()
+    time.sleep(1)  # the poll waits on the holder now
+    restart_guard(holder)  # a graceful stop (SIGTERM), as a deploy or `iotctl restart` does
+    poller.join(30)
+    # Answered by the stopping replica with "nothing yet" well before its 25 s, never cancelled
+    # with a 500 at the end of the shutdown timeout; the device simply polls again.
+    [(status, replica, took)] = answers
+    assert (status, replica) == (204, holder)
+    assert took < 15
+
+
 def test_a_device_can_neither_see_nor_ack_anothers_commands(alice: Person, make_person):
     a, b = alice.new_device("a"), alice.new_device("b")
     cid = alice.send(a, "for-a").json()["id"]

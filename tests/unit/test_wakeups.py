@@ -31,3 +31,15 @@ def test_a_notification_wakes_only_that_devices_waiters() -> None:
             return a.is_set(), b.is_set()
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+def test_draining_ends_every_wait_and_every_wait_that_begins_later() -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        w = Wakeups("postgresql://never-connected")
+        with w.waiting("a") as before:
+            assert not before.is_set()
+            w.drain()
+            with w.waiting("b") as after:
+                return before.is_set(), after.is_set(), w.draining
+
+    assert asyncio.run(scenario()) == (True, True, True)

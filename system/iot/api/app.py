@@ -1,4 +1,4 @@
-"""The FastAPI application: one per API replica process (``uvicorn iot.api.app:app``)."""
+"""The FastAPI application: one per API replica process (started by ``python -m iot.api.serve``)."""
 
 from __future__ import annotations
 

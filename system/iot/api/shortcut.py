@@ -83,6 +83,8 @@ class IdlePollShortcut:
                         woken = event.is_set()
             finally:
                 metrics.POLL_WAITERS.dec()
+            if woken and commands.wakeups.draining and commands.surely_idle(device_id):
+                woken = False  # the replica stops: answer now; the device polls elsewhere
         if woken:
             remaining = max(deadline - loop.time(), 0.0)
             scope["query_string"] = with_wait(scope.get("query_string", b""), remaining)

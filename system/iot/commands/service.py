@@ -73,6 +73,10 @@ class Commands:
         await self.wakeups.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="command-sweeper")
 
+    def drain(self) -> None:
+        """The replica is about to stop: waiting polls answer now (see Wakeups.drain)."""
+        self.wakeups.drain()
+
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
@@ -213,7 +217,7 @@ class Commands:
                         if next_lapse is None and not woken.is_set():
                             self.wakeups.mark_idle(key)
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or self.wakeups.draining:
                         return []
                     if next_lapse is not None:
                         lapse_in = (next_lapse - datetime.now(UTC)).total_seconds()

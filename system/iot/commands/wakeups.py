@@ -60,10 +60,23 @@ class Wakeups:
         self._known = False
         self._task: asyncio.Task[None] | None = None
         self._listening = False
+        self._draining = False
 
     @property
     def listening(self) -> bool:
         return self._listening
+
+    @property
+    def draining(self) -> bool:
+        """The replica is shutting down: polls claim once more and answer, none waits."""
+        return self._draining
+
+    def drain(self) -> None:
+        """End every wait now, and every wait that begins from now on: a replica that stops
+        answers its long polls (nothing, or what one last claim finds) instead of holding
+        them until its shutdown timeout cancels them."""
+        self._draining = True
+        self._wake_all()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="command-wakeups")
@@ -80,6 +93,8 @@ class Wakeups:
         """An event set when the device may have new commands. Register it *before* claiming,
         so a notification that arrives during the claim is not missed."""
         event = asyncio.Event()
+        if self._draining:
+            event.set()
         self._waiters.setdefault(device_id, set()).add(event)
         try:
             yield event

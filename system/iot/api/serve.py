@@ -1,0 +1,60 @@
+"""Run one API replica: ``python -m iot.api.serve --host H --port P``.
+
+uvicorn with the options every replica uses, and one change to its shutdown: before it stops
+taking requests and waits for open ones, the replica's long polls are answered (nothing, or
+what one last claim finds). uvicorn alone would hold them until its graceful-shutdown timeout
+and then cancel them with a 500; answered, the devices poll again at once, and nginx sends them
+to the other replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+import uvicorn
+from fastapi import FastAPI
+
+from iot.api.app import create_app
+
+GRACEFUL_SHUTDOWN_SECONDS = 5
+# Longer than nginx keeps idle upstream connections (keepalive_timeout), so uvicorn never closes
+# one that nginx is about to reuse (a 502).
+KEEP_ALIVE_SECONDS = 75
+
+
+class Replica(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(self.app.state, "iot", None)
+        if state is not None and state.commands is not None:
+            state.commands.drain()
+        await super().shutdown(sockets)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m iot.api.serve", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8101)
+    parser.add_argument("--backlog", type=int, default=4096)
+    args = parser.parse_args(argv)
+    app = create_app()
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        backlog=args.backlog,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
+    Replica(config, app).run()
+
+
+if __name__ == "__main__":
+    main()
