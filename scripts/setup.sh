@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Install what the stack needs on Debian 12 (as root): Debian packages, the Python virtualenv,
-# and toxiproxy built from its Go module. Safe to run again: it only installs what is missing.
+# Install what the stack needs on Debian 12 (as root): Debian packages (chromium for the web
+# app's browser tests), the Python virtualenv, and toxiproxy built from its Go module. Safe to run
+# again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOXIPROXY_VERSION=v2.9.0
 PACKAGES=(rabbitmq-server postgresql redis-server nginx prometheus prometheus-alertmanager
           prometheus-postgres-exporter prometheus-redis-exporter prometheus-nginx-exporter
-          supervisor openssl wrk python3-venv)
+          supervisor openssl wrk python3-venv chromium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
