@@ -40,4 +40,10 @@ if [[ ! -x var/bin/toxiproxy-server || "$(cat var/bin/toxiproxy-server.version 2
   rmdir "$tmp"
   echo "$TOXIPROXY_VERSION" > var/bin/toxiproxy-server.version
 fi
+# The MicroPython interpreter (WebAssembly port) that runs the firmware's protocol tests.
+if [[ ! -d firmware/node_modules/@micropython || firmware/package-lock.json -nt firmware/node_modules ]]; then
+  echo "==> installing MicroPython (npm) for the firmware tests"
+  (cd firmware && npm ci --no-audit --no-fund --loglevel=error)
+  touch firmware/node_modules
+fi
 echo "==> setup complete"

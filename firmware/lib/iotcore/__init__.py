@@ -1,0 +1,1 @@
+"""The device protocol core (MicroPython and CPython); see core.py."""
