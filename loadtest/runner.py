@@ -255,7 +255,7 @@ class Running:
         last = self.profile.steps()[-1].index
         return any(
             e.get("event") == "reached" and e.get("index") == last
-            for e in _events(self.run_dir / "steps.jsonl")
+            for e in cpu.read(self.run_dir / "steps.jsonl")
         )
 
     def stop(self) -> None:
@@ -292,18 +292,6 @@ class Running:
             self.sampler.stop()
             self._out.close()
         return code
-
-
-def _events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written
-            continue
-    return out
 
 
 def run(opts: RunOptions, progress: Callable[[str], None] = print) -> RunResult:
@@ -392,7 +380,7 @@ def finish(running: Running, progress: Callable[[str], None] = print) -> RunResu
     code = running.wait(progress)
     # when the shape ended the run (locust may have exited a while before a caller came to
     # wait for it), else now
-    drained = [e["t"] for e in _events(run_dir / "steps.jsonl") if e.get("event") == "drained"]
+    drained = [e["t"] for e in cpu.read(run_dir / "steps.jsonl") if e.get("event") == "drained"]
     meta["ended"] = min(drained[-1], time.time()) if drained else time.time()
     meta["locust_exit"] = code
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -299,9 +299,9 @@ def users_list() -> None:
 
 
 def _register_bench() -> None:
-    from iot.cli import bench, commands, ops
+    """The operators' subcommands (`iotctl bench` itself comes from loadtest/, a plugin)."""
+    from iot.cli import commands, ops
 
-    app.add_typer(bench.app, name="bench")
     app.add_typer(commands.app, name="commands")
     app.add_typer(ops.cache_app, name="cache")
     app.command()(ops.queues)

@@ -1,60 +1,46 @@
-"""Pure functions of ``iotctl bench``: wrk output parsing, the Lua script, the table."""
+"""``iotctl bench`` (loadtest/bench.py): wrk's results read as JSON from the Lua ``done()``
+hook, the bench's tables and the long-poll bookkeeping; then real wrk for a second against
+GET /ping through nginx (the Lua hook itself), and a one-second ``iotctl bench ingest``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from typer.testing import CliRunner
 
-from iot.cli.bench import (
-    POLL_GOAL,
-    LatencyRecord,
-    WrkResult,
-    delivery_summary,
-    latency_ms,
-    lua_script,
-    note_delivery,
-    parse_wrk,
-    percentile,
-    render_poll_table,
-    render_table,
-)
+from iot.settings import get_settings
+from loadtest import wrk
+from loadtest.bench import POLL_GOAL, app, render_poll_table, render_table
+from loadtest.pollbench import LatencyRecord, delivery_summary, note_delivery, percentile
+from loadtest.wrk import WrkError, WrkResult, read_result, result_from_json
 
-WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8080/sensors
-  2 threads and 64 connections
-  Thread Stats   Avg      Stdev     Max   +/- Stdev
-    Latency   123.45ms   50.00ms   1.20s    80.00%
-    Req/Sec   260.00     40.00   400.00     70.00%
-  Latency Distribution
-     50%  118.29ms
-     75%  150.00ms
-     90%  200.00ms
-     99%    1.02s
-  2641 requests in 5.10s, 500.00KB read
-  Socket errors: connect 0, read 1, write 0, timeout 3
-  Non-2xx or 3xx responses: 12
-Requests/sec:    518.05
-Transfer/sec:     98.00KB
-bench-status 201 2629
-bench-status 429 12
-bench-duration-us 5097991
-"""
+# What bench.lua's done() writes (durations in microseconds).
+DONE_JSON = {
+    "duration_us": 5097991,
+    "requests": 2641,
+    "bytes": 512000,
+    "errors": {"connect": 0, "read": 1, "write": 0, "status": 12, "timeout": 3},
+    "latency_us": {
+        "min": 812,
+        "mean": 123450.5,
+        "max": 1200000,
+        "stdev": 50000.0,
+        "p50": 118290,
+        "p75": 150000,
+        "p90": 200000,
+        "p99": 1020000,
+    },
+    "statuses": {"201": 2629, "429": 12},
+}
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("812.00us", 0.812), ("1.20ms", 1.2), ("2.01s", 2010.0), ("1.00m", 60_000.0)],
-)
-def test_latency_ms_converts_wrk_units(text: str, expected: float) -> None:
-    assert latency_ms(text) == pytest.approx(expected)
-
-
-def test_latency_ms_rejects_garbage() -> None:
-    with pytest.raises(ValueError):
-        latency_ms("fast")
-
-
-def test_parse_wrk_reads_every_figure() -> None:
-    r = parse_wrk(WRK_OUTPUT)
-    assert r.requests_per_s == 518.05
+def test_results_come_from_the_json_of_the_lua_done_hook(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(DONE_JSON) + "\n")
+    r = read_result(path)
+    assert r.requests_per_s == pytest.approx(2641 / 5.097991, abs=0.01)
     assert r.p50_ms == pytest.approx(118.29)
     assert r.p99_ms == pytest.approx(1020.0)
     assert r.requests == 2641
@@ -64,29 +50,26 @@ def test_parse_wrk_reads_every_figure() -> None:
     assert r.statuses == {201: 2629, 429: 12}
 
 
-def test_parse_wrk_without_optional_lines() -> None:
-    minimal = (
-        "     50%  9.34ms\n     99%  184.63ms\n  100 requests in 2.00s, 1KB read\n"
-        "Requests/sec:   50.00\n"
-    )
-    r = parse_wrk(minimal)
-    assert (r.non_2xx, r.socket_errors, r.statuses) == (0, 0, {})
-    assert r.requests == 100
-    assert r.duration_s == pytest.approx(2.0)
+def test_results_without_answers_have_no_statuses() -> None:
+    r = result_from_json({**DONE_JSON, "statuses": {}})
+    assert r.statuses == {}
 
 
-def test_parse_wrk_fails_clearly_on_missing_figures() -> None:
-    with pytest.raises(ValueError, match="Requests/sec"):
-        parse_wrk("unable to connect to 127.0.0.1:8080 Connection refused\n")
-
-
-def test_lua_script_embeds_tokens_and_escapes_formats() -> None:
-    script = lua_script("POST", "/sensors", ["dvc_a", "dvc_b"], batch=10, base=1_700_000_000)
-    assert 'local tokens = {"dvc_a", "dvc_b"}' in script
-    assert '"POST", "/sensors", 10, 1700000000' in script
-    assert 'os.date("!%Y-%m-%dT%H:%M:%S"' in script
-    assert '"ts":"%s.%06dZ"' in script
-    assert "%%" not in script
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "no readable results"),  # wrk ended before done() ran
+        ("Running 1s test @ http://127.0.0.1:8080/ping", "no readable results"),
+        ("[]", "not a JSON object"),
+        (json.dumps({k: v for k, v in DONE_JSON.items() if k != "latency_us"}), "latency_us"),
+    ],
+)
+def test_unreadable_results_fail_clearly(tmp_path: Path, content: str | None, match: str) -> None:
+    path = tmp_path / "result.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(WrkError, match=match):
+        read_result(path)
 
 
 def test_render_table_shows_ratios_and_missing_rows() -> None:
@@ -110,11 +93,6 @@ def test_render_table_shows_ratios_and_missing_rows() -> None:
     assert "requests/s" in table and "0.10" in table and "10.00" in table
     assert "missing 10" in table
     assert "429 rate limited" in table
-
-
-def test_lua_script_keeps_a_query_string_in_the_path() -> None:
-    script = lua_script("GET", "/commands?wait=0", ["dvc_a"])
-    assert '"GET", "/commands?wait=0", 1, 0' in script
 
 
 @pytest.mark.parametrize(
@@ -184,3 +162,30 @@ def test_render_poll_table_shows_ratio_goal_and_latency() -> None:
     assert "missing 1 after a 30.00 s drain" in table
     report["ratios"]["requests_per_s"] = 0.5
     assert "BELOW it" in render_poll_table(report)
+
+
+# ----- against the running stack, through nginx -----
+
+
+@pytest.mark.integration
+def test_real_wrk_for_a_second_against_ping_reports_through_the_lua_hook() -> None:
+    get_settings.cache_clear()
+    base_url = get_settings().base_url
+    tokens = [f"bench-ping-{n}" for n in range(50)]
+    r = wrk.run(base_url, "GET", "/ping", tokens, connections=4, duration=1)
+    assert r.requests > 0 and r.requests_per_s > 0
+    assert 0.9 <= r.duration_s < 5
+    assert r.statuses == {200: r.requests}  # counted by response() in every thread
+    assert r.non_2xx == 0 and r.socket_errors == 0
+    assert 0 < r.p50_ms <= r.p99_ms
+
+
+@pytest.mark.integration
+def test_bench_ingest_for_a_second_stores_every_accepted_reading() -> None:
+    out = CliRunner().invoke(
+        app, ["ingest", "--duration", "1", "--connections", "4", "--devices", "20", "--batch", "3"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "GET /ping" in out.output and "POST /sensors" in out.output
+    assert "readings/s POST -> Postgres" in out.output
+    assert "(missing 0;" in out.output
