@@ -51,16 +51,27 @@ class Login:
 
 
 @pytest.fixture
-def person(pg: psycopg.Connection, settings: Settings) -> Iterator[Login]:  # noqa: F811
-    name = f"web-{uuid.uuid4().hex[:10]}"
-    password = uuid.uuid4().hex
-    pg.execute(
-        "INSERT INTO users (id, username, password_hash, is_admin) VALUES (%s, %s, %s, %s)",
-        (uuid.uuid4(), name, security.hash_password(password), False),
-    )
-    login = Login(settings.base_url, name, password, admin=False)
-    yield login
-    login.api.close()
+def make_login(pg: psycopg.Connection, settings: Settings) -> Iterator[Callable[[bool], Login]]:  # noqa: F811
+    made: list[Login] = []
+
+    def make(admin: bool) -> Login:
+        name = f"web-{uuid.uuid4().hex[:10]}"
+        password = uuid.uuid4().hex
+        pg.execute(
+            "INSERT INTO users (id, username, password_hash, is_admin) VALUES (%s, %s, %s, %s)",
+            (uuid.uuid4(), name, security.hash_password(password), admin),
+        )
+        made.append(Login(settings.base_url, name, password, admin))
+        return made[-1]
+
+    yield make
+    for login in made:
+        login.api.close()
+
+
+@pytest.fixture
+def person(make_login: Callable[[bool], Login]) -> Login:
+    return make_login(False)
 
 
 class SimulatedDevice:
@@ -74,8 +85,8 @@ class SimulatedDevice:
     def post(self, readings: list[dict[str, Any]]) -> httpx.Response:
         return self.http.post("/sensors", json={"readings": readings})
 
-    def take_commands(self, wait: float = 20) -> list[dict[str, Any]]:
-        r = self.http.get("/commands", params={"wait": wait, "lease": 30})
+    def take_commands(self, wait: float = 20, lease: float = 30) -> list[dict[str, Any]]:
+        r = self.http.get("/commands", params={"wait": wait, "lease": lease})
         assert r.status_code in (200, 204), r.text
         return r.json()["commands"] if r.status_code == 200 else []
 

@@ -3,11 +3,12 @@ does with it and sees, with simulated devices on the other side."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -20,8 +21,14 @@ from tests.browser.conftest import PHONE, SHOTS, Login, SimulatedDevice, log_in,
 pytestmark = pytest.mark.integration
 
 
-def reading(sensor: str, value: float) -> dict[str, object]:
-    return {"sensor": sensor, "value": value, "ts": datetime.now(UTC).isoformat()}
+def reading(sensor: str, value: float, age_s: float = 0) -> dict[str, object]:
+    ts = datetime.now(UTC) - timedelta(seconds=age_s)
+    return {"sensor": sensor, "value": value, "ts": ts.isoformat()}
+
+
+def last_hour(sensor: str, base: float) -> list[dict[str, object]]:
+    """A reading every 90 s over the last hour, in a gentle wave."""
+    return [reading(sensor, round(base + 3 * math.sin(i / 5), 2), age_s=90 * i) for i in range(40)]
 
 
 def open_device(page: Page, name: str) -> None:
@@ -82,7 +89,11 @@ def test_a_command_from_the_form_goes_live_to_succeeded_with_its_timeline(
     log_in(page, person)
     name = f"valve-{uuid.uuid4().hex[:6]}"
     device = device_for(register(page, name))
+    assert (
+        device.post(last_hour("temperature", 21) + last_hour("pressure", 1013)).status_code == 201
+    )
     open_device(page, name)
+    expect(page.locator("svg.chart .line")).to_have_count(2)
 
     # Arguments are checked before anything is sent.
     page.get_by_label("Command name").fill("open_valve")
@@ -196,3 +207,48 @@ def test_rotate_and_delete_on_a_phone_sized_screen(
     expect(page.get_by_text(f"Deleted “{name}”.")).to_be_visible()
     expect(page.get_by_role("row").filter(has_text=name)).to_have_count(0)
     assert device_for(new).post([reading("t", 1)]).status_code == 401
+
+
+def test_an_admin_sees_a_dead_command_and_pages_through_the_history(
+    page: Page, make_login: Callable[[bool], Login], device_for: Callable[[str], SimulatedDevice]
+):
+    admin = make_login(True)
+    log_in(page, admin)
+    name = f"lamp-{uuid.uuid4().hex[:6]}"
+    registered = admin.api.post("/devices", json={"name": name}).json()
+    device, device_id = device_for(registered["token"]), registered["id"]
+    sent = []
+    for i in range(21):
+        body = {"device_id": device_id, "name": f"blink-{i}", "args": {}, "ttl": 600}
+        r = admin.api.post("/commands", json=body)
+        assert r.status_code == 201, r.text
+        sent.append(r.json()["id"])
+    page.evaluate(f"location.hash = '#/devices/{device_id}'")  # an admin lists every device
+    expect(page.get_by_role("heading", name=name, level=1)).to_be_visible()
+
+    rows = page.locator("#history tbody tr")
+    expect(rows).to_have_count(20)
+    expect(rows.first).to_contain_text("blink-20")
+    page.get_by_role("button", name="Older").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("blink-0")
+    page.get_by_role("button", name="Newer").click()
+    expect(rows).to_have_count(20)
+
+    # The oldest command is taken five times and never acked: it dies. (The others cancelled.)
+    for cid in sent[1:]:
+        assert admin.api.post(f"/commands/{cid}/cancel").status_code == 200
+    deliveries = 0
+    deadline = time.monotonic() + 30
+    while admin.api.get(f"/commands/{sent[0]}").json()["status"] != "dead":
+        assert time.monotonic() < deadline, "the command did not die after 5 deliveries"
+        deliveries += len(device.take_commands(wait=0, lease=1))
+        time.sleep(1.1)
+    assert deliveries == 5
+
+    page.get_by_label("Show", exact=True).select_option("dead")
+    expect(rows).to_have_count(1)
+    page.get_by_role("button", name=re.compile("^Show command blink-0")).click()
+    expect(page.locator("#cmd-status")).to_have_text("dead")
+    expect(page.locator("#cmd-timeline li")).to_have_count(7)  # queued, 5 × delivered, dead
+    expect(page.get_by_text(f"iotctl commands requeue {device_id} --id {sent[0]}")).to_be_visible()

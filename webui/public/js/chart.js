@@ -3,9 +3,9 @@
 
 import { svg } from './dom.js';
 
-const W = 640;
-const H = 220;
-const PAD = { left: 56, right: 12, top: 12, bottom: 28 };
+const W = 420;
+const H = 180;
+const PAD = { left: 52, right: 12, top: 12, bottom: 28 };
 
 function label(n) {
   return Math.abs(n) >= 1000 || Number.isInteger(n) ? String(Math.round(n * 100) / 100) : String(Number(n.toPrecision(4)));
@@ -19,18 +19,23 @@ function timeLabel(ms, spanMs) {
     : d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
 }
 
-/** Runs of consecutive buckets: a missing bucket breaks the line. */
-function runs(points, stepMs) {
+/**
+ * Runs of points to join by a line: a gap breaks the line when it is wider than 1.5 buckets and
+ * clearly wider (2.5×) than the usual spacing of the points (a device reporting every 90 s into
+ * 30 s buckets still gets a line).
+ */
+export function runs(points, stepMs) {
+  const gaps = points.slice(1).map((p, i) => p.t - points[i].t).sort((a, b) => a - b);
+  const usual = gaps.length ? gaps[Math.floor(gaps.length / 2)] : 0;
+  const limit = Math.max(stepMs * 1.5, usual * 2.5);
   const out = [];
   let run = [];
-  let prev = null;
   for (const p of points) {
-    if (prev !== null && p.t - prev > stepMs * 1.5) {
+    if (run.length && p.t - run[run.length - 1].t > limit) {
       out.push(run);
       run = [];
     }
     run.push(p);
-    prev = p.t;
   }
   if (run.length) out.push(run);
   return out;
