@@ -325,3 +325,4 @@ def _register_plugins() -> None:
 
 
 _register_plugins()
+app.add_typer(__import__("iot.cli.device").cli.device.app, name="device")  # devices on iotcore
