@@ -142,6 +142,7 @@ def run(
     except LoadError as exc:
         raise ExperimentError(f"the load could not start: {exc}") from exc
     report: dict[str, Any] = {}
+    figures: dict[str, Any] | None = None
     try:
         report = _run(exp, settings, fault_seconds, progress, background)
     finally:
@@ -153,7 +154,6 @@ def run(
                 report.setdefault("problems", []).append(f"load: {exc}")
                 report["passed"] = False
             progress(f"[{exp.name}] load: {exc}")
-            figures = None
     if figures is not None:
         report["load"] = figures
         missing = figures["readings"].get("missing")
