@@ -270,10 +270,17 @@ def _run(
             f"[{exp.name}] draining: every accepted command executed and acked, "
             "every reading accepted"
         )
-        drain_start = time.time()
+        drain_start = last_report = time.time()
         while not fleet.drained() and time.time() - drain_start < DRAIN_TIMEOUT:
             sampler.sample()
             time.sleep(1)
+            if time.time() - last_report >= 5:
+                last_report = time.time()
+                progress(
+                    f"[{exp.name}]   draining for {last_report - drain_start:3.0f}s: "
+                    f"{fleet.buffered_readings()} readings buffered, backlog "
+                    f"{sampler.backlog[-1][1]}" + _with_load(load_status)
+                )
         drained = fleet.drained()
         drained_at = time.time()
         fleet.stop()
