@@ -1,7 +1,8 @@
 """A fleet of simulated devices and operators speaking the real protocol through nginx.
 
-Devices: buffer readings and POST them until a 2xx (honouring Retry-After); long-poll
-``GET /commands``; execute each command id once; ack with retries until a 2xx. Operators: send
+Devices: the firmware's protocol core (``iotcore``) over httpx: readings buffered and POSTed
+until a 2xx (backoff with jitter, Retry-After honoured, capped at 2 s here); ``GET /commands``
+long-polled; each command id executed once; acks retried until a 2xx. Operators: send
 commands with an Idempotency-Key, retrying the same key until 201; read sensors now and then.
 Every 2xx goes into the :class:`~chaos.ledger.Ledger`; every answer into the :class:`Timeline`.
 """
@@ -15,10 +16,12 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
+from iotcore.core import Device, Registry
+from iotcore.host import AsyncHttpxTransport, drive_async
 
 from chaos.ledger import Ledger, ReadingKey
 
@@ -72,9 +75,11 @@ class Timeline:
 
 @dataclass
 class SimDevice:
+    """A registered device; ``core`` is its protocol state (the firmware's ``iotcore``)."""
+
     id: str
     token: str
-    buffer: list[dict[str, Any]] = field(default_factory=list)
+    core: Any = None
     seq: int = 0
 
     @property
@@ -88,6 +93,11 @@ def _retry_after(r: httpx.Response | None) -> float:
     except ValueError:
         value = 0.5
     return min(max(value, 0.1), RETRY_CAP_SECONDS)
+
+
+def _key(device_id: str, reading: dict[str, Any]) -> ReadingKey:
+    ts = datetime.fromisoformat(reading["ts"])
+    return (device_id, reading["sensor"], int(ts.timestamp() * 1_000_000))
 
 
 def _cause(r: httpx.Response) -> str:
@@ -139,7 +149,7 @@ class Fleet:
             self._thread.join(timeout)
 
     def buffered_readings(self) -> int:
-        return sum(len(d.buffer) for d in self.devices)
+        return sum(len(d.core.buffer) for d in self.devices if d.core is not None)
 
     def drained(self) -> bool:
         return (
@@ -155,8 +165,14 @@ class Fleet:
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=len(self.devices) * 3 + 20)
         async with httpx.AsyncClient(base_url=self.base_url, timeout=15, limits=limits) as http:
-            tasks = [asyncio.create_task(self._readings(http, d)) for d in self.devices]
-            tasks += [asyncio.create_task(self._commands(http, d)) for d in self.devices]
+            tasks = []
+            for d in self.devices:
+                d.core = self._core(d)
+                transport = AsyncHttpxTransport(http, d.token)
+                for loop in (d.core.uploads(), d.core.commands()):
+                    tasks.append(
+                        asyncio.create_task(drive_async(loop, transport, self.stop_all.is_set))
+                    )
             tasks += [
                 asyncio.create_task(self._operator(http)),
                 asyncio.create_task(self._reader(http)),
@@ -177,78 +193,47 @@ class Fleet:
         self.timeline.record(kind, r.status_code < 300, _cause(r))
         return r
 
-    # ----- devices -----
-    async def _readings(self, http: httpx.AsyncClient, d: SimDevice) -> None:
-        while not self.stop_all.is_set():
+    # ----- devices: the firmware's protocol core, reading and polling in parallel -----
+    def _core(self, d: SimDevice) -> Any:
+        registry = Registry()
+        registry.add("chaos", lambda core, args: {"by": d.id})
+
+        def sample(core: Any) -> None:
             if not self.stop_load.is_set():
                 d.seq += 1
-                ts = datetime.now(UTC)
-                d.buffer.append(
-                    {
-                        "sensor": f"s{d.seq % 3}",
-                        "value": float(d.seq),
-                        "ts": ts.isoformat(timespec="microseconds"),
-                    }
-                )
-            if d.buffer:
-                batch = d.buffer[:1000]
-                r = await self._send(
-                    http,
-                    "readings",
-                    "POST",
-                    "/sensors",
-                    json={"readings": batch},
-                    headers=d.headers,
-                )
-                if r is not None and r.status_code == 201:
-                    keys: list[ReadingKey] = [
-                        (
-                            d.id,
-                            x["sensor"],
-                            int(datetime.fromisoformat(x["ts"]).timestamp() * 1_000_000),
-                        )
-                        for x in batch
-                    ]
-                    self.ledger.accept_readings(keys)
-                    del d.buffer[: len(batch)]
-                elif r is not None and r.status_code in (400, 401, 403, 404, 413, 422):
-                    raise RuntimeError(f"readings refused for good: {r.status_code} {r.text}")
-                else:
-                    await asyncio.sleep(_retry_after(r))
-                    continue
-            await asyncio.sleep(self.reading_interval * random.uniform(0.8, 1.2))
+                core.add_reading(f"s{d.seq % 3}", float(d.seq))
 
-    async def _commands(self, http: httpx.AsyncClient, d: SimDevice) -> None:
-        params = {"wait": 2, "limit": 10, "lease": self.lease}
-        while not self.stop_all.is_set():
-            r = await self._send(
-                http, "polls", "GET", "/commands", params=params, headers=d.headers
-            )
-            if r is None or r.status_code not in (200, 204):
-                await asyncio.sleep(_retry_after(r))
-                continue
-            if r.status_code == 204:
-                continue
-            for c in r.json()["commands"]:
-                self.ledger.delivered(c["id"], d.id)  # executes only the first time
-                await self._ack(http, d, c["id"])
+        def events(name: str, *args: Any) -> None:
+            if name == "response":
+                request, response = args
+                cause = _cause(response.raw) if response.raw is not None else response.error
+                self.timeline.record(request.kind, response.ok(), cause)
+            elif name == "sent":
+                self.ledger.accept_readings([_key(d.id, r) for r in args[0]])
+            elif name == "delivered":  # every delivery: the ledger spots one after the ack
+                self.ledger.delivered(args[0]["id"], d.id)
+            elif name == "acked":
+                self.ledger.ack_accepted(args[0])
+            elif name == "refused":
+                request, response = args
+                self.failure = RuntimeError(
+                    f"{request.kind} refused for good: {response.status} {response.body!r}"
+                )
 
-    async def _ack(self, http: httpx.AsyncClient, d: SimDevice, command_id: str) -> None:
-        while not self.stop_all.is_set():
-            r = await self._send(
-                http,
-                "acks",
-                "POST",
-                f"/commands/{command_id}/ack",
-                json={"status": "succeeded", "result": {"by": d.id}},
-                headers=d.headers,
-            )
-            if r is not None and r.status_code == 200:
-                self.ledger.ack_accepted(command_id)
-                return
-            if r is not None and r.status_code == 404:
-                raise RuntimeError(f"ack of {command_id} refused: 404")
-            await asyncio.sleep(_retry_after(r))
+        cap_ms = int(RETRY_CAP_SECONDS * 1000)
+        config = {
+            "reading_interval_s": self.reading_interval,
+            "poll_wait_s": 2,
+            "poll_limit": 10,
+            "lease_s": self.lease,
+            "buffer_max": 1_000_000,  # the ledger counts only what was accepted: drop nothing
+            "batch_max": 1000,
+            "backoff_base_ms": 100,
+            "backoff_cap_ms": cap_ms,
+            "retry_after_cap_ms": cap_ms,
+            "request_timeout_s": 15,
+        }
+        return Device(d.token, registry, config=config, sample=sample, events=events)
 
     # ----- operators -----
     async def _operator(self, http: httpx.AsyncClient) -> None:
