@@ -132,13 +132,26 @@ def plot(r: dict[str, Any], path: Path) -> None:
         return
     t0 = r["started_at"]
     xs = [s["t"] - t0 for s in series]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    load = (r.get("load") or {}).get("series") or []
+    if load:  # the load's answers on a plot of their own below (ten times the fleet's)
+        fig, (ax, below) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True)
+        below.plot([x[0] - t0 for x in load], [x[1] for x in load], color="tab:green",
+                   label=f"load ({r['load']['devices']:,} devices): 2xx/s")  # fmt: skip
+        below.plot([x[0] - t0 for x in load], [x[2] for x in load], color="tab:red",
+                   label="load: failed/s")  # fmt: skip
+        below.axvspan(r["fault_start"] - t0, r["fault_end"] - t0, color="tab:orange", alpha=0.2)
+        below.set_xlabel("seconds")
+        below.set_ylabel("load requests per second")
+        below.legend(loc="upper left")
+    else:
+        fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.plot(xs, [sum(s["ok"].values()) for s in series], label="2xx answers/s", color="tab:green")
     ax.plot(xs, [sum(s["err"].values()) for s in series], label="errors/s", color="tab:red")
     ax.axvspan(
         r["fault_start"] - t0, r["fault_end"] - t0, color="tab:orange", alpha=0.2, label="fault"
     )
-    ax.set_xlabel("seconds")
+    if not load:
+        ax.set_xlabel("seconds")
     ax.set_ylabel("answers per second")
     backlog = [(t - t0, d) for t, d in r.get("backlog", []) if d is not None]
     if backlog:

@@ -76,6 +76,19 @@ def window_figures(rows: list[dict[str, Any]], start: float, end: float) -> dict
     }
 
 
+def per_second(rows: list[dict[str, Any]], start: float, end: float) -> list[list[int]]:
+    """``[second, answered 2xx, failed]`` for every second of ``[start, end)`` with requests
+    (HTTP routes only), for a plot."""
+    seconds: dict[int, list[int]] = {}
+    for row in rows:
+        if row["method"] == "COMMAND" or not start <= row["t"] < end:
+            continue
+        at = seconds.setdefault(int(row["t"]), [int(row["t"]), 0, 0])
+        at[1] += row["count"] - row["failures"]
+        at[2] += row["failures"]
+    return [seconds[t] for t in sorted(seconds)]
+
+
 def status_line(history: dict[str, dict[str, str]]) -> str:
     """A short line from locust's newest statistics: users, requests/s, failures so far and
     the p99 of ``POST /sensors``."""
@@ -177,6 +190,7 @@ class BackgroundLoad:
             "report_md": str(running.run_dir / "report.md"),
             "run": window_figures(rows, began, ended + 1),
             "windows": {name: window_figures(rows, a, b) for name, (a, b) in windows.items()},
+            "series": per_second(rows, began, ended + 1),
             "readings": {
                 k: readings.get(k)
                 for k in ("devices", "accepted", "stored", "missing", "extra", "dropped", "unsent")
