@@ -38,6 +38,7 @@ EXPERIMENTS = Path(__file__).parent / "experiments"
 UNSAFE = Path(__file__).parent / "unsafe"  # deliberately unsafe runs that must FAIL the check
 WARMUP_SECONDS = 5
 WARMUP_WINDOWS = 3  # the steady state must hold for one whole window within this many
+WARMUP_WINDOWS_LOADED = 6  # the same under a background load (a busy system settles slower)
 QUIET_SECONDS = 3  # no errors for this long (and a small backlog) = recovered
 BACKLOG_RECOVERED = 200  # messages; or twice the largest backlog seen before the fault
 DRAIN_TIMEOUT = 120
@@ -232,7 +233,8 @@ def _run(
             f"[{exp.name}] warm-up: {len(identity.devices)} devices, "
             f"{exp.command_rate:g} commands/s, for {WARMUP_SECONDS}s"
         )
-        report["warmup_seconds"] = _warm_up(sampler, timeline, progress, exp.name)
+        windows = WARMUP_WINDOWS if background is None else WARMUP_WINDOWS_LOADED
+        report["warmup_seconds"] = _warm_up(sampler, timeline, progress, exp.name, windows)
 
         sampler.start_fault()
         fault_start = time.time()
@@ -347,16 +349,20 @@ def _run(
 
 
 def _warm_up(
-    sampler: probes.Sampler, timeline: Timeline, progress: Callable[[str], None], name: str
+    sampler: probes.Sampler,
+    timeline: Timeline,
+    progress: Callable[[str], None],
+    name: str,
+    windows: int = WARMUP_WINDOWS,
 ) -> float:
     """Load the system until one whole warm-up window passes without an error (the steady
     state the hypothesis starts from); returns how long that took.
 
     Raises:
-        ExperimentError: no clean window within WARMUP_WINDOWS tries.
+        ExperimentError: no clean window within ``windows`` tries.
     """
     started = time.time()
-    for _ in range(WARMUP_WINDOWS):
+    for _ in range(windows):
         window = time.time()
         _sample_for(sampler, WARMUP_SECONDS)
         errors = timeline.errors_between(window, time.time())
@@ -364,7 +370,7 @@ def _warm_up(
             return round(time.time() - started, 1)
         progress(f"[{name}] {errors} errors during warm-up ({dict(timeline.causes)}); again")
     raise ExperimentError(
-        f"steady state not met: errors in each of {WARMUP_WINDOWS} warm-up windows"
+        f"steady state not met: errors in each of {windows} warm-up windows"
         f" ({dict(timeline.causes)})"
     )
 

@@ -220,8 +220,9 @@ def _locust_version() -> str:
 
 
 class Running:
-    """A locust run started by :func:`start`: its folder, process and CPU sampler. End it with
-    :func:`finish` (which :meth:`stop` asks the shape to drain first, or lets the profile end)."""
+    """A locust run started by :func:`start`: its folder, process and CPU sampler.
+    :func:`finish` waits for it to end (when its profile ends, or earlier after :meth:`stop`)
+    and writes the report."""
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from chaos import cli, experiment, report
-from loadtest.background import LoadOptions, failures_by_status, window_figures
+from loadtest.background import LoadOptions, failures_by_status, per_second, window_figures
 
 
 def test_load_options_from_the_command_line():
@@ -142,6 +142,8 @@ def test_window_figures_count_failures_by_status_and_p99_in_the_window():
     calm = window_figures(rows, 103, 104)
     assert calm["failures"] == 0 and calm["failures_by_status"] == {}
     assert failures_by_status({"200": 1, "204": 2, "429": 3, "ok": 4}) == {"429": 3}
+    # the plot's series: HTTP answers per second (not the command latency entries)
+    assert per_second(rows, 100, 103) == [[100, 50, 0], [101, 10, 30], [102, 0, 42]]
 
 
 def test_phases_of_an_experiment_for_the_load_figures():
