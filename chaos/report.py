@@ -33,7 +33,7 @@ def label(r: dict[str, Any]) -> str:
 
 
 def _statuses(by_status: dict[str, int]) -> str:
-    return ", ".join(f"{n} × {s}" for s, n in sorted(by_status.items())) or "none"
+    return ", ".join(f"{n:,} × {s}" for s, n in sorted(by_status.items())) or "none"
 
 
 def _ms(v: float | None) -> str:
@@ -219,7 +219,7 @@ def load_table(reports: list[dict[str, Any]]) -> str:
     """The table of experiments under a background load (chaos/README.md): loss in the
     experiment's ledger, recovery, and what the load saw during the fault."""
     lines = [
-        "| experiment | load devices | fault s | run s | lost / duplicated / unexpected "
+        "| experiment | load devices | fault s | s under load | lost / duplicated / unexpected "
         "| recovery s | load req/s during the fault | load failures during the fault "
         "| POST /sensors p99 during the fault | load readings 201 / missing in Postgres |",
         "|---|---|---|---|---|---|---|---|---|---|",

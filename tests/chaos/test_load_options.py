@@ -104,7 +104,7 @@ def test_the_command_passes_the_load_to_the_experiment_and_fails_on_missing_read
     }
     assert out.exit_code == 1, out.output
     assert "FAILED" in out.output
-    assert "load: 2000 devices" in out.output and "4100 × 503" in out.output
+    assert "load: 2000 devices" in out.output and "4,100 × 503" in out.output
     assert "missing in Postgres 3" in out.output
 
     refused = CliRunner().invoke(cli.app, ["run", "rabbitmq-down", "--load", "-5"])
@@ -168,12 +168,12 @@ def test_reports_show_the_load_and_keep_loaded_runs_apart(tmp_path: Path):
     r = _loaded_report(missing=0)
     md = report.markdown(r)
     assert "## Background load: 2000 emulated devices (locust)" in md
-    assert "| fault | 25 | 360 | 4200 | 4100 × 503, 100 × error | 1,200 ms | – |" in md
+    assert "| fault | 25 | 360 | 4200 | 4,100 × 503, 100 × error | 1,200 ms | – |" in md
     assert "missing 0" in md and "reports/load/20261130T104500Z-devices" in md
     table = report.load_table([r]).splitlines()
     assert table[2] == (
         "| rabbitmq-down | 2,000 | 25 | 80 | 0 / 0 / 0 | 2.1 | 360 | "
-        "4,200 (4100 × 503, 100 × error) | 1,200 ms | 50,000 / 0 |"
+        "4,200 (4,100 × 503, 100 × error) | 1,200 ms | 50,000 / 0 |"
     )
     plain = {k: v for k, v in r.items() if k != "load"}
     for one in (plain, r):
