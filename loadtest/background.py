@@ -8,6 +8,7 @@ answered 201 is in Postgres. :func:`window_figures` summarises any time window o
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,12 +153,15 @@ class BackgroundLoad:
 
     def stop_now(self) -> None:
         """End locust without a report (start failed)."""
-        if self.running is not None and self.running.proc.poll() is None:
-            self.running.stop()
-            try:
-                self.running.proc.wait(timeout=self.options.settle + 60)
-            except Exception:  # noqa: BLE001 - the process must not outlive us
-                self.running.proc.kill()
+        if self.running is None:
+            return
+        self.running.stop()
+        try:
+            self.running.proc.wait(timeout=self.options.settle + 60)
+        except subprocess.TimeoutExpired:  # it must not outlive the experiment
+            self.running.proc.kill()
+            self.running.proc.wait()
+        finally:
             self.running.sampler.stop()
 
     def finish(
