@@ -46,7 +46,9 @@ class Login:
         self.username, self.password, self.admin = username, password, admin
         self.api = httpx.Client(base_url=base_url, timeout=30)
         r = self.api.post("/auth/token", json={"username": username, "password": password})
-        assert r.status_code == 200, r.text
+        if r.status_code != 200:
+            self.api.close()
+            pytest.fail(f"POST /auth/token answered {r.status_code}: {r.text}")
         self.api.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 
 

@@ -122,6 +122,8 @@ def test_a_command_from_the_form_goes_live_to_succeeded_with_its_timeline(
     expect(timeline.nth(1)).to_contain_text("delivered")
     expect(timeline.nth(2)).to_contain_text("succeeded")
     expect(page.get_by_text('Result: {"opened":true}')).to_be_visible()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "command-succeeded.png"), full_page=True)
     history = page.locator("#history tbody tr")
     expect(history.first).to_contain_text("succeeded")
 
@@ -199,14 +201,17 @@ def test_rotate_and_delete_on_a_phone_sized_screen(
     expect(page.get_by_role("heading", name=f"Rotated: token of “{name}”")).to_be_visible()
     new = page.get_by_label("Device token").input_value()
     assert new != old
-    assert device_for(old).post([reading("t", 1)]).status_code == 401
-    assert device_for(new).post([reading("t", 1)]).status_code == 201
+    refused = device_for(old).post([reading("t", 1)])
+    assert refused.status_code == 401, refused.text
+    accepted = device_for(new).post([reading("t", 1)])
+    assert accepted.status_code == 201, accepted.text
 
     page.once("dialog", lambda d: d.accept())
     page.get_by_role("button", name=f"Delete {name}").click()
     expect(page.get_by_text(f"Deleted “{name}”.")).to_be_visible()
     expect(page.get_by_role("row").filter(has_text=name)).to_have_count(0)
-    assert device_for(new).post([reading("t", 1)]).status_code == 401
+    gone = device_for(new).post([reading("t", 1)])
+    assert gone.status_code == 401, gone.text
 
 
 def test_an_admin_sees_a_dead_command_and_pages_through_the_history(

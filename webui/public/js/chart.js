@@ -11,6 +11,12 @@ function label(n) {
   return Math.abs(n) >= 1000 || Number.isInteger(n) ? String(Math.round(n * 100) / 100) : String(Number(n.toPrecision(4)));
 }
 
+/** An axis value with as many decimals as the axis's span needs. */
+function axisLabel(n, span) {
+  const digits = span >= 20 ? 0 : span >= 2 ? 1 : span >= 0.2 ? 2 : 3;
+  return String(Number(n.toFixed(digits)));
+}
+
 function timeLabel(ms, spanMs) {
   const d = new Date(ms);
   return spanMs > 36 * 3600 * 1000
@@ -73,8 +79,8 @@ export function drawChart(history) {
   return svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', class: 'chart', 'aria-label': summary },
     svg('line', { class: 'axis', x1: PAD.left, y1: PAD.top, x2: PAD.left, y2: bottom }),
     svg('line', { class: 'axis', x1: PAD.left, y1: bottom, x2: W - PAD.right, y2: bottom }),
-    svg('text', { x: PAD.left - 6, y: PAD.top + 10, 'text-anchor': 'end' }, label(hi)),
-    svg('text', { x: PAD.left - 6, y: bottom, 'text-anchor': 'end' }, label(lo)),
+    svg('text', { x: PAD.left - 6, y: PAD.top + 10, 'text-anchor': 'end' }, axisLabel(hi, hi - lo)),
+    svg('text', { x: PAD.left - 6, y: bottom, 'text-anchor': 'end' }, axisLabel(lo, hi - lo)),
     svg('text', { x: PAD.left, y: H - 8, 'text-anchor': 'start' }, timeLabel(from, to - from)),
     svg('text', { x: W - PAD.right, y: H - 8, 'text-anchor': 'end' }, timeLabel(to, to - from)),
     parts);

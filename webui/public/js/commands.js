@@ -173,6 +173,7 @@ export function commandsSection(live, deviceId) {
       }
       const seen = JSON.stringify(c);
       if (seen !== shown || detail.contains(problem)) renderCommand(c);
+      if (shown !== null && seen !== shown) historyLoop.refresh(); // the list shows it too
       shown = seen;
       if (!PENDING.includes(c.status)) loop.stop();
     });
