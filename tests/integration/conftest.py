@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
+from iotcore.core import Device as CoreDevice
+from iotcore.core import Registry, Request
+from iotcore.host import HttpxTransport
 
 from iot import security
 from iot.settings import Settings, get_settings
@@ -98,21 +101,35 @@ class Person:
 
 
 class Device:
+    """A registered device. Its requests go through the firmware's transport adapter
+    (``iotcore.host.HttpxTransport``, the one the simulator and the chaos fleet use); the
+    methods answer the raw httpx responses, for tests to assert on. :meth:`core` gives the
+    firmware's whole protocol core for this device."""
+
     def __init__(self, api: httpx.Client, device_id: uuid.UUID, token: str) -> None:
         self.api, self.id, self.token = api, device_id, token
+        self.transport = HttpxTransport(api, token)
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    def _send(self, request: Request) -> httpx.Response:
+        answer = self.transport.request(request)
+        if answer.raw is None:
+            raise ConnectionError(f"{request.method} {request.path}: {answer.error}")
+        return answer.raw
+
     def post(self, readings: list[dict[str, Any]]) -> httpx.Response:
-        return self.api.post("/sensors", json={"readings": readings}, headers=self.headers)
+        return self._send(Request("readings", "POST", "/sensors", body={"readings": readings}))
 
     def poll(self, wait: float = 0, limit: int = 10, lease: float | None = None) -> httpx.Response:
-        params: dict[str, Any] = {"wait": wait, "limit": limit}
+        query: dict[str, Any] = {"wait": wait, "limit": limit}
         if lease is not None:
-            params["lease"] = lease
-        return self.api.get("/commands", params=params, headers=self.headers)
+            query["lease"] = lease
+        return self._send(
+            Request("polls", "GET", "/commands", query, timeout_ms=int((wait + 30) * 1000))
+        )
 
     def commands(self, **kw: Any) -> list[dict[str, Any]]:
         r = self.poll(**kw)
@@ -120,11 +137,13 @@ class Device:
         return r.json()["commands"] if r.status_code == 200 else []
 
     def ack(self, command_id: str, status: str = "succeeded", result: Any = None) -> httpx.Response:
-        return self.api.post(
-            f"/commands/{command_id}/ack",
-            json={"status": status, "result": result},
-            headers=self.headers,
-        )
+        body = {"status": status, "result": result}
+        return self._send(Request("acks", "POST", f"/commands/{command_id}/ack", body=body))
+
+    def core(self, registry: Registry, **kw: Any) -> CoreDevice:
+        """The firmware's protocol core for this device (drive it with ``iotcore.core.drive``
+        over :attr:`transport`)."""
+        return CoreDevice(self.token, registry, **kw)
 
 
 def reading(
