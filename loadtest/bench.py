@@ -44,12 +44,21 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _check_wrk() -> None:
-    """Fail clearly (with how to install it) before any setup if wrk is missing."""
+def _prepare() -> tuple[Settings, psycopg.Connection]:
+    """Before any setup: wrk is installed (else how to install it), the API answers through
+    nginx and Postgres takes a connection (returned, for the bench's user and its checks)."""
     try:
         wrk.binary()
     except wrk.WrkError as exc:
         _fail(str(exc))
+    get_settings.cache_clear()
+    s = get_settings()
+    try:
+        httpx.get(f"{s.base_url}/ping", timeout=5).raise_for_status()
+        conn = psycopg.connect(s.database_direct_url, autocommit=True, connect_timeout=5)
+    except (httpx.HTTPError, psycopg.Error) as exc:
+        _fail(f"the stack does not answer ({exc}); start it with `iotctl up`")
+    return s, conn
 
 
 def _count_rows(conn: psycopg.Connection, ids: list[uuid.UUID]) -> tuple[int, datetime | None]:
@@ -178,14 +187,7 @@ def ingest(
 ) -> None:
     """Compare POST /sensors with the do-nothing GET /ping (throughput, p50/p99 latency, same
     wrk options) and measure readings per second from the first POST to the Postgres row."""
-    _check_wrk()
-    get_settings.cache_clear()
-    s: Settings = get_settings()
-    try:
-        httpx.get(f"{s.base_url}/ping", timeout=5).raise_for_status()
-        conn = psycopg.connect(s.database_direct_url, autocommit=True, connect_timeout=5)
-    except (httpx.HTTPError, psycopg.Error) as exc:
-        _fail(f"the stack does not answer ({exc}); start it with `iotctl up`")
+    s, conn = _prepare()
     username, user_id, ids = f"bench-{uuid.uuid4().hex[:12]}", uuid.uuid4(), []
     client = httpx.Client(base_url=s.base_url, timeout=60)
     try:
@@ -386,14 +388,7 @@ def poll(
     """Compare an idle short poll (GET /commands?wait=0 answered 204) with the do-nothing
     GET /ping (throughput, p50/p99, same wrk options), then measure POST /commands -> device
     latency while many devices wait in long polls."""
-    _check_wrk()
-    get_settings.cache_clear()
-    s: Settings = get_settings()
-    try:
-        httpx.get(f"{s.base_url}/ping", timeout=5).raise_for_status()
-        conn = psycopg.connect(s.database_direct_url, autocommit=True, connect_timeout=5)
-    except (httpx.HTTPError, psycopg.Error) as exc:
-        _fail(f"the stack does not answer ({exc}); start it with `iotctl up`")
+    s, conn = _prepare()
     pollbench.raise_open_files(waiters + connections + 500)
     username, user_id, access_token = f"bench-{uuid.uuid4().hex[:12]}", uuid.uuid4(), ""
     registered: list[tuple[uuid.UUID, str]] = []

