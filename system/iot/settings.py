@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # The sensors worker's threads mostly wait for Postgres' commit (fsync): more of them in
     # flight share one WAL flush (group commit). See docs/decisions.md, "Ingest".
     sensors_concurrency: int = 8
+    # POST /sensors: a batch waits up to this long for other requests' batches to share its
+    # message (fewer, larger messages for the broker, the worker and Postgres); 0 publishes
+    # each at once unless earlier publishes are still unconfirmed. See docs/decisions.md.
+    ingest_linger_ms: float = 50.0
     worker_prefetch_multiplier: int = 4
     history_max_points: int = 10_000
     replica_name: str = ""

@@ -100,6 +100,37 @@ async def test_requests_that_arrive_during_a_publish_share_the_next_one() -> Non
     assert sent == [["d0"], ["d1", "d2", "d3"], ["d4", "d5"]]  # at most 3 readings a message
 
 
+async def test_with_a_linger_batches_wait_for_company_until_enough_readings_wait() -> None:
+    sent: list[list[str]] = []
+
+    async def publish(queue: str, task: str, kwargs: dict[str, Any]) -> str:
+        sent.append([b["device_id"] for b in kwargs["batches"]])
+        return "id"
+
+    coalescer = Coalescer(publish, linger=60, flush_readings=3)
+    first = [
+        asyncio.create_task(coalescer.submit({"device_id": f"d{i}", "readings": [GOOD]}))
+        for i in range(2)
+    ]
+    await asyncio.sleep(0.01)
+    assert sent == [] and not any(t.done() for t in first)  # lingering: not published yet
+    await coalescer.submit({"device_id": "d2", "readings": [GOOD]})  # the third reading
+    await asyncio.gather(*first)
+    assert sent == [["d0", "d1", "d2"]]  # one message for the three requests
+
+
+async def test_a_lone_batch_is_published_when_its_linger_is_over() -> None:
+    sent: list[list[str]] = []
+
+    async def publish(queue: str, task: str, kwargs: dict[str, Any]) -> str:
+        sent.append([b["device_id"] for b in kwargs["batches"]])
+        return "id"
+
+    coalescer = Coalescer(publish, linger=0.02, flush_readings=1000)
+    await asyncio.wait_for(coalescer.submit({"device_id": "d0", "readings": [GOOD]}), 5)
+    assert sent == [["d0"]]
+
+
 async def test_a_failed_publish_fails_every_request_it_carried() -> None:
     calls = 0
 

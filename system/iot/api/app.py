@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await publisher.start()
         redis = cache.async_client(settings.redis_url, settings.redis_timeout_seconds)
         state = State(settings, pool, publisher, redis, {})
-        state.ingest = Coalescer(publisher.publish_task)
+        state.ingest = Coalescer(publisher.publish_task, linger=settings.ingest_linger_ms / 1000)
         state.commands = Commands(
             pool,
             publisher.publish_task,

@@ -3,9 +3,11 @@ valid ``POST /sensors`` is answered before FastAPI's routing, validation and dep
 
 :class:`Coalescer`: each request hands its batch over and waits; batches that arrive while
 earlier publishes await their confirms travel together in the next message (at most
-``max_in_flight`` messages unconfirmed, at most ``max_readings`` readings a message). Under light
-load every request publishes at once; under heavy load messages grow by themselves, so the
-broker, the worker and Postgres see fewer, larger batches. Every request still answers 201 only
+``max_in_flight`` messages unconfirmed, at most ``max_readings`` readings a message). Under heavy
+load messages grow by themselves; under moderate load a batch lingers up to ``linger`` seconds
+for company (or until ``flush_readings`` readings wait), so the broker, the worker and Postgres
+see fewer, larger messages for a few milliseconds of latency (figures: docs/decisions.md,
+"Ingest"). Every request still answers 201 only
 after RabbitMQ confirmed the message that holds its readings; a failure fails every request of
 that message with 503 (they retry; the worker's insert ignores what was stored already).
 
@@ -43,12 +45,21 @@ _MAX_BODY = 2 * 1024 * 1024  # larger bodies take the full route (nginx refuses 
 
 class Coalescer:
     def __init__(
-        self, publish_task: PublishTask, max_in_flight: int = 4, max_readings: int = 5000
+        self,
+        publish_task: PublishTask,
+        max_in_flight: int = 4,
+        max_readings: int = 5000,
+        linger: float = 0.0,
+        flush_readings: int = 1000,
     ) -> None:
         self._publish_task = publish_task
         self._max_in_flight = max_in_flight
         self._max_readings = max_readings
+        self._linger = linger
+        self._flush_readings = flush_readings
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._waiting_readings = 0
+        self._timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
 
     async def submit(self, batch: dict[str, Any]) -> None:
@@ -57,22 +68,36 @@ class Coalescer:
         Raises:
             BrokerUnavailable: not confirmed (nothing may be assumed stored: retry).
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._waiting.append((batch, future))
-        self._send_what_fits()
+        self._waiting_readings += len(batch["readings"])
+        if self._linger <= 0 or self._waiting_readings >= self._flush_readings:
+            self._send_what_fits()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._linger, self._linger_over)
         await future
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        self._send_what_fits()
 
     def _send_what_fits(self) -> None:
         while self._waiting and self._in_flight < self._max_in_flight:
             taken, count = 0, 0
             for batch, _ in self._waiting:
-                count += len(batch["readings"])
-                if taken and count > self._max_readings:
+                size = len(batch["readings"])
+                if taken and count + size > self._max_readings:
                     break
+                count += size
                 taken += 1
             group, self._waiting = self._waiting[:taken], self._waiting[taken:]
+            self._waiting_readings -= count
             self._in_flight += 1
             asyncio.create_task(self._send(group))
+        if not self._waiting and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def _send(self, group: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:

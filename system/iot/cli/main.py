@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from typing import Annotated
 
 import typer
 
@@ -229,10 +230,16 @@ def start(name: str = typer.Argument(..., help="Component name.")) -> None:
 
 
 @app.command()
-def restart(name: str = typer.Argument(..., help="Component name.")) -> None:
-    """Restart one component."""
-    Supervisor(settings()).restart_program(_component(name))
-    typer.echo(f"{name} restarted")
+def restart(
+    names: Annotated[list[str], typer.Argument(help="Component names (see `iotctl status`).")],
+) -> None:
+    """Restart components, one after the other (e.g. `iotctl restart api-1 api-2`: while one
+    replica restarts, the other answers)."""
+    components = [_component(n) for n in names]  # every name checked before anything restarts
+    supervisor = Supervisor(settings())
+    for name in components:
+        supervisor.restart_program(name)
+        typer.echo(f"{name} restarted")
 
 
 @app.command()

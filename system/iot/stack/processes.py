@@ -211,6 +211,9 @@ def programs(s: Settings) -> list[Program]:
                 f"--broker_api=http://{s.rabbitmq_user}:{s.rabbitmq_password}@{h}:"
                 f"{s.rabbitmq_management_port}/api/",
                 "--purge_offline_workers=60",
+                # Flower would otherwise switch task events on in every worker every few
+                # seconds (remote control), undoing the sensors worker's choice to send none.
+                "--enable_events=False",
             ],
             "monitoring",
             40,

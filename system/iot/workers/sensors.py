@@ -38,7 +38,9 @@ def store(batch: dict[str, Any] | None = None, batches: list[dict[str, Any]] | N
     todo = batches if batches is not None else [batch] if batch is not None else []
     try:
         stored = storage.write(
-            messages.SENSORS_TASK, lambda c: readings_sql.insert_batches(c, todo)
+            messages.SENSORS_TASK,
+            lambda c: readings_sql.insert_batches(c, todo),
+            single_statement=True,
         )
     except Exception:
         metrics.TASKS.labels(messages.SENSORS_TASK, "failed").inc()
