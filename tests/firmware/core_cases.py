@@ -271,6 +271,17 @@ def test_the_single_thread_loop_samples_sends_acks_and_long_polls_until_the_next
     assert isinstance(step, Sleep) and step.ms <= 200
 
 
+def test_frequent_samples_do_not_starve_the_long_poll():
+    clock = FakeClock(wall=1764504000000)
+    d = device(clock=clock, reading_interval_s=1, poll_wait_s=20)
+    d.sample = lambda dev: dev.add_reading("t", 1.0)
+    loop = d.run()
+    assert loop.send(None).kind == "readings"
+    clock.now += 300
+    step = loop.send(ok(201))
+    assert step.kind == "polls" and step.query["wait"] == 1
+
+
 def test_the_http_transport_reads_answers_and_urls():
     stream = io.BytesIO(
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 2\r\n\r\n{}"

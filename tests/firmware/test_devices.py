@@ -4,6 +4,7 @@ buffered while the API is away, then delivered: none lost, none twice (checked i
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,8 +12,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from iotcore.core import MemoryStore, Registry, Response, drive
+from iotcore.core import MemoryStore, Registry, Request, Response, drive
 from iotcore.handlers import registry as builtins
+from iotcore.http import HttpTransport
 
 from tests.integration.conftest import Device, Person, eventually, status_becomes
 
@@ -173,3 +175,56 @@ def test_readings_buffered_while_the_api_is_stopped_30_s_all_arrive_once(
 
         got = eventually(stored, timeout=30, what="every reading in Postgres")
         assert [tuple(r) for r in got] == want  # none lost, none twice, same values
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_boards_own_http_transport_works_through_nginx(
+    alice: Person, settings, running: Running, scheme: str
+) -> None:
+    """iotcore.http (sockets and ssl, as on the board), here on CPython; https verifies the
+    server's certificate against the CA given, as config.CA_CERT_FILE does on the board."""
+    box = alice.new_device()
+    if scheme == "https":
+        ca = (settings.var / "tls" / "server.crt").read_text()
+        url = f"https://{settings.host}:{settings.https_port}"
+    else:
+        ca, url = None, settings.base_url
+    transport = HttpTransport(url, box.token, ca)
+    runs: dict[str, int] = {}
+    core = box.core(counting_registry(runs), config=FAST, sample=lambda c: c.add_reading("t", 1.0))
+    running.start(box, core, transport)
+    cid = alice.send(box, "ping").json()["id"]
+    assert status_becomes(alice, cid, "succeeded", timeout=30)["result"]["pong"] is True
+    eventually(lambda: core.sent >= 1, what="a reading sent")
+    assert runs == {cid: 1}
+
+
+def test_tls_to_a_server_the_ca_does_not_vouch_for_fails(settings, tmp_path) -> None:
+    other = tmp_path / "other.crt"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "k"),
+            "-out",
+            str(other),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    url = f"https://{settings.host}:{settings.https_port}"
+    answer = HttpTransport(url, "dvc_x", other.read_text()).request(
+        Request("polls", "GET", "/commands", {"wait": 0})
+    )
+    assert answer.status == 0 and "SSL" in answer.error

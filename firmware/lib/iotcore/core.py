@@ -481,17 +481,16 @@ class Device:
     # -- loops (generators: yield Request or Sleep, receive Response or None) --
     def run(self):
         """Everything on one thread, as on the board: sample, send, ack, then long-poll until
-        the next sample is due."""
+        the next sample is due (at least 1 s)."""
         while not self.stopped:
             now = self.clock.now_ms()
             self._sample_if_due(now)
             request = self.upload_request() or self.ack_request()
             if request is None and not self.acks and now >= self.due["polls"]:
                 wait = self.config["poll_wait_s"]
-                if self.sample is not None:
-                    wait = min(wait, (self.due["sample"] - now) // 1000)
-                if wait >= 1:
-                    request = self.poll_request(wait)
+                if self.sample is not None:  # at least 1 s: a sample may come up to 1 s late
+                    wait = min(wait, max(1, (self.due["sample"] - now) // 1000))
+                request = self.poll_request(wait)
             if request is not None:
                 response = yield request
                 self.done(request, response)
