@@ -4,10 +4,14 @@ buffered while the API is away, then delivered: none lost, none twice (checked i
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,6 +20,7 @@ from iotcore.core import MemoryStore, Registry, Request, Response, drive
 from iotcore.handlers import registry as builtins
 from iotcore.http import HttpTransport
 
+from iot import security
 from tests.integration.conftest import Device, Person, eventually, status_becomes
 
 pytestmark = pytest.mark.integration
@@ -228,3 +233,39 @@ def test_tls_to_a_server_the_ca_does_not_vouch_for_fails(settings, tmp_path) -> 
         Request("polls", "GET", "/commands", {"wait": 0})
     )
     assert answer.status == 0 and "SSL" in answer.error
+
+
+def test_iotctl_device_simulate_runs_devices_that_report_and_obey(
+    api, pg: psycopg.Connection, tmp_path
+) -> None:
+    username, password = f"sim-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    pg.execute(
+        "INSERT INTO users (id, username, password_hash) VALUES (%s, %s, %s)",
+        (uuid.uuid4(), username, security.hash_password(password)),
+    )
+    devices_file = tmp_path / "devices.json"
+    iotctl = Path(sys.executable).parent / "iotctl"
+    args = ["device", "simulate", "--count", "2", "--username", username, "--duration", "12"]
+    args += ["--devices-file", str(devices_file), "--interval", "1", "--poll-wait", "2"]
+    with subprocess.Popen(
+        [str(iotctl), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as sim:
+        assert sim.stdin is not None and sim.stdout is not None
+        sim.stdin.write(password + "\n")
+        sim.stdin.close()
+        devices = eventually(
+            lambda: devices_file.exists() and json.loads(devices_file.read_text()),
+            what="the devices registered",
+        )
+        token = api.post("/auth/token", json={"username": username, "password": password})
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        body = {"device_id": devices[0]["id"], "name": "set_interval", "args": {"seconds": 2}}
+        cid = api.post("/commands", json=body, headers=headers).json()["id"]
+        output = sim.stdout.read()
+    assert sim.returncode == 0, output
+    command = api.get(f"/commands/{cid}", headers=headers).json()
+    assert command["status"] == "succeeded" and command["result"] == {"seconds": 2}
+    for d in devices:
+        row = pg.execute("SELECT count(*) FROM readings WHERE device_id = %s", (d["id"],))
+        assert row.fetchone()[0] > 0
+    assert "  executed 1  " in output.splitlines()[-1]
