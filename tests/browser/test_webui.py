@@ -81,6 +81,8 @@ def test_log_in_register_and_see_readings_arrive_without_reloading(
 
     page.get_by_role("link", name="← All devices").click()
     expect(page.get_by_role("row").filter(has_text=name)).to_contain_text("online")
+    listed = [d for d in person.api.get("/devices").json()["devices"] if d["name"] == name]
+    assert listed[0]["online"] is True and listed[0]["last_seen"] is not None
 
 
 def test_a_command_from_the_form_goes_live_to_succeeded_with_its_timeline(
