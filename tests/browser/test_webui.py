@@ -208,12 +208,15 @@ def test_rotate_and_delete_on_a_phone_sized_screen(
     accepted = device_for(new).post([reading("t", 1)])
     assert accepted.status_code == 201, accepted.text
 
+    (listed,) = [d for d in person.api.get("/devices").json()["devices"] if d["name"] == name]
     page.once("dialog", lambda d: d.accept())
     page.get_by_role("button", name=f"Delete {name}").click()
     expect(page.get_by_text(f"Deleted “{name}”.")).to_be_visible()
     expect(page.get_by_role("row").filter(has_text=name)).to_have_count(0)
     gone = device_for(new).post([reading("t", 1)])
     assert gone.status_code == 401, gone.text
+    page.evaluate(f"location.hash = '#/devices/{listed['id']}'")
+    expect(page.get_by_role("heading", name="Device not found")).to_be_visible()
 
 
 def test_an_admin_sees_a_dead_command_and_pages_through_the_history(

@@ -38,6 +38,14 @@ export function deviceView(main, live, deviceId) {
       title.textContent = d.name;
       replace(summary, state(d), ` last seen ${ago(d.last_seen)} · id `, h('code', null, d.id));
     } catch (err) {
+      if (err.status === 404) {
+        live.stop();
+        replace(main, h('h1', { tabindex: -1 }, 'Device not found'),
+          h('p', null, 'It was deleted, or it belongs to someone else.'),
+          h('p', null, h('a', { href: '#/devices' }, '← All devices')));
+        main.querySelector('h1').focus();
+        return;
+      }
       replace(summary, h('span', { class: 'error' }, explain(err, 'Device not loaded')));
     }
   }
