@@ -271,6 +271,12 @@ def test_the_single_thread_loop_samples_sends_acks_and_long_polls_until_the_next
     assert isinstance(step, Sleep) and step.ms <= 200
 
 
+def test_a_garbled_poll_answer_backs_off_instead_of_stopping_the_device():
+    d = device()
+    d.done(d.poll_request(), ok(200, b"<html>bad gateway</html>"))
+    assert d.due["polls"] > d.clock.now and d.executed == 0
+
+
 def test_frequent_samples_do_not_starve_the_long_poll():
     clock = FakeClock(wall=1764504000000)
     d = device(clock=clock, reading_interval_s=1, poll_wait_s=20)

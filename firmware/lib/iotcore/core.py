@@ -375,8 +375,13 @@ class Device:
         if response.status == 204:
             self._succeeded("polls")
         elif response.status == 200:
+            try:
+                commands = response.json()["commands"]
+            except (ValueError, KeyError, TypeError):  # a proxy's page, a cut body: poll again
+                self._failed("polls", response)
+                return
             self._succeeded("polls")
-            for command in response.json()["commands"]:
+            for command in commands:
                 self.deliver(command)
         else:
             self._failed("polls", response)
