@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,37 @@ def test_too_many_attempts_make_it_dead_and_requeue_delivers_it_again(alice: Per
     assert [e["status"] for e in command["events"]] == (
         ["queued"] + ["delivered"] * 5 + ["dead", "queued", "delivered", "succeeded"]
     )
+
+
+def test_an_admin_requeues_a_dead_command_over_http_and_it_is_delivered_again(
+    alice: Person, make_person
+):
+    device = alice.new_device()
+    cid = alice.send(device, "flaky").json()["id"]
+    for _ in range(5):
+        eventually(lambda: device.commands(wait=5, lease=1), timeout=15, what="delivery")
+    status_becomes(alice, cid, "dead")
+    admin = make_person(admin=True)
+    requeue = f"/commands/{cid}/requeue"
+
+    refused = alice.api.post(requeue, headers=alice.headers)  # the owner is not an admin
+    assert refused.status_code == 403, refused.text
+    unknown = alice.api.post(f"/commands/{uuid.uuid4()}/requeue", headers=admin.headers)
+    assert unknown.status_code == 404, unknown.text
+    r = alice.api.post(requeue, headers=admin.headers)
+    assert r.status_code == 200 and r.json() == {"id": cid, "status": "queued"}
+    again = alice.api.post(requeue, headers=admin.headers)
+    assert again.status_code == 409
+    assert again.json()["detail"] == "only dead commands can be requeued (not queued)"
+
+    got = device.commands(wait=10)
+    assert [(c["id"], c["attempt"]) for c in got] == [(cid, 1)]
+    device.ack(cid)
+    command = status_becomes(alice, cid, "succeeded")
+    assert [e["status"] for e in command["events"]] == (
+        ["queued"] + ["delivered"] * 5 + ["dead", "queued", "delivered", "succeeded"]
+    )
+    assert command["events"][7]["detail"] == {"requeued": 1, "by": admin.name}
 
 
 def test_killing_the_replica_holding_a_lease_redelivers_from_the_other(

@@ -73,6 +73,14 @@ class FakeCore:
         self._record("cancel", command["id"], by)
         return "cancelled"
 
+    async def requeue(self, command: dict[str, Any], by: str) -> str:
+        self._record("requeue", command["id"], by)
+        cid = uuid.UUID(command["id"])
+        if self.statuses[cid] != "dead":
+            raise Conflict(f"only dead commands can be requeued (not {self.statuses[cid]})")
+        self.statuses[cid] = "queued"
+        return "queued"
+
 
 def _command(command_id: uuid.UUID | None = None, name: str = "blink", args: Any = None):
     return {
@@ -100,7 +108,7 @@ def core() -> FakeCore:
 @pytest.fixture
 def client(settings: Settings, core: FakeCore, monkeypatch: pytest.MonkeyPatch):
     async def owns(state: Any, who: Any, device_id: Any) -> list[uuid.UUID]:
-        if device_id != DEVICE or who.user_id != OWNER:
+        if device_id != DEVICE or not (who.is_admin or who.user_id == OWNER):
             raise NotFound("no such device")
         return [DEVICE]
 
@@ -115,8 +123,8 @@ def client(settings: Settings, core: FakeCore, monkeypatch: pytest.MonkeyPatch):
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
-def _person(settings: Settings, user: uuid.UUID = OWNER) -> dict[str, str]:
-    claims = security.UserClaims(user, "alice", False)
+def _person(settings: Settings, user: uuid.UUID = OWNER, admin: bool = False) -> dict[str, str]:
+    claims = security.UserClaims(user, "root" if admin else "alice", admin)
     token = security.issue_access_token(claims, settings.secret_key, 60)
     return {"Authorization": f"Bearer {token}"}
 
@@ -255,3 +263,52 @@ async def test_cancel_of_a_final_command_is_409(client, core, settings, monkeypa
     assert r.status_code == 409 and "succeeded" in r.json()["detail"]
     r = await client.post(f"/commands/{uuid.uuid4()}/cancel", headers=_person(settings))
     assert r.status_code == 404
+
+
+async def test_an_admin_requeues_a_dead_command_of_any_owner(client, core, settings):
+    cid = uuid.uuid4()
+    core.statuses[cid] = "dead"
+    admin = _person(settings, uuid.uuid4(), admin=True)
+    r = await client.post(f"/commands/{cid}/requeue", headers=admin)
+    assert r.status_code == 200 and r.json() == {"id": str(cid), "status": "queued"}
+    assert core.calls == [("requeue", (str(cid), "root"))]
+
+
+async def test_requeue_is_for_admins_only(client, core, settings):
+    cid = uuid.uuid4()
+    core.statuses[cid] = "dead"
+    r = await client.post(f"/commands/{cid}/requeue", headers=_person(settings))  # the owner
+    assert r.status_code == 403 and "admin" in r.json()["detail"]
+    r = await client.post(f"/commands/{cid}/requeue", headers=DEVICE_AUTH)
+    assert r.status_code == 403
+    assert core.statuses[cid] == "dead" and core.calls == []
+
+
+@pytest.mark.parametrize("status", ["queued", "delivered", "succeeded", "cancelled", "expired"])
+async def test_requeue_of_a_command_that_is_not_dead_is_409_saying_its_status(
+    client, core, settings, status
+):
+    cid = uuid.uuid4()
+    core.statuses[cid] = status
+    r = await client.post(f"/commands/{cid}/requeue", headers=_person(settings, admin=True))
+    assert r.status_code == 409
+    assert r.json()["detail"] == f"only dead commands can be requeued (not {status})"
+    assert core.statuses[cid] == status
+
+
+async def test_requeue_of_an_unknown_command_is_404_and_an_outage_503(client, core, settings):
+    admin = _person(settings, admin=True)
+    r = await client.post(f"/commands/{uuid.uuid4()}/requeue", headers=admin)
+    assert r.status_code == 404 and core.calls == []
+    cid = uuid.uuid4()
+    core.statuses[cid] = "dead"
+    core.fail = DatabaseUnavailable("database unavailable")
+    r = await client.post(f"/commands/{cid}/requeue", headers=admin)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == str(settings.retry_after_seconds)
+
+
+async def test_the_requeue_route_declares_its_answers(client):
+    spec = (await client.get("/openapi.json")).json()
+    answers = spec["paths"]["/commands/{command_id}/requeue"]["post"]["responses"]
+    assert {"200", "403", "404", "409", "503"} <= set(answers)

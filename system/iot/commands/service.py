@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -183,6 +184,40 @@ class Commands:
             raise NotFound("no such command")
         metrics.COMMAND_EVENTS.labels(status).inc()
         return status
+
+    async def requeue(self, command: dict[str, Any], by: str) -> str:
+        """Give a dead command (the caller checked who may) a fresh ttl and another round of
+        attempts; the device's waiting poll gets it at once. Returns ``queued``.
+
+        Runs the operators' transaction (:func:`store.requeue`, shared with ``iotctl``) on a
+        connection of its own in a thread, cut after the API's database deadline.
+
+        Raises:
+            Conflict: the command is not dead (its status is in the detail).
+            DatabaseUnavailable: retry.
+        """
+        url = self.pool.conninfo
+        assert isinstance(url, str)  # db.open_pool gives the settings' URL
+
+        def run() -> list[dict[str, Any]]:
+            with db.translated(), db.connect(url) as conn:
+                watchdog = threading.Timer(db.API_TIMEOUT_SECONDS, db.sever, (conn,))
+                watchdog.start()
+                try:
+                    return store.requeue(
+                        conn, uuid.UUID(command["device_id"]), [uuid.UUID(command["id"])], by
+                    )
+                finally:
+                    watchdog.cancel()
+
+        try:
+            await asyncio.to_thread(run)
+        except lifecycle.TransitionRefused as exc:
+            raise Conflict(exc.detail) from exc
+        except LookupError as exc:  # accepted moments ago: its row is not stored yet
+            raise Conflict("only dead commands can be requeued (not queued)") from exc
+        metrics.COMMAND_EVENTS.labels(lifecycle.QUEUED).inc()
+        return lifecycle.QUEUED
 
     # ----- devices -----
     async def poll(

@@ -23,7 +23,7 @@ from iot.api.schemas import (
 )
 from iot.commands import store
 from iot.commands.service import Commands
-from iot.errors import InvalidInput, NotFound
+from iot.errors import Forbidden, InvalidInput, NotFound
 
 router = APIRouter(tags=["commands"])
 log = logging.getLogger(__name__)
@@ -116,6 +116,28 @@ async def cancel_command(
     """Cancel a command not yet acked: it is never delivered (again). 409 once it is final."""
     command = await _owned_command(state, user, command_id)
     status = await _core(state).cancel(command, user.username)
+    return CommandStatus(id=command_id, status=status)
+
+
+@router.post(
+    "/commands/{command_id}/requeue",
+    response_model=CommandStatus,
+    responses={
+        403: {"description": "not an admin: only admins requeue commands"},
+        404: {"description": "no such command"},
+        409: {"description": "not dead: only dead commands can be requeued"},
+        503: {"description": "the database is unavailable; retry after Retry-After"},
+    },
+)
+async def requeue_command(
+    command_id: uuid.UUID, user: CurrentUser, state: AppState
+) -> CommandStatus:
+    """Admins only: give a dead command (not acked in its attempts) a fresh ttl and another
+    round of attempts. It is `queued` again, with a `queued` event saying who requeued it."""
+    if not user.is_admin:
+        raise Forbidden("only admins can requeue commands")
+    command = await _owned_command(state, user, command_id)
+    status = await _core(state).requeue(command, user.username)
     return CommandStatus(id=command_id, status=status)
 
 
