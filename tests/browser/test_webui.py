@@ -219,7 +219,7 @@ def test_rotate_and_delete_on_a_phone_sized_screen(
     expect(page.get_by_role("heading", name="Device not found")).to_be_visible()
 
 
-def test_an_admin_sees_a_dead_command_and_pages_through_the_history(
+def test_an_admin_pages_through_the_history_and_requeues_a_dead_command(
     page: Page, make_login: Callable[[bool], Login], device_for: Callable[[str], SimulatedDevice]
 ):
     admin = make_login(True)
@@ -259,6 +259,19 @@ def test_an_admin_sees_a_dead_command_and_pages_through_the_history(
     page.get_by_label("Show", exact=True).select_option("dead")
     expect(rows).to_have_count(1)
     page.get_by_role("button", name=re.compile("^Show command blink-0")).click()
-    expect(page.locator("#cmd-status")).to_have_text("dead")
-    expect(page.locator("#cmd-timeline li")).to_have_count(7)  # queued, 5 × delivered, dead
-    expect(page.get_by_text(f"iotctl commands requeue {device_id} --id {sent[0]}")).to_be_visible()
+    status, timeline = page.locator("#cmd-status"), page.locator("#cmd-timeline li")
+    expect(status).to_have_text("dead")
+    expect(timeline).to_have_count(7)  # queued, 5 × delivered, dead
+
+    # Requeued from the page, it is delivered again and the device's ack ends it.
+    page.get_by_role("button", name="Requeue", exact=True).click()
+    expect(page.get_by_role("alert").filter(has_text="Requeue answered: queued.")).to_be_visible()
+    expect(status).to_have_text("queued")
+    expect(page.get_by_role("button", name="Requeue", exact=True)).to_have_count(0)
+    (again,) = device.take_commands()
+    assert (again["id"], again["attempt"]) == (sent[0], 1)
+    expect(status).to_have_text("delivered")
+    assert device.ack(sent[0], "succeeded", {"lit": True}).status_code == 200
+    expect(status).to_have_text("succeeded")
+    expect(timeline).to_have_count(10)
+    expect(timeline.nth(7)).to_contain_text(f'"by":"{admin.username}"')

@@ -120,21 +120,26 @@ export function commandsSection(live, deviceId) {
 
   // --- the selected command, live ---
   const detail = h('section', { class: 'card', 'aria-labelledby': 'detail-h', hidden: true });
+  const actionStatus = h('p', { role: 'alert' }); // kept across refreshes of the same command
   let statusLoop = null;
+  let followed = null;
 
   function renderCommand(c) {
     const user = session.user;
-    const cancelStatus = h('p', { role: 'alert' });
-    async function cancel() {
-      try {
-        const r = await call('POST', `/commands/${c.id}/cancel`);
-        cancelStatus.className = 'ok';
-        cancelStatus.textContent = `Cancel answered: ${r.status}.`;
-        historyLoop.refresh();
-      } catch (err) {
-        cancelStatus.className = 'error';
-        cancelStatus.textContent = `Cancel ${explain(err)}`;
-      }
+    // Cancel and requeue: one POST each; the answer is said, and the status is followed again.
+    function act(verb, what) {
+      return async () => {
+        try {
+          const r = await call('POST', `/commands/${c.id}/${verb}`);
+          actionStatus.className = 'ok';
+          actionStatus.textContent = `${what} answered: ${r.status}.`;
+          follow(c.id);
+          historyLoop.refresh();
+        } catch (err) {
+          actionStatus.className = 'error';
+          actionStatus.textContent = `${what} ${explain(err)}`;
+        }
+      };
     }
     const events = c.events || [];
     keepFocus(detail, () => replace(detail,
@@ -143,11 +148,12 @@ export function commandsSection(live, deviceId) {
         ` · attempt ${c.attempt} · sent ${formatTime(c.created_at)} · expires ${formatTime(c.expires_at)}`),
       h('p', null, 'Arguments: ', h('code', null, JSON.stringify(c.args))),
       c.result !== null && c.result !== undefined && h('p', null, 'Result: ', h('code', null, JSON.stringify(c.result))),
-      PENDING.includes(c.status) && h('button', { type: 'button', class: 'danger', 'data-focus': 'cancel', onclick: cancel }, 'Cancel this command'),
-      cancelStatus,
-      c.status === 'dead' && user && user.admin && h('p', { class: 'warning' },
-        'Dead: no ack after 5 deliveries. Requeue it on the server with ',
-        h('code', null, `iotctl commands requeue ${deviceId} --id ${c.id}`), '.'),
+      PENDING.includes(c.status) && h('button', { type: 'button', class: 'danger', 'data-focus': 'cancel', onclick: act('cancel', 'Cancel') }, 'Cancel this command'),
+      c.status === 'dead' && h('p', { class: 'warning', id: 'cmd-dead-hint' },
+        'Dead: the device did not ack it in 5 deliveries.',
+        user && user.admin ? ' Requeue gives it a new time to live and 5 more deliveries.' : ' An admin can requeue it.'),
+      c.status === 'dead' && user && user.admin && h('button', { type: 'button', 'data-focus': 'requeue', 'aria-describedby': 'cmd-dead-hint', onclick: act('requeue', 'Requeue') }, 'Requeue'),
+      actionStatus,
       h('h3', null, 'Timeline'),
       events.length
         ? h('ol', { class: 'timeline', id: 'cmd-timeline' }, events.map((e) => h('li', null,
@@ -159,6 +165,8 @@ export function commandsSection(live, deviceId) {
 
   function follow(commandId) {
     if (statusLoop) statusLoop.stop();
+    if (commandId !== followed) replace(actionStatus); // another command: the last answer goes
+    followed = commandId;
     detail.hidden = false;
     const problem = h('p', { class: 'error' });
     let shown = null;
