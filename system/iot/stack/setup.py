@@ -166,6 +166,7 @@ def render_configs(s: Settings) -> list[str]:
     }
     values["var"] = s.var
     values["monitoring"] = PROJECT_ROOT / "monitoring"
+    values["webui"] = PROJECT_ROOT / "webui"
     values["upstream_servers"] = "\n".join(
         f"        server {s.host}:{p} max_fails=1 fail_timeout=3s;" for p in s.api_ports
     )
