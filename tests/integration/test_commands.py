@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Person, eventually, status_becomes, statuses
+from tests.integration.conftest import Device, Person, eventually, status_becomes, statuses
 
 pytestmark = pytest.mark.integration
 IOTCTL = str(Path(sys.executable).parent / "iotctl")
@@ -111,6 +111,19 @@ def test_cancelled_before_delivery_is_never_delivered(alice: Person):
     ]
 
 
+def _requeued_runs_once_more(alice: Person, device: Device, cid: str) -> dict:
+    """A requeued dead command is delivered again as attempt 1; acked, it succeeds, and its
+    timeline holds both lives. Returns the command."""
+    got = device.commands(wait=10)
+    assert [(c["id"], c["attempt"]) for c in got] == [(cid, 1)]
+    device.ack(cid)
+    command = status_becomes(alice, cid, "succeeded")
+    assert [e["status"] for e in command["events"]] == (
+        ["queued"] + ["delivered"] * 5 + ["dead", "queued", "delivered", "succeeded"]
+    )
+    return command
+
+
 def test_too_many_attempts_make_it_dead_and_requeue_delivers_it_again(alice: Person):
     device = alice.new_device()
     cid = alice.send(device, "flaky").json()["id"]
@@ -130,13 +143,7 @@ def test_too_many_attempts_make_it_dead_and_requeue_delivers_it_again(alice: Per
     )
     assert cid in listed.stdout
     subprocess.run([IOTCTL, "commands", "requeue", str(device.id)], check=True, capture_output=True)
-    got = device.commands(wait=10)
-    assert [(c["id"], c["attempt"]) for c in got] == [(cid, 1)]
-    device.ack(cid)
-    command = status_becomes(alice, cid, "succeeded")
-    assert [e["status"] for e in command["events"]] == (
-        ["queued"] + ["delivered"] * 5 + ["dead", "queued", "delivered", "succeeded"]
-    )
+    _requeued_runs_once_more(alice, device, cid)
 
 
 def test_an_admin_requeues_a_dead_command_over_http_and_it_is_delivered_again(
@@ -160,13 +167,7 @@ def test_an_admin_requeues_a_dead_command_over_http_and_it_is_delivered_again(
     assert again.status_code == 409
     assert again.json()["detail"] == "only dead commands can be requeued (not queued)"
 
-    got = device.commands(wait=10)
-    assert [(c["id"], c["attempt"]) for c in got] == [(cid, 1)]
-    device.ack(cid)
-    command = status_becomes(alice, cid, "succeeded")
-    assert [e["status"] for e in command["events"]] == (
-        ["queued"] + ["delivered"] * 5 + ["dead", "queued", "delivered", "succeeded"]
-    )
+    command = _requeued_runs_once_more(alice, device, cid)
     assert command["events"][7]["detail"] == {"requeued": 1, "by": admin.name}
 
 
