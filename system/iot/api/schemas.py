@@ -7,12 +7,73 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+
+def _storable(text: str) -> str:
+    """Postgres stores no NUL character, and UTF-8 has no lone surrogates: refused here (422)
+    rather than failing where the text is written, after a 2xx."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL (\\u0000)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_storable)]
 SensorName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 MAX_READINGS = 1000
 MAX_FUTURE = timedelta(days=1)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+# ----- errors -----
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """Every 4xx and 5xx answer: a message, or for input the schema refused, one issue per
+    field."""
+
+    detail: str | list[ValidationIssue]
+
+
+_RETRY_AFTER = {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+_BEARER = {"description": "Bearer", "schema": {"type": "string"}}
+_PROBLEMS: dict[int, str] = {
+    400: "the body is not JSON",
+    401: "missing, malformed, expired or unknown credentials",
+    403: "the wrong kind of caller: a person on a device route, or a device on a person's",
+    404: "unknown, or another owner's (the two are not told apart)",
+    409: "the command's status does not allow it (already final; to requeue: not dead)",
+    413: "request body too large (nginx)",
+    422: "input refused: out of range, malformed, or unknown fields",
+    429: "too many requests for this credential (nginx), or the device's command queue is full",
+    503: "unavailable, nothing was accepted: retry after Retry-After",
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": _BEARER},
+    429: {"Retry-After": _RETRY_AFTER},
+    503: {"Retry-After": _RETRY_AFTER},
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for these error statuses, each answered with a :class:`Problem`."""
+    return {
+        code: {"model": Problem, "description": _PROBLEMS[code]}
+        | ({"headers": _HEADERS[code]} if code in _HEADERS else {})
+        for code in codes
+    }
+
+
+# Every route: nginx's per-credential rate limit and its answer while no replica is up.
+EVERY_ROUTE = problems(429, 503)
 
 
 class Request(BaseModel):
@@ -21,8 +82,8 @@ class Request(BaseModel):
 
 # ----- auth -----
 class TokenRequest(Request):
-    username: Annotated[str, Field(min_length=1, max_length=64)]
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    username: Annotated[Text, Field(min_length=1, max_length=64)]
+    password: Annotated[Text, Field(min_length=1, max_length=1024)]
 
 
 class TokenResponse(BaseModel):
@@ -33,7 +94,7 @@ class TokenResponse(BaseModel):
 
 # ----- devices -----
 class DeviceCreate(Request):
-    name: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[Text, Field(min_length=1, max_length=128)]
 
 
 class Device(BaseModel):
@@ -72,7 +133,7 @@ class Reading(Request):
         " (a device whose clock is not set yet). Readings are keyed (device, sensor, ts): a"
         " later reading with the same key replaces the value (last write wins).",
     )
-    id: Annotated[str | None, Field(max_length=64)] = None
+    id: Annotated[Text | None, Field(max_length=64)] = None
 
     @field_validator("ts")
     @classmethod
@@ -127,9 +188,28 @@ MAX_TTL_SECONDS = 48 * 3600
 
 
 def _small_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(orjson.dumps(value)) > MAX_ARGS_BYTES:
+    """At most MAX_ARGS_BYTES as JSON, and storable as Postgres jsonb."""
+    if value is None:
+        return None
+    try:
+        dumped = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise ValueError("must be JSON with 64-bit integers and valid Unicode") from None
+    if len(dumped) > MAX_ARGS_BYTES:
         raise ValueError(f"must be at most {MAX_ARGS_BYTES} bytes as JSON")
+    if _has_nul(value):
+        raise ValueError("must not contain NUL (\\u0000)")
     return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class CommandCreate(Request):

@@ -8,11 +8,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import Field
 
 from iot import db
 from iot.api.access import visible_devices
 from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal, CurrentUser, State
 from iot.api.schemas import (
+    EVERY_ROUTE,
     Command,
     CommandAck,
     CommandCreate,
@@ -20,13 +22,15 @@ from iot.api.schemas import (
     CommandPage,
     CommandStatus,
     DeliveredCommands,
+    problems,
 )
 from iot.commands import store
 from iot.commands.service import Commands
 from iot.errors import Forbidden, InvalidInput, NotFound
 
-router = APIRouter(tags=["commands"])
+router = APIRouter(tags=["commands"], responses=EVERY_ROUTE | problems(401, 422))
 log = logging.getLogger(__name__)
+StatusName = Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
 
 
 def _core(state: State) -> Commands:
@@ -46,7 +50,9 @@ def _view(command: dict[str, Any], status: str) -> Command:
     )
 
 
-@router.post("/commands", status_code=201, response_model=Command)
+@router.post(
+    "/commands", status_code=201, response_model=Command, responses=problems(400, 403, 404, 413)
+)
 async def send_command(
     body: CommandCreate,
     user: CurrentUser,
@@ -69,7 +75,7 @@ async def send_command(
 @router.get(
     "/commands",
     response_model=DeliveredCommands,
-    responses={204: {"description": "nothing arrived within `wait` seconds"}},
+    responses=problems(403) | {204: {"description": "nothing arrived within `wait` seconds"}},
 )
 async def poll_commands(
     device: CurrentDevice,
@@ -91,7 +97,11 @@ async def poll_commands(
     return DeliveredCommands.model_validate({"commands": taken})
 
 
-@router.post("/commands/{command_id}/ack", response_model=CommandStatus)
+@router.post(
+    "/commands/{command_id}/ack",
+    response_model=CommandStatus,
+    responses=problems(400, 403, 404, 413),
+)
 async def ack_command(
     command_id: uuid.UUID, body: CommandAck, device: CurrentDevice, state: AppState
 ) -> CommandStatus:
@@ -109,7 +119,9 @@ async def _owned_command(state: State, who: Any, command_id: uuid.UUID) -> dict[
     return command
 
 
-@router.post("/commands/{command_id}/cancel", response_model=CommandStatus)
+@router.post(
+    "/commands/{command_id}/cancel", response_model=CommandStatus, responses=problems(403, 404, 409)
+)
 async def cancel_command(
     command_id: uuid.UUID, user: CurrentUser, state: AppState
 ) -> CommandStatus:
@@ -122,12 +134,7 @@ async def cancel_command(
 @router.post(
     "/commands/{command_id}/requeue",
     response_model=CommandStatus,
-    responses={
-        403: {"description": "not an admin: only admins requeue commands"},
-        404: {"description": "no such command"},
-        409: {"description": "not dead: only dead commands can be requeued"},
-        503: {"description": "the database is unavailable; retry after Retry-After"},
-    },
+    responses=problems(403, 404, 409),
 )
 async def requeue_command(
     command_id: uuid.UUID, user: CurrentUser, state: AppState
@@ -156,7 +163,7 @@ def _from_row(row: dict[str, Any], events: list[dict[str, Any]] | None) -> Comma
     )
 
 
-@router.get("/commands/{command_id}", response_model=Command)
+@router.get("/commands/{command_id}", response_model=Command, responses=problems(404))
 async def get_command(command_id: uuid.UUID, who: CurrentPrincipal, state: AppState) -> Command:
     """A command's status and its whole event timeline."""
     command = await _owned_command(state, who, command_id)
@@ -178,14 +185,16 @@ def _parse_cursor(before: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidInput("before: not a cursor from a previous page") from exc
 
 
-@router.get("/devices/{device_id}/commands", response_model=CommandPage)
+@router.get("/devices/{device_id}/commands", response_model=CommandPage, responses=problems(404))
 async def device_commands(
     device_id: uuid.UUID,
     who: CurrentPrincipal,
     state: AppState,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    before: Annotated[str | None, Query(description="cursor: `next` of the previous page")] = None,
-    status: Annotated[list[str] | None, Query(description="only these statuses")] = None,
+    before: Annotated[
+        str | None, Query(max_length=128, description="cursor: `next` of the previous page")
+    ] = None,
+    status: Annotated[list[StatusName] | None, Query(description="only these statuses")] = None,
 ) -> CommandPage:
     """A device's command history, newest first, a page at a time."""
     await visible_devices(state, who, device_id)

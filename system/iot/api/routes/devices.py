@@ -18,13 +18,21 @@ from fastapi import APIRouter, Query, Response
 from iot import cache, db, security
 from iot.api.access import forget_owner, remember_owner
 from iot.api.deps import AppState, CurrentUser, State
-from iot.api.schemas import Device, DeviceCreate, DeviceList, DeviceWithToken
+from iot.api.schemas import (
+    EVERY_ROUTE,
+    Device,
+    DeviceCreate,
+    DeviceList,
+    DeviceWithToken,
+    problems,
+)
 from iot.errors import CacheUnavailable, NotFound
 from iot.sql import devices as devices_sql
 
-router = APIRouter(tags=["devices"])
+router = APIRouter(tags=["devices"], responses=EVERY_ROUTE | problems(401, 403, 422))
 log = logging.getLogger(__name__)
 ONLINE_WINDOW = timedelta(seconds=120)
+MAX_OFFSET = 2**31 - 1  # within Postgres' bigint with room to spare; beyond: 422, not 500
 
 
 async def _with_presence(state: State, rows: list[dict[str, Any]]) -> list[Device]:
@@ -44,7 +52,9 @@ async def _with_presence(state: State, rows: list[dict[str, Any]]) -> list[Devic
     ]
 
 
-@router.post("/devices", status_code=201, response_model=DeviceWithToken)
+@router.post(
+    "/devices", status_code=201, response_model=DeviceWithToken, responses=problems(400, 413)
+)
 async def create_device(body: DeviceCreate, user: CurrentUser, state: AppState) -> DeviceWithToken:
     token = security.new_device_token()
     async with db.connection(state.pool) as conn:
@@ -60,14 +70,14 @@ async def list_devices(
     user: CurrentUser,
     state: AppState,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DeviceList:
     async with db.connection(state.pool) as conn:
         rows = await devices_sql.list_devices(conn, user.owner_filter, limit, offset)
     return DeviceList(devices=await _with_presence(state, rows), limit=limit, offset=offset)
 
 
-@router.get("/devices/{device_id}", response_model=Device)
+@router.get("/devices/{device_id}", response_model=Device, responses=problems(404))
 async def get_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -> Device:
     async with db.connection(state.pool) as conn:
         row = await devices_sql.get_device(conn, device_id, user.owner_filter)
@@ -77,7 +87,7 @@ async def get_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -
     return device
 
 
-@router.post("/devices/{device_id}/token", response_model=DeviceWithToken)
+@router.post("/devices/{device_id}/token", response_model=DeviceWithToken, responses=problems(404))
 async def rotate_token(device_id: uuid.UUID, user: CurrentUser, state: AppState) -> DeviceWithToken:
     """Issue a new token; the old one stops working at once on every replica."""
     token = security.new_device_token()
@@ -91,7 +101,7 @@ async def rotate_token(device_id: uuid.UUID, user: CurrentUser, state: AppState)
     return DeviceWithToken(id=row["id"], name=row["name"], token=token)
 
 
-@router.delete("/devices/{device_id}", status_code=204)
+@router.delete("/devices/{device_id}", status_code=204, responses=problems(404))
 async def delete_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -> Response:
     async with db.connection(state.pool) as conn:
         deleted = await devices_sql.delete_device(conn, device_id, user.owner_filter)

@@ -8,9 +8,10 @@ from fastapi.responses import JSONResponse
 
 from iot import db
 from iot.api.deps import AppState
+from iot.api.schemas import EVERY_ROUTE
 from iot.errors import DatabaseUnavailable
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=EVERY_ROUTE)
 
 
 @router.get("/ping")

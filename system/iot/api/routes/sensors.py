@@ -15,6 +15,7 @@ from iot.api import metrics
 from iot.api.access import visible_devices
 from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal
 from iot.api.schemas import (
+    EVERY_ROUTE,
     History,
     HistoryPoint,
     LatestReading,
@@ -22,15 +23,18 @@ from iot.api.schemas import (
     ReadingsAccepted,
     ReadingsIn,
     SensorName,
+    problems,
 )
 from iot.errors import CacheUnavailable, InvalidInput
 from iot.sql import readings as readings_sql
 
-router = APIRouter(tags=["sensors"])
+router = APIRouter(tags=["sensors"], responses=EVERY_ROUTE | problems(401, 422))
 log = logging.getLogger(__name__)
 
 
-@router.post("/sensors", status_code=201, response_model=ReadingsAccepted)
+@router.post(
+    "/sensors", status_code=201, response_model=ReadingsAccepted, responses=problems(400, 403, 413)
+)
 async def post_readings(
     body: ReadingsIn, device: CurrentDevice, state: AppState
 ) -> ReadingsAccepted:
@@ -58,7 +62,7 @@ def _flatten(latest: dict[uuid.UUID, dict[str, dict]]) -> list[LatestReading]:
     ]
 
 
-@router.get("/sensors", response_model=LatestReadings)
+@router.get("/sensors", response_model=LatestReadings, responses=problems(404))
 async def latest_readings(
     who: CurrentPrincipal,
     state: AppState,
@@ -93,19 +97,41 @@ async def latest_readings(
     return LatestReadings(source="database", readings=_flatten({**(cached or {}), **from_db}))
 
 
-_STEP = re.compile(r"^(\d+)(s|m|h|d)?$")
+_STEP = re.compile(r"^(\d{1,9})(s|m|h|d)?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MAX_STEP = timedelta(days=366)
+# Bounds of ``from`` and ``to``: far outside any reading, and far from datetime's own limits,
+# so the arithmetic on them cannot overflow (an answer of 422, never 500).
+FIRST, LAST = datetime(1970, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 
 
 def parse_step(step: str) -> timedelta:
-    """'60', '30s', '5m', '1h', '1d' -> timedelta. Raises InvalidInput."""
+    """'60', '30s', '5m', '1h', '1d' -> timedelta, at most MAX_STEP. Raises InvalidInput."""
     match = _STEP.match(step)
     if not match or int(match.group(1)) == 0:
         raise InvalidInput("step must be a positive number of seconds or like 30s, 5m, 1h, 1d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    width = int(match.group(1)) * _UNITS[match.group(2)]
+    if width > MAX_STEP.total_seconds():
+        raise InvalidInput(f"step must be at most {MAX_STEP.days} days")
+    return timedelta(seconds=width)
 
 
-@router.get("/sensors/history", response_model=History, response_model_by_alias=True)
+def _bounded(at: datetime | None, name: str) -> datetime | None:
+    if at is None:
+        return None
+    if at.tzinfo is None:
+        raise InvalidInput("from and to need a time zone (RFC 3339)")
+    if not FIRST <= at < LAST:
+        raise InvalidInput(f"{name} must be after {FIRST.year} and before {LAST.year}")
+    return at
+
+
+@router.get(
+    "/sensors/history",
+    response_model=History,
+    response_model_by_alias=True,
+    responses=problems(404),
+)
 async def sensor_history(
     who: CurrentPrincipal,
     state: AppState,
@@ -113,14 +139,12 @@ async def sensor_history(
     sensor: SensorName,
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
-    step: str = "60s",
+    step: Annotated[str, Query(max_length=16)] = "60s",
 ) -> History:
     """One sensor's readings between ``from`` and ``to`` (default: the last hour), aggregated
     in Postgres into buckets of ``step`` (avg, min, max, count per bucket)."""
-    end = end or datetime.now(UTC)
-    start = start or end - timedelta(hours=1)
-    if start.tzinfo is None or end.tzinfo is None:
-        raise InvalidInput("from and to need a time zone (RFC 3339)")
+    end = _bounded(end, "to") or datetime.now(UTC)
+    start = _bounded(start, "from") or end - timedelta(hours=1)
     if start >= end:
         raise InvalidInput("from must be before to")
     width = parse_step(step)
