@@ -9,6 +9,7 @@ replaces the row in Postgres (last write wins; within one call, the later in the
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Iterable
@@ -41,6 +42,8 @@ for i = 1, #ARGV, 3 do
 end
 return 1
 """
+
+UPDATE_LATEST_SHA = hashlib.sha1(UPDATE_LATEST.encode()).hexdigest()
 
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -90,19 +93,29 @@ def store_latest(client: redis.Redis, device_id: str, readings: list[dict[str, A
 def store_latest_many(client: redis.Redis, batches: list[tuple[str, list[dict[str, Any]]]]) -> None:
     """Update several devices' latest readings in one round trip.
 
+    The script goes by its SHA1 (``EVALSHA``): its text sent with every device's update cost
+    more than the update itself. Redis forgets scripts when it restarts; then the first call
+    loads it and sends the whole pipeline again (every command in it is safe to repeat).
+
     Raises:
         CacheUnavailable: Redis does not answer.
     """
+    if not batches:
+        return
     try:
-        # EVAL, not a registered script: a pipeline with scripts first asks Redis whether they
-        # exist (one more round trip per call); the script text is small.
-        with client.pipeline(transaction=False) as pipe:
-            for device_id, readings in batches:
-                pipe.eval(UPDATE_LATEST, 1, key(device_id), *update_args(readings))
-            if batches:
+        for attempt in (1, 2):
+            with client.pipeline(transaction=False) as pipe:
+                for device_id, readings in batches:
+                    pipe.evalsha(UPDATE_LATEST_SHA, 1, key(device_id), *update_args(readings))
                 seen = str(int(time.time() * 1000))
                 pipe.hset(SEEN_KEY, mapping={device_id: seen for device_id, _ in batches})
-            pipe.execute()
+                try:
+                    pipe.execute()
+                    return
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    client.script_load(UPDATE_LATEST)
     except _ERRORS as exc:
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
 

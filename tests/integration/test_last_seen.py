@@ -56,13 +56,14 @@ def test_latest_readings_and_last_seen_are_written_in_one_pipeline(client, monke
         (devices[1], [{"sensor": "rh", "value": 40, "ts": "2026-11-30T10:00:01+00:00"}]),
     ]
     try:
+        client.script_load(cache.UPDATE_LATEST)  # as after the first call since Redis started
         sent = _record_round_trips(client, monkeypatch)
         before = int(time.time() * 1000)
         cache.store_latest_many(client, batches)
         after = int(time.time() * 1000)
         monkeypatch.undo()
 
-        assert sent == [["EVAL", "EVAL", "HSET"]]  # one round trip for both devices
+        assert sent == [["EVALSHA", "EVALSHA", "HSET"]]  # one round trip for both devices
         assert cache.decode(client.hgetall(cache.key(devices[0]))) == {
             "t": {"value": 21.5, "ts": "2026-11-30T10:00:00+00:00"}
         }
@@ -72,3 +73,17 @@ def test_latest_readings_and_last_seen_are_written_in_one_pipeline(client, monke
     finally:
         client.delete(*(cache.key(d) for d in devices))
         client.hdel(cache.SEEN_KEY, *devices)
+
+
+def test_after_redis_forgot_the_script_the_update_loads_it_and_still_lands(client):
+    device = str(uuid.uuid4())
+    reading = {"sensor": "t", "value": 7.0, "ts": "2026-11-30T10:00:00+00:00"}
+    try:
+        client.script_flush()  # what a Redis restart does
+        cache.store_latest_many(client, [(device, [reading])])
+        assert cache.decode(client.hgetall(cache.key(device))) == {
+            "t": {"value": 7.0, "ts": "2026-11-30T10:00:00+00:00"}
+        }
+    finally:
+        client.delete(cache.key(device))
+        client.hdel(cache.SEEN_KEY, device)
