@@ -27,7 +27,7 @@ import typer
 
 from iot import security
 from iot.settings import Settings, get_settings
-from loadtest import pollbench, wrk
+from loadtest import pollbench, workerbench, wrk
 from loadtest.pollbench import LatencyRecord, delivery_summary
 from loadtest.wrk import WrkResult
 
@@ -448,3 +448,6 @@ def poll(
             f"{report['latency']['missing']} accepted commands did not reach their device "
             f"within {drain_timeout:g}s"
         )
+
+
+app.command("worker")(workerbench.worker)
