@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
 
 def _storable(text: str) -> str:
@@ -24,6 +34,21 @@ def _storable(text: str) -> str:
 
 Text = Annotated[str, AfterValidator(_storable)]
 SensorName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+_NUMBER = r"^-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$"  # JSON's number, written in a string
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or (isinstance(value, str) and not re.fullmatch(_NUMBER, value)):
+        raise ValueError("must be a number (or a number in a string)")
+    return value
+
+
+# A number; a number in a string ("21.5") is taken too. true/false are not numbers.
+ReadingValue = Annotated[
+    float,
+    BeforeValidator(_number),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": _NUMBER}]}),
+]
 MAX_READINGS = 1000
 MAX_FUTURE = timedelta(days=1)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -126,7 +151,7 @@ class DeviceList(BaseModel):
 # ----- sensors -----
 class Reading(Request):
     sensor: SensorName
-    value: float
+    value: ReadingValue
     ts: AwareDatetime = Field(
         default_factory=lambda: datetime.now(UTC),
         description="RFC 3339 with a time zone; when absent, the time the API received it"
