@@ -49,6 +49,12 @@ def programs(s: Settings) -> list[Program]:
         "RABBITMQ_PID_FILE": str(var / "run" / "rabbitmq.pid"),
         "RABBITMQ_CONF_ENV_FILE": str(var / "conf" / "rabbitmq-env.conf"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(var / "conf" / "rabbitmq-advanced.config"),
+        # Erlang distribution (epmd and the node's dist port) on loopback only: whoever reaches
+        # it and knows the cookie controls the node.
+        "ERL_EPMD_ADDRESS": h,
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+            "-kernel inet_dist_use_interface {" + h.replace(".", ",") + "}"
+        ),
     }
     pg = s.postgres_bin_dir
     app_env = {
@@ -208,8 +214,6 @@ def programs(s: Settings) -> list[Program]:
                 "flower",
                 f"--address={h}",
                 f"--port={s.flower_port}",
-                f"--broker_api=http://{s.rabbitmq_user}:{s.rabbitmq_password}@{h}:"
-                f"{s.rabbitmq_management_port}/api/",
                 "--purge_offline_workers=60",
                 # Flower would otherwise switch task events on in every worker every few
                 # seconds (remote control), undoing the sensors worker's choice to send none.
@@ -219,7 +223,12 @@ def programs(s: Settings) -> list[Program]:
             40,
             f"http:http://{h}:{s.flower_port}/healthcheck",
             f"http://{h}:{s.flower_port}/",
-            env=app_env,
+            # From the environment, not the command line: `ps` shows arguments to everyone.
+            env={
+                **app_env,
+                "FLOWER_BROKER_API": f"http://{s.rabbitmq_user}:{s.rabbitmq_password}@{h}:"
+                f"{s.rabbitmq_management_port}/api/",
+            },
         ),
         Program(
             "nginx",
