@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import os
 
+import prometheus_client
 from celery.signals import worker_init
 from prometheus_client import Counter, Histogram, start_http_server
+
+prometheus_client.disable_created_metrics()  # nothing reads `*_created` series
 
 log = logging.getLogger(__name__)
 
