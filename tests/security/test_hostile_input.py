@@ -90,20 +90,11 @@ def test_a_reading_value_must_be_a_number(tenant: Callable[..., Person], value: 
     assert r.status_code == 422, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ingest fast path (iot.api.ingest.plain_readings) still takes a NUL in a"
-    " reading's id; the sensors worker's insert then fails and the message is dropped",
-)
 def test_the_ingest_fast_path_leaves_a_nul_in_an_id_to_the_full_route() -> None:
     body = b'{"readings":[{"sensor":"t","value":1,"id":"a\\u0000b"}]}'
     assert plain_readings(body, datetime.now(UTC)) is None  # the full route answers 422
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reused Idempotency-Key answers the earlier command, even for another device",
-)
 def test_an_idempotency_key_reused_for_another_command_is_refused(
     tenant: Callable[..., Person],
 ) -> None:

@@ -151,7 +151,7 @@ def plain_readings(body: bytes, now: datetime) -> list[dict[str, Any]] | None:
                 return None
         else:
             when = now  # a device without a set clock: stamped with the receive time
-        if rid is not None and (not isinstance(rid, str) or len(rid) > 64):
+        if rid is not None and (not isinstance(rid, str) or len(rid) > 64 or "\x00" in rid):
             return None
         out.append({"sensor": sensor, "value": float(value), "ts": when.isoformat(), "id": rid})
     return out

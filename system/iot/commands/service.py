@@ -102,6 +102,7 @@ class Commands:
         a second copy anyway.
 
         Raises:
+            Conflict: the key was used before for a different command (device, name, args, ttl).
             QueueFull: the device has ``queue_cap`` commands not yet final.
             BrokerUnavailable: not confirmed; nothing was accepted, retry.
         """
@@ -112,6 +113,16 @@ class Commands:
             except DatabaseUnavailable:
                 existing = None
             if existing is not None:
+                asked = (str(device_id), name, args, ttl)
+                if (
+                    existing["device_id"],
+                    existing["name"],
+                    existing["args"],
+                    existing["ttl"],
+                ) != asked:
+                    raise Conflict(
+                        "Idempotency-Key already used for a different command; use a new key"
+                    )
                 return existing
         else:
             command_id = uuid.uuid4()
