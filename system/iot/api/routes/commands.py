@@ -51,7 +51,10 @@ def _view(command: dict[str, Any], status: str) -> Command:
 
 
 @router.post(
-    "/commands", status_code=201, response_model=Command, responses=problems(400, 403, 404, 413)
+    "/commands",
+    status_code=201,
+    response_model=Command,
+    responses=problems(400, 403, 404, 409, 413),
 )
 async def send_command(
     body: CommandCreate,
