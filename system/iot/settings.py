@@ -11,15 +11,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDERS = {"", "change-me", "changeme", "secret", "password", "placeholder"}
 
 
+STACK_ENV = PROJECT_ROOT / "var" / "stack.env"  # the shape `iotctl up --api-replicas ...` chose
+
+
 def _env_files() -> tuple[Path, ...]:
-    return (PROJECT_ROOT / ".env", PROJECT_ROOT / "var" / "secrets.env")
+    # later files win; the process environment wins over all of them
+    return (STACK_ENV, PROJECT_ROOT / ".env", PROJECT_ROOT / "var" / "secrets.env")
 
 
 class Settings(BaseSettings):
@@ -38,9 +42,14 @@ class Settings(BaseSettings):
     rate_limit_per_second: int = 200
     rate_limit_burst: int = 400
 
-    # Our own processes.
-    api_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [8101, 8102])
+    # Our own processes. API replicas listen on api_ports (by default api_replicas ports from
+    # 8101); sensors workers export metrics on worker_sensors_metrics_port, then from
+    # sensors_extra_metrics_port for the second and later ones.
+    api_replicas: int = Field(default=2, ge=1, le=16)
+    api_ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    sensor_workers: int = Field(default=1, ge=1, le=8)
     worker_sensors_metrics_port: int = 9811
+    sensors_extra_metrics_port: int = 9821
     worker_commandlog_metrics_port: int = 9812
     flower_port: int = 5566
 
@@ -118,7 +127,22 @@ class Settings(BaseSettings):
             return [int(p) for p in value.split(",") if p.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _replica_ports(self) -> Settings:
+        if not self.api_ports:
+            self.api_ports = [8101 + i for i in range(self.api_replicas)]
+        self.api_replicas = len(self.api_ports)
+        return self
+
     # ----- derived values -----
+    @property
+    def sensors_workers(self) -> list[tuple[str, int]]:
+        """(program name, metrics port) of each sensors worker."""
+        return [("worker-sensors", self.worker_sensors_metrics_port)] + [
+            (f"worker-sensors-{i + 1}", self.sensors_extra_metrics_port + i - 1)
+            for i in range(1, self.sensor_workers)
+        ]
+
     @property
     def var(self) -> Path:
         return self.home / "var"

@@ -51,10 +51,29 @@ def _print_urls(s: Settings) -> None:
 @app.command()
 def up(
     timeout: float = typer.Option(180, help="Seconds to wait for every component to be healthy."),
+    api_replicas: int | None = typer.Option(
+        None,
+        "--api-replicas",
+        min=1,
+        max=16,
+        help="API replicas to run (default 2). Kept in var/stack.env for later runs; nginx's "
+        "upstream, Prometheus' targets and the supervisor follow.",
+    ),
+    sensor_workers: int | None = typer.Option(
+        None,
+        "--sensor-workers",
+        min=1,
+        max=8,
+        help="Sensors workers sharing sensors.data (default 1). Kept like --api-replicas.",
+    ),
 ) -> None:
     """Prepare var/ (secrets, TLS, Postgres cluster, configs), start every process under the
     supervisor, apply database migrations, wait until all are healthy and print the URLs.
-    Running it again is harmless: it applies changed configuration and starts what is stopped."""
+    Running it again is harmless: it applies changed configuration and starts what is stopped
+    (and stops replicas or workers no longer wanted)."""
+    shape = {"IOT_API_REPLICAS": api_replicas, "IOT_SENSOR_WORKERS": sensor_workers}
+    if any(v is not None for v in shape.values()):
+        stack_setup.save_stack_shape({k: v for k, v in shape.items() if v is not None})
     base = settings()
     created = stack_setup.ensure_secrets(base.home)
     s = settings()

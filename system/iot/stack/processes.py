@@ -152,15 +152,13 @@ def programs(s: Settings) -> list[Program]:
     # second a log line and three events per task (published, routed by RabbitMQ, read by
     # Flower) cost more CPU than storing the readings. Its tasks are counted and timed in its
     # metrics; Flower still sees it online (heartbeats) and every task of the command worker.
+    # Several sensors workers (`iotctl up --sensor-workers N`) share sensors.data.
+    sensors = [
+        (name, "sensors.data", port, s.sensors_concurrency, "WARNING", False)
+        for name, port in s.sensors_workers
+    ]
     for name, queue, port, threads, level, events in (
-        (
-            "worker-sensors",
-            "sensors.data",
-            s.worker_sensors_metrics_port,
-            s.sensors_concurrency,
-            "WARNING",
-            False,
-        ),
+        *sensors,
         (
             "worker-commandlog",
             "commands.data,commands.log",

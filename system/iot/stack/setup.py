@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from iot.settings import PROJECT_ROOT, Settings
+from iot.settings import PROJECT_ROOT, STACK_ENV, Settings
 from iot.stack.processes import programs, supervisord_conf
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -158,6 +158,14 @@ RELOADS = {
 }
 
 
+def save_stack_shape(values: dict[str, int]) -> None:
+    """Keep ``IOT_API_REPLICAS`` / ``IOT_SENSOR_WORKERS`` in var/stack.env (other lines stay)."""
+    STACK_ENV.parent.mkdir(parents=True, exist_ok=True)
+    lines = STACK_ENV.read_text().splitlines() if STACK_ENV.exists() else []
+    kept = [ln for ln in lines if ln.split("=", 1)[0].strip() not in values]
+    STACK_ENV.write_text("\n".join([*kept, *(f"{k}={v}" for k, v in values.items())]) + "\n")
+
+
 def render_configs(s: Settings) -> list[str]:
     """Write every config under var/conf; returns the names of the files that changed."""
     conf = s.var / "conf"
@@ -171,6 +179,7 @@ def render_configs(s: Settings) -> list[str]:
         f"        server {s.host}:{p} max_fails=1 fail_timeout=3s;" for p in s.api_ports
     )
     values["api_targets"] = ", ".join(f'"{s.host}:{p}"' for p in s.api_ports)
+    values["worker_sensors_targets"] = ", ".join(f'"{s.host}:{p}"' for _, p in s.sensors_workers)
     outputs = {
         "nginx.conf": render((TEMPLATES / "nginx.conf").read_text(), values),
         "redis.conf": render((TEMPLATES / "redis.conf").read_text(), values),
