@@ -149,6 +149,60 @@ def test_same_message_delivered_twice_stores_one_row(alice: Person, pg, settings
     assert rows_for(pg, device.id) == 6
 
 
+def _publish_directly(settings: Settings, kwargs: dict) -> None:
+    """A message on sensors.data as the API would publish it (confirmed)."""
+    body, headers, task_id = messages.celery_message(messages.SENSORS_TASK, kwargs)
+    params = pika.URLParameters(
+        settings.broker_url.replace(str(settings.proxy_rabbitmq_port), str(settings.rabbitmq_port))
+    )
+    connection = pika.BlockingConnection(params)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        props = pika.BasicProperties(
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            correlation_id=task_id,
+        )
+        channel.basic_publish(messages.EXCHANGE, messages.SENSORS_QUEUE, body, props, True)
+    finally:
+        connection.close()
+
+
+def test_a_batch_postgres_refuses_costs_only_its_own_readings(
+    alice: Person, pg, settings: Settings
+):
+    # The API refuses such values; should one ever slip through, the other devices' readings
+    # that travel in the same message (and were answered 201) must still be stored.
+    bad, good = alice.new_device(), alice.new_device()
+    now = datetime.now(UTC).isoformat()
+    _publish_directly(
+        settings,
+        {
+            "batches": [
+                {
+                    "device_id": str(bad.id),
+                    "received_at": now,
+                    "readings": [{"sensor": "t", "value": 1.0, "ts": now, "id": "a\x00b"}],
+                },
+                {
+                    "device_id": str(good.id),
+                    "received_at": now,
+                    "readings": [{"sensor": "t", "value": 2.0, "ts": now, "id": None}],
+                },
+            ]
+        },
+    )
+    eventually(lambda: rows_for(pg, good.id) == 1, what="the good batch stored")
+    marker = bad.post([reading("marker", 1.0)])  # the worker goes on with later messages
+    assert marker.status_code == 201
+    eventually(lambda: rows_for(pg, bad.id) == 1, what="the refused device's next reading")
+    sensors = pg.execute("SELECT sensor FROM readings WHERE device_id = %s", (bad.id,)).fetchall()
+    assert sensors == [("marker",)]  # the refused reading alone was dropped
+
+
 def test_many_readings_in_one_post_are_all_stored(alice: Person, pg):
     device = alice.new_device()
     start = datetime.now(UTC) - timedelta(hours=1)

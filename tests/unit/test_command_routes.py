@@ -239,6 +239,7 @@ async def test_send_refusals_say_why(client, core, settings, error, status):
     body = {"device_id": str(DEVICE), "name": "open"}
     r = await client.post("/commands", json=body, headers=_person(settings))
     assert r.status_code == status and r.json()["detail"] == error.detail
+    assert r.headers["retry-after"] == str(settings.retry_after_seconds)  # when to try again
 
 
 async def test_a_foreign_device_is_404_and_devices_cannot_send(client, core, settings):

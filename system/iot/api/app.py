@@ -22,7 +22,7 @@ from iot.api.routes import auth, commands, devices, health, sensors
 from iot.api.shortcut import IdlePollShortcut
 from iot.commands.service import Commands
 from iot.commands.wakeups import Wakeups
-from iot.errors import AuthError, IotError, Unavailable
+from iot.errors import AuthError, IotError, QueueFull, Unavailable
 from iot.settings import Settings, get_settings
 
 log = logging.getLogger("iot.api")
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(IotError)
     async def _iot_error(request: Request, exc: IotError) -> JSONResponse:
         headers: dict[str, str] = {}
-        if isinstance(exc, Unavailable):
+        if isinstance(exc, Unavailable | QueueFull):
             headers["Retry-After"] = str(settings.retry_after_seconds)
         if isinstance(exc, AuthError):
             headers["WWW-Authenticate"] = "Bearer"

@@ -39,3 +39,7 @@ for _status in (
     "dead",
 ):
     COMMAND_EVENTS.labels(_status)
+# Every ack status from the start, so the first acks of a fresh replica show in increase()
+# and rate() (a series that appears at 1 has no earlier sample to count from).
+for _status in ("succeeded", "failed", "rejected"):
+    COMMANDS_ACKED.labels(_status)

@@ -27,6 +27,11 @@ DB_RETRIES = Counter(
     "iot_worker_db_retries_total", "Writes retried because Postgres was unavailable", ["task"]
 )
 READINGS_STORED = Counter("iot_readings_stored_total", "Readings stored as new rows")
+READINGS_REFUSED = Counter(
+    "iot_readings_refused_total",
+    "Readings Postgres refused as data after the API accepted them (dropped; each is a bug in "
+    "the API's validation)",
+)
 READINGS_DUPLICATE = Counter(
     "iot_readings_duplicate_total", "Readings already stored (redelivery or client retry)"
 )

@@ -8,6 +8,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from iot import cache, messages
 from iot.errors import CacheUnavailable
 from iot.settings import get_settings
@@ -29,6 +31,34 @@ def _redis_client() -> Any:
         return _redis
 
 
+# What Postgres (or psycopg, before sending) refuses in the data itself: retrying cannot help.
+REFUSED = (psycopg.DataError, ValueError)
+
+
+def _insert(todo: list[dict[str, Any]]) -> int:
+    return storage.write(
+        messages.SENSORS_TASK,
+        lambda c: readings_sql.insert_batches(c, todo),
+        single_statement=True,
+    )
+
+
+def _insert_each(todo: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """A message holds many devices' batches (the API coalesces requests): when one value is
+    refused, every other batch is still stored, one statement each, and only the refused batch
+    is dropped (logged and counted). Returns the stored batches and their new rows."""
+    kept, stored = [], 0
+    for b in todo:
+        try:
+            stored += _insert([b])
+        except REFUSED as exc:
+            metrics.READINGS_REFUSED.inc(len(b["readings"]))
+            log.error("readings of device %s refused by Postgres, dropped: %s", b["device_id"], exc)
+        else:
+            kept.append(b)
+    return kept, stored
+
+
 @app.task(name=messages.SENSORS_TASK)
 def store(batch: dict[str, Any] | None = None, batches: list[dict[str, Any]] | None = None) -> int:
     """Store the readings of one message (``batches``: several devices' batches coalesced by
@@ -37,11 +67,10 @@ def store(batch: dict[str, Any] | None = None, batches: list[dict[str, Any]] | N
     started = time.perf_counter()
     todo = batches if batches is not None else [batch] if batch is not None else []
     try:
-        stored = storage.write(
-            messages.SENSORS_TASK,
-            lambda c: readings_sql.insert_batches(c, todo),
-            single_statement=True,
-        )
+        try:
+            stored = _insert(todo)
+        except REFUSED:
+            todo, stored = _insert_each(todo)
     except Exception:
         metrics.TASKS.labels(messages.SENSORS_TASK, "failed").inc()
         log.exception("could not store %d batches", len(todo))
