@@ -63,7 +63,9 @@ def _load_markdown(load: dict[str, Any]) -> list[str]:
         "",
         "The ledger above covers the experiment's own fleet; the load's failed requests are "
         "expected during the fault and not counted as loss, but every reading it got a 201 "
-        "for must be in Postgres.",
+        "for must be in Postgres. A request counts in the phase in which it started: failures "
+        "under *before* are mostly requests in flight when the fault began (long polls of up "
+        "to 10 s, POSTs waiting for the broker's confirm).",
         "",
         "| phase | seconds | requests/s | failed | failures by status | POST /sensors p99 "
         "| command e2e p99 |",
@@ -228,6 +230,7 @@ def load_table(reports: list[dict[str, Any]]) -> str:
         load = r["load"]
         counts = r["counts"].values()
         f = load["windows"].get("fault") or {}
+        before = (load["windows"].get("before") or {}).get("failures", 0)
         readings = load.get("readings") or {}
         loss = "{} / {} / {}".format(
             sum(c["lost"] for c in counts),
@@ -242,7 +245,8 @@ def load_table(reports: list[dict[str, Any]]) -> str:
             loss,
             r.get("recovery_seconds"),
             f"{f.get('requests_per_s', 0):g}",
-            f"{f.get('failures', 0):,} ({_statuses(f.get('failures_by_status') or {})})",
+            f"{f.get('failures', 0):,} ({_statuses(f.get('failures_by_status') or {})})"
+            + (f" + {before:,} begun before it" if before else ""),
             _ms(f.get("sensors_p99_ms")),
             f"{readings.get('accepted', '?'):,} / {readings.get('missing', 'not checked')}",
         ]

@@ -175,6 +175,8 @@ def test_reports_show_the_load_and_keep_loaded_runs_apart(tmp_path: Path):
         "| rabbitmq-down | 2,000 | 25 | 80 | 0 / 0 / 0 | 2.1 | 360 | "
         "4,200 (4,100 × 503, 100 × error) | 1,200 ms | 50,000 / 0 |"
     )
+    r["load"]["windows"]["before"] = {**r["load"]["windows"]["before"], "failures": 300}
+    assert "4,200 (4,100 × 503, 100 × error) + 300 begun before it" in report.load_table([r])
     plain = {k: v for k, v in r.items() if k != "load"}
     for one in (plain, r):
         folder = tmp_path / report.label(one).replace(" ", "-")
