@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from iot.errors import DatabaseUnavailable
+from iot.errors import DatabaseBusy, DatabaseUnavailable
 from iot.settings import Settings
 
 CONNECT_TIMEOUT_SECONDS = 3
@@ -129,7 +129,7 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
         if pool.get_stats().get("pool_size", 0) >= (pool.max_size or 0):
             # Every connection exists and is busy: overload, not an outage. Answer this
             # request 503 but let the others keep trying (no fail-fast hold).
-            raise DatabaseUnavailable("database busy; retry later") from exc
+            raise DatabaseBusy("database busy; retry later") from exc
         _mark_down(pool)
         raise DatabaseUnavailable("database unavailable (no connection)") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:

@@ -39,6 +39,10 @@ class DatabaseUnavailable(Unavailable):
     pass
 
 
+class DatabaseBusy(DatabaseUnavailable):
+    """Every pooled connection is in use (overload, not an outage)."""
+
+
 class CacheUnavailable(Unavailable):
     pass
 

@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from iot import db, messages
 from iot.commands import lifecycle, metrics, store
 from iot.commands.wakeups import Wakeups
-from iot.errors import Conflict, DatabaseUnavailable, NotFound, QueueFull
+from iot.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound, QueueFull
 
 log = logging.getLogger(__name__)
 PublishTask = Callable[[str, str, dict[str, Any]], Awaitable[str]]
@@ -43,6 +43,7 @@ _IDEMPOTENCY_NS = uuid.UUID("1c7f6f0e-3f55-4f53-9d7b-55a1f2a0c0de")
 _REDIS_ERRORS = (redis.RedisError, OSError)
 DESCRIPTOR_TTL_SECONDS = 3600  # only until the worker has stored the row
 NO_LISTENER_RECHECK_SECONDS = 1.0
+BUSY_RETRY_SECONDS = 1.0  # a long poll that found the pool busy claims again after about this
 SWEEP_SECONDS = 2.0
 SWEEP_BATCH = 1000
 
@@ -251,16 +252,24 @@ class Commands:
                 # query at all until something arrives for it (or the knowledge ages out).
                 while True:
                     next_lapse = None
+                    busy = False
                     if woken.is_set() or not self.wakeups.surely_idle(key):
                         woken.clear()
-                        async with db.connection(self.pool) as conn:
-                            rows, next_lapse = await store.claim(
-                                conn, device_id, limit, lease, self.max_attempts
-                            )
+                        try:
+                            async with db.connection(self.pool) as conn:
+                                rows, next_lapse = await store.claim(
+                                    conn, device_id, limit, lease, self.max_attempts
+                                )
+                        except DatabaseBusy:
+                            # Every connection is in use: a long poll has time, so it claims
+                            # again a little later instead of adding a 503 to the overload.
+                            if deadline - loop.time() < BUSY_RETRY_SECONDS * 2:
+                                raise
+                            busy, rows = True, []
                         delivered = self._account(rows)
                         if delivered:
                             return delivered
-                        if next_lapse is None and not woken.is_set():
+                        if not busy and next_lapse is None and not woken.is_set():
                             self.wakeups.mark_idle(key)
                     remaining = deadline - loop.time()
                     if remaining <= 0 or self.wakeups.draining:
@@ -270,6 +279,10 @@ class Commands:
                         remaining = min(remaining, max(lapse_in, 0.0) + 0.05)
                     if not self.wakeups.listening:
                         remaining = min(remaining, NO_LISTENER_RECHECK_SECONDS)
+                    if busy:
+                        woken.set()  # claim again after the pause below, woken or not
+                        await asyncio.sleep(random.uniform(0.5, 1.5) * BUSY_RETRY_SECONDS)
+                        continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), remaining)
         finally:
