@@ -111,7 +111,7 @@ def device_for(settings: Settings) -> Iterator[Callable[[str], SimulatedDevice]]
         d.http.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright leaves its event loop running until it stops
 def browser(stack: Any) -> Iterator[Browser]:  # noqa: F811
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make up` (scripts/setup.sh) installs it")
