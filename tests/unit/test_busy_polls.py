@@ -66,3 +66,8 @@ def test_a_short_poll_still_answers_busy(busy_pool: list[str]) -> None:
     with pytest.raises(DatabaseBusy):
         asyncio.run(_core().poll(DEVICE, wait=0, limit=10, lease=30))
     assert busy_pool == ["busy"]
+
+
+def test_a_long_poll_out_of_time_answers_nothing_yet(busy_pool: list[str]) -> None:
+    assert asyncio.run(_core().poll(DEVICE, wait=0.05, limit=10, lease=30)) == []
+    assert busy_pool == ["busy"]  # the command stays stored for the next poll

@@ -262,9 +262,13 @@ class Commands:
                                 )
                         except DatabaseBusy:
                             # Every connection is in use: a long poll has time, so it claims
-                            # again a little later instead of adding a 503 to the overload.
-                            if deadline - loop.time() < BUSY_RETRY_SECONDS * 2:
+                            # again a little later instead of adding a 503 to the overload;
+                            # out of time, it answers "nothing yet" (the commands stay stored
+                            # for its next poll). A short poll (wait=0) answers busy.
+                            if wait <= 0:
                                 raise
+                            if deadline - loop.time() < BUSY_RETRY_SECONDS * 2:
+                                return []
                             busy, rows = True, []
                         delivered = self._account(rows)
                         if delivered:
