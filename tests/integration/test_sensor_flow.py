@@ -96,17 +96,9 @@ def test_a_cold_cache_is_filled_from_the_database(alice: Person, pg, stack, sett
     assert second["source"] == "cache" and second["readings"][0]["value"] == 7.0
 
 
-def test_same_message_delivered_twice_stores_one_row(alice: Person, pg, settings: Settings):
-    device = alice.new_device()
-    batch = {
-        "device_id": str(device.id),
-        "received_at": datetime.now(UTC).isoformat(),
-        "readings": [
-            {"sensor": f"s{i}", "value": float(i), "ts": datetime.now(UTC).isoformat(), "id": None}
-            for i in range(5)
-        ],
-    }
-    body, headers, task_id = messages.celery_message(messages.SENSORS_TASK, {"batch": batch})
+def _publish_directly(settings: Settings, kwargs: dict, times: int = 1) -> None:
+    """A message on sensors.data as the API would publish it (confirmed), ``times`` times."""
+    body, headers, task_id = messages.celery_message(messages.SENSORS_TASK, kwargs)
     params = pika.URLParameters(
         settings.broker_url.replace(str(settings.proxy_rabbitmq_port), str(settings.rabbitmq_port))
     )
@@ -121,12 +113,23 @@ def test_same_message_delivered_twice_stores_one_row(alice: Person, pg, settings
             delivery_mode=2,
             correlation_id=task_id,
         )
-        for _ in range(2):  # the same message, delivered twice (as after a lost ack)
-            channel.basic_publish(
-                messages.EXCHANGE, messages.SENSORS_QUEUE, body, props, mandatory=True
-            )
+        for _ in range(times):
+            channel.basic_publish(messages.EXCHANGE, messages.SENSORS_QUEUE, body, props, True)
     finally:
         connection.close()
+
+
+def test_same_message_delivered_twice_stores_one_row(alice: Person, pg, settings: Settings):
+    device = alice.new_device()
+    batch = {
+        "device_id": str(device.id),
+        "received_at": datetime.now(UTC).isoformat(),
+        "readings": [
+            {"sensor": f"s{i}", "value": float(i), "ts": datetime.now(UTC).isoformat(), "id": None}
+            for i in range(5)
+        ],
+    }
+    _publish_directly(settings, {"batch": batch}, times=2)  # as after a lost ack
 
     def both_processed():
         n = pg.execute(
@@ -147,28 +150,6 @@ def test_same_message_delivered_twice_stores_one_row(alice: Person, pg, settings
     assert marker.status_code == 201
     eventually(lambda: rows_for(pg, device.id) == 6, what="marker stored after the duplicates")
     assert rows_for(pg, device.id) == 6
-
-
-def _publish_directly(settings: Settings, kwargs: dict) -> None:
-    """A message on sensors.data as the API would publish it (confirmed)."""
-    body, headers, task_id = messages.celery_message(messages.SENSORS_TASK, kwargs)
-    params = pika.URLParameters(
-        settings.broker_url.replace(str(settings.proxy_rabbitmq_port), str(settings.rabbitmq_port))
-    )
-    connection = pika.BlockingConnection(params)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        props = pika.BasicProperties(
-            headers=headers,
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=2,
-            correlation_id=task_id,
-        )
-        channel.basic_publish(messages.EXCHANGE, messages.SENSORS_QUEUE, body, props, True)
-    finally:
-        connection.close()
 
 
 def test_a_batch_postgres_refuses_costs_only_its_own_readings(

@@ -100,13 +100,19 @@ async def test_requests_that_arrive_during_a_publish_share_the_next_one() -> Non
     assert sent == [["d0"], ["d1", "d2", "d3"], ["d4", "d5"]]  # at most 3 readings a message
 
 
-async def test_with_a_linger_batches_wait_for_company_until_enough_readings_wait() -> None:
+def _recording() -> tuple[list[list[str]], Any]:
+    """A publish that confirms at once, and the device ids of each message it got."""
     sent: list[list[str]] = []
 
     async def publish(queue: str, task: str, kwargs: dict[str, Any]) -> str:
         sent.append([b["device_id"] for b in kwargs["batches"]])
         return "id"
 
+    return sent, publish
+
+
+async def test_with_a_linger_batches_wait_for_company_until_enough_readings_wait() -> None:
+    sent, publish = _recording()
     coalescer = Coalescer(publish, linger=60, flush_readings=3)
     first = [
         asyncio.create_task(coalescer.submit({"device_id": f"d{i}", "readings": [GOOD]}))
@@ -120,12 +126,7 @@ async def test_with_a_linger_batches_wait_for_company_until_enough_readings_wait
 
 
 async def test_a_lone_batch_is_published_when_its_linger_is_over() -> None:
-    sent: list[list[str]] = []
-
-    async def publish(queue: str, task: str, kwargs: dict[str, Any]) -> str:
-        sent.append([b["device_id"] for b in kwargs["batches"]])
-        return "id"
-
+    sent, publish = _recording()
     coalescer = Coalescer(publish, linger=0.02, flush_readings=1000)
     await asyncio.wait_for(coalescer.submit({"device_id": "d0", "readings": [GOOD]}), 5)
     assert sent == [["d0"]]
