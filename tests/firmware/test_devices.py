@@ -21,20 +21,11 @@ from iotcore.handlers import registry as builtins
 from iotcore.http import HttpTransport
 
 from iot import security
+from iot.cli.device import Output  # the simulator's relay, which only remembers its state
 from tests.integration.conftest import Device, Person, eventually, status_becomes
 
 pytestmark = pytest.mark.integration
 FAST = {"reading_interval_s": 1, "poll_wait_s": 2, "backoff_base_ms": 200, "backoff_cap_ms": 3000}
-
-
-class Pin:
-    def __init__(self) -> None:
-        self.state = 0
-
-    def value(self, v: int | None = None) -> int:
-        if v is not None:
-            self.state = v
-        return self.state
 
 
 class Running:
@@ -88,7 +79,7 @@ def test_simulated_devices_receive_run_once_and_ack_commands(
     devices = [alice.new_device() for _ in range(3)]
     cores = []
     for d in devices:
-        core = d.core(counting_registry(runs), config=FAST, outputs={"relay": Pin()})
+        core = d.core(counting_registry(runs), config=FAST, outputs={"relay": Output()})
         cores.append(running.start(d, core))
     sent = []
     for d in devices:
