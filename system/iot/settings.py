@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     ingest_linger_ms: float = 50.0
     worker_prefetch_multiplier: int = 4
     history_max_points: int = 10_000
+    # History that ages (iot/maintenance.py, run by the commands worker): readings partitions
+    # whose whole day is older than this are dropped; finished commands not updated for this
+    # long are deleted with their events. 0 keeps everything.
+    readings_retention_days: int = Field(default=30, ge=0)
+    commands_retention_days: int = Field(default=90, ge=0)
+    maintenance_interval_seconds: float = Field(default=600.0, gt=0)
     replica_name: str = ""
 
     # Commands.

@@ -73,6 +73,17 @@ async def latest(
     return [dict(r) for r in await cur.fetchall()]
 
 
+# One sensor's window: the key (device, sensor, ts) finds it in each day partition the window
+# touches (the others are pruned), and the key's index carries value, so it is read from the
+# index alone once vacuum marked the pages all-visible (docs/scaling.md, "History").
+HISTORY = (
+    "SELECT date_bin(%(step)s, ts, %(start)s) AS bucket, avg(value) AS avg,"
+    " min(value) AS min, max(value) AS max, count(*) AS count FROM readings"
+    " WHERE device_id = %(device)s AND sensor = %(sensor)s"
+    " AND ts >= %(start)s AND ts < %(end)s GROUP BY bucket ORDER BY bucket"
+)
+
+
 async def history(
     conn: psycopg.AsyncConnection[Any],
     device_id: uuid.UUID,
@@ -83,10 +94,7 @@ async def history(
 ) -> list[dict[str, Any]]:
     """Readings of one sensor in [start, end), aggregated in buckets of ``step``."""
     cur = await conn.execute(
-        "SELECT date_bin(%(step)s, ts, %(start)s) AS bucket, avg(value) AS avg,"
-        " min(value) AS min, max(value) AS max, count(*) AS count FROM readings"
-        " WHERE device_id = %(device)s AND sensor = %(sensor)s"
-        " AND ts >= %(start)s AND ts < %(end)s GROUP BY bucket ORDER BY bucket",
+        HISTORY,
         {"step": step, "start": start, "end": end, "device": device_id, "sensor": sensor},
     )
     return [dict(r) for r in await cur.fetchall()]

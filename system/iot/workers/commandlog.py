@@ -1,6 +1,8 @@
 """The commands worker (process ``worker-commandlog``): it stores each command handed over
 through `commands data` as a row (and wakes its device's long polls), and stores events that
-reach the `commands log` queue."""
+reach the `commands log` queue. It also runs the history maintenance (``iot.maintenance``:
+readings partitions ahead, retention of readings and finished commands) in a thread of its
+own, as the owner role."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import logging
 import time
 from typing import Any
 
-from iot import messages
+from celery.signals import worker_ready
+
+from iot import maintenance, messages
 from iot.commands import store as commands_store
 from iot.workers import metrics, storage
 from iot.workers.app import app
@@ -38,3 +42,12 @@ def log_event(event: dict[str, Any]) -> int:
     metrics.TASKS.labels(messages.COMMAND_LOG_TASK, "succeeded").inc()
     metrics.TASK_SECONDS.labels(messages.COMMAND_LOG_TASK).observe(time.perf_counter() - started)
     return added
+
+
+@worker_ready.connect
+def _start_maintenance(sender: Any, **_: object) -> None:
+    """In the worker that consumes `commands log` (not the sensors workers, which load this
+    module too), start the history maintenance loop."""
+    if messages.COMMAND_LOG_QUEUE in sender.app.amqp.queues.consume_from:
+        maintenance.Runner().start()
+        log.info("history maintenance started")
