@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup up down status test test-unit lint bench chaos chaos-load load
+.PHONY: setup up down status test test-unit lint bench chaos chaos-load load compose-test
 
 setup:
 	bash scripts/setup.sh
@@ -57,3 +57,10 @@ load: setup
 	-$(VENV)/iotctl load run devices --shape step --devices 5000 --step-devices 1000 \
 		--step-seconds 60 --processes 2 --reuse
 	$(VENV)/iotctl load plan --devices 100000 --interval 10
+
+# The Compose bundle for real (compose/README.md): installs Docker's packages, starts dockerd if
+# none answers (and stops it after), builds the images, brings the stack up on its own ports,
+# sends a reading and a command through its nginx, brings it down.
+compose-test:
+	IOT_SETUP_DOCKER=1 bash scripts/setup.sh
+	bash scripts/compose.sh test

@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 TOXIPROXY_VERSION=v2.9.0
 PACKAGES=(rabbitmq-server postgresql redis-server nginx prometheus prometheus-alertmanager
           prometheus-postgres-exporter prometheus-redis-exporter prometheus-nginx-exporter
-          supervisor openssl wrk python3-venv chromium)
+          supervisor openssl wrk python3-venv chromium docker-compose)
+# The Compose bundle's engine and base image (`make compose-test`); `make test` needs only
+# docker-compose (it validates compose/docker-compose.yml).
+if [[ "${IOT_SETUP_DOCKER:-}" == 1 ]]; then PACKAGES+=(docker.io debootstrap); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,174 @@
+"""Render the native stack's configuration for the Compose bundle.
+
+``python compose/render.py [OUT]`` (default ``compose/.rendered``, git-ignored) writes what
+``docker-compose.yml`` mounts, from the same templates and the same program definitions that
+``iotctl up`` uses (``system/iot/stack``), with the addresses containers need:
+
+- ``conf/``: nginx, Redis, RabbitMQ, toxiproxy, Prometheus and Alertmanager configuration. Every
+  service listens on ``0.0.0.0`` (its own container) on the port the native stack uses; an
+  address another service is reached at names the service listening on that port
+  (``toxiproxy``'s upstreams, Prometheus' targets).
+- ``var/secrets.env``: random secrets, written once (the same set ``iotctl up`` writes), and
+  ``var/tls/``: the self-signed certificate of nginx.
+- ``env/<program>.env``: each program's environment as the supervisor would set it (database
+  role, worker metrics port, Flower's broker API, exporters' data source).
+
+Running it again rewrites ``conf/`` and ``env/`` and keeps the secrets and the certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from iot.settings import Settings
+from iot.stack import setup
+from iot.stack.processes import programs
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+HOME = Path("/srv/iot")  # IOT_HOME inside the containers; var/ is HOME/var
+ANY = "0.0.0.0"
+# Inside its container Prometheus listens on its usual port: the Grafana datasource
+# (monitoring/grafana/provisioning) points at prometheus:9090.
+OVERRIDES = {"prometheus_port": 9090}
+# The API replicas and sensors workers the compose file defines.
+API_SERVICES = ("api-1", "api-2")
+SENSORS_SERVICES = ("worker-sensors",)
+
+
+def secrets_of(out: Path) -> dict[str, str]:
+    """The bundle's secrets (written once into OUT/var/secrets.env) as Settings fields."""
+    setup.ensure_secrets(out)
+    values = {}
+    for line in (out / "var" / "secrets.env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values[key.strip().removeprefix("IOT_").lower()] = value.strip()
+    return values
+
+
+def service_of_port(s: Settings) -> dict[int, str]:
+    """Which compose service listens on each port of the stack."""
+    owners = {
+        "rabbitmq": (s.rabbitmq_port, s.rabbitmq_management_port, s.rabbitmq_prometheus_port),
+        "postgres": (s.postgres_port,),
+        "redis": (s.redis_port,),
+        "toxiproxy": (
+            s.toxiproxy_port,
+            s.proxy_rabbitmq_port,
+            s.proxy_postgres_port,
+            s.proxy_redis_port,
+        ),
+        "nginx": (s.http_port, s.https_port, s.nginx_status_port),
+        "flower": (s.flower_port,),
+        "prometheus": (s.prometheus_port,),
+        "alertmanager": (s.alertmanager_port,),
+        "postgres-exporter": (s.postgres_exporter_port,),
+        "redis-exporter": (s.redis_exporter_port,),
+        "nginx-exporter": (s.nginx_exporter_port,),
+        "worker-commandlog": (s.worker_commandlog_metrics_port,),
+    }
+    owners.update({name: (port,) for name, port in zip(API_SERVICES, s.api_ports, strict=True)})
+    owners.update(
+        {name: (port,) for name, (_, port) in zip(SENSORS_SERVICES, s.sensors_workers, strict=True)}
+    )
+    return {port: name for name, ports in owners.items() for port in ports}
+
+
+def address_by_owner(text: str, owners: dict[int, str]) -> str:
+    """Replace every ``0.0.0.0:PORT`` with ``<service listening on PORT>:PORT``."""
+
+    def sub(m: re.Match[str]) -> str:
+        port = int(m.group(1))
+        if port not in owners:
+            raise setup.SetupError(f"no compose service listens on port {port}")
+        return f"{owners[port]}:{port}"
+
+    return re.sub(r"0\.0\.0\.0:(\d+)", sub, text)
+
+
+def render(out: Path) -> list[Path]:
+    """Write everything under OUT; returns the files written."""
+    out = out.resolve()
+    host_side = Settings(_env_file=None, home=out, **secrets_of(out))  # type: ignore[call-arg]
+    (out / "var" / "tls").mkdir(parents=True, exist_ok=True)
+    setup.ensure_certificate(host_side)
+    s = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        home=HOME,
+        host=ANY,
+        api_replicas=len(API_SERVICES),
+        sensor_workers=len(SENSORS_SERVICES),
+        **OVERRIDES,
+        **secrets_of(out),
+    )
+    owners = service_of_port(s)
+    values: dict[str, object] = {
+        k: v for k, v in s.model_dump().items() if isinstance(v, str | int | float)
+    }
+    values["var"] = s.var
+    values["monitoring"] = HOME / "monitoring"
+    values["webui"] = HOME / "webui"
+    values["upstream_servers"] = "\n".join(
+        f"        server {name}:{port} max_fails=1 fail_timeout=3s;"
+        for name, port in zip(API_SERVICES, s.api_ports, strict=True)
+    )
+    values["api_targets"] = ", ".join(f'"{ANY}:{p}"' for p in s.api_ports)
+    values["worker_sensors_targets"] = ", ".join(f'"{ANY}:{p}"' for _, p in s.sensors_workers)
+
+    def template(name: str) -> str:
+        return setup.render((setup.TEMPLATES / name).read_text(), values)
+
+    proxies = json.loads(template("toxiproxy.json"))
+    for proxy in proxies:
+        proxy["upstream"] = address_by_owner(proxy["upstream"], owners)
+    conf = {
+        "nginx.conf": template("nginx.conf"),
+        "redis.conf": template("redis.conf"),
+        "rabbitmq.conf": template("rabbitmq.conf"),
+        "toxiproxy.json": json.dumps(proxies, indent=2) + "\n",
+        "prometheus.yml": address_by_owner(
+            setup.render(setup.PROMETHEUS_TEMPLATE.read_text(), values), owners
+        ),
+        "alertmanager.yml": setup.render(setup.ALERTMANAGER_TEMPLATE.read_text(), values),
+        "rabbitmq-plugins": "[rabbitmq_management,rabbitmq_prometheus].\n",
+        "rabbitmq-env.conf": "# our node is configured by environment variables\n",
+        "rabbitmq-advanced.config": "[].\n",
+    }
+    written = []
+    for name, text in conf.items():
+        written.append(_write(out / "conf" / name, text))
+    for program in programs(s):
+        if program.env:
+            lines = [f"{k}={address_by_owner(v, owners)}" for k, v in program.env.items()]
+            written.append(_write(out / "env" / f"{program.name}.env", "\n".join(lines) + "\n"))
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    # Containers run their services as other users (postgres, nginx workers): readable by all.
+    # The folder holds secrets: compose/.rendered is git-ignored and made 0700 by render().
+    path.chmod(0o644)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1]) if len(argv) > 1 else HERE / ".rendered"
+    out.mkdir(parents=True, exist_ok=True)
+    out.chmod(0o700)
+    try:
+        written = render(out)
+    except setup.SetupError as exc:
+        print(f"compose render: {exc}", file=sys.stderr)
+        return 1
+    print(f"rendered {len(written)} files into {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The Compose bundle (compose/): render its configuration, build its images, run it, test it.
+#
+#   scripts/compose.sh render   configuration from the native stack's templates (compose/.rendered)
+#   scripts/compose.sh build    the Debian base (debootstrap, cached) and our images
+#   scripts/compose.sh up       render, build, start everything but Grafana and wait for health
+#   scripts/compose.sh down     stop and remove the containers and volumes
+#   scripts/compose.sh test     up, a reading and a command through its nginx, down (make compose-test)
+#
+# A Docker engine is used when one answers; otherwise, as root with Debian's docker.io
+# installed, this script starts dockerd (storage driver vfs) itself and stops it again when it
+# is done (only that dockerd, by its pid). Set IOT_COMPOSE_BASE to build on another base image
+# (default: the debootstrap one, iot-debian:bookworm; `debian:12-slim` where a registry answers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-iotcompose}
+export IOT_COMPOSE_BASE=${IOT_COMPOSE_BASE:-iot-debian:bookworm}
+export IOT_COMPOSE_HTTP_PORT=${IOT_COMPOSE_HTTP_PORT:-38080}
+RENDERED=compose/.rendered
+BUILD=compose/images  # the build context: wheels/ and bin/ are added (git-ignored)
+STATE=var/compose  # dockerd's pid, log and data when this script starts one
+# Debian's docker CLI matches its engine; another one earlier on PATH may not.
+DOCKER=$(command -v /usr/bin/docker || command -v docker || true)
+export DOCKER
+COMPOSE=(docker-compose -f compose/docker-compose.yml)
+# Every service but Grafana, whose image no registry gives us here (docker-compose config
+# validates it; `docker-compose up` starts it where its image can be pulled).
+SERVICES=(rabbitmq postgres redis toxiproxy migrate api-1 api-2 worker-sensors
+          worker-commandlog flower nginx prometheus alertmanager postgres-exporter
+          redis-exporter nginx-exporter)
+
+say() { printf '==> [%4ds] %s\n' "$SECONDS" "$*"; }
+die() { printf 'compose: %s\n' "$*" >&2; exit 1; }
+
+started_dockerd=""
+stop_own_dockerd() {
+  if [[ -n "$started_dockerd" ]] && kill -0 "$started_dockerd" 2>/dev/null; then
+    say "stopping the dockerd this script started (pid $started_dockerd)"
+    kill "$started_dockerd"
+    for _ in $(seq 60); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 0.5; done
+  fi
+}
+
+need_engine() {
+  command -v docker-compose >/dev/null || die "docker-compose is missing: run IOT_SETUP_DOCKER=1 scripts/setup.sh"
+  [[ -n "$DOCKER" ]] || die "the docker client is missing: run IOT_SETUP_DOCKER=1 scripts/setup.sh"
+  if "$DOCKER" version >/dev/null 2>&1; then return; fi
+  [[ $EUID -eq 0 && -x /usr/sbin/dockerd ]] \
+    || die "no Docker engine answers and this script cannot start one (needs root and docker.io)"
+  mkdir -p "$STATE"
+  say "no Docker engine answers: starting dockerd --storage-driver=vfs (log: $STATE/dockerd.log)"
+  /usr/sbin/dockerd --storage-driver=vfs --pidfile "$ROOT/$STATE/dockerd.pid" \
+    >"$STATE/dockerd.log" 2>&1 &
+  started_dockerd=$!
+  trap stop_own_dockerd EXIT
+  for _ in $(seq 60); do
+    "$DOCKER" version >/dev/null 2>&1 && return
+    kill -0 "$started_dockerd" 2>/dev/null || break
+    sleep 1
+  done
+  tail -5 "$STATE/dockerd.log" >&2
+  die "dockerd did not start (this machine may not allow containers); see $STATE/dockerd.log"
+}
+
+render() {
+  say "rendering the configuration from the native stack's templates into $RENDERED"
+  .venv/bin/python compose/render.py "$RENDERED"
+}
+
+build() {
+  if [[ "$IOT_COMPOSE_BASE" == iot-debian:* ]]; then
+    bash scripts/compose-base.sh "$IOT_COMPOSE_BASE"
+  fi
+  say "building the wheels of the project and its dependencies ($BUILD/wheels)"
+  rm -rf "$BUILD/wheels" && mkdir -p "$BUILD/wheels" "$BUILD/bin" "$STATE"
+  nice -n 19 .venv/bin/pip wheel -q --wheel-dir "$BUILD/wheels" . >"$STATE/pip.log" 2>&1 \
+    || { tail -20 "$STATE/pip.log" >&2; die "pip wheel failed"; }
+  [[ -x var/bin/toxiproxy-server ]] || die "var/bin/toxiproxy-server is missing: run make setup"
+  cp var/bin/toxiproxy-server "$BUILD/bin/toxiproxy-server"
+  say "building the images on $IOT_COMPOSE_BASE (nice 19)"
+  nice -n 19 "${COMPOSE[@]}" build --build-arg BASE="$IOT_COMPOSE_BASE" 2>&1 \
+    | grep -E '^(Building|Successfully tagged|Step [0-9]+/[0-9]+ : FROM)|rror' || true
+  for image in $("${COMPOSE[@]}" config | awk '/^ +image: iot-/{print $2}' | sort -u); do
+    "$DOCKER" image inspect "$image" >/dev/null 2>&1 || die "image $image was not built"
+  done
+}
+
+wait_healthy() {
+  local deadline=$((SECONDS + ${1:-300})) pending
+  while :; do
+    pending=()
+    for svc in "${SERVICES[@]}"; do
+      [[ "$svc" == migrate ]] && continue
+      id=$("${COMPOSE[@]}" ps -q "$svc")
+      state=$("$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)
+      [[ "$state" == healthy ]] || pending+=("$svc:$state")
+    done
+    ((${#pending[@]} == 0)) && return 0
+    ((SECONDS < deadline)) || { echo "not healthy: ${pending[*]}" >&2; return 1; }
+    sleep 3
+  done
+}
+
+up() {
+  need_engine
+  render
+  build
+  say "starting the stack (project $COMPOSE_PROJECT_NAME, nginx on 127.0.0.1:$IOT_COMPOSE_HTTP_PORT)"
+  "${COMPOSE[@]}" up -d --no-build "${SERVICES[@]}"
+  say "waiting until every service is healthy"
+  if ! wait_healthy 400; then
+    "${COMPOSE[@]}" ps >&2
+    "${COMPOSE[@]}" logs --tail=20 >&2
+    die "the stack did not become healthy"
+  fi
+  say "all services healthy"
+}
+
+down() {
+  need_engine
+  say "bringing the stack down (containers, network, volumes)"
+  "${COMPOSE[@]}" down -v --remove-orphans
+}
+
+smoke() {
+  say "a reading and a command through nginx (127.0.0.1:$IOT_COMPOSE_HTTP_PORT)"
+  IOT_COMPOSE_URL="http://127.0.0.1:$IOT_COMPOSE_HTTP_PORT" .venv/bin/python compose/smoke.py \
+    --exec "${COMPOSE[*]} exec -T api-1"
+}
+
+case "${1:-}" in
+  render) render ;;
+  build) need_engine; render; build ;;
+  up) up ;;
+  down) down ;;
+  test)
+    up
+    rc=0
+    smoke || rc=$?
+    down
+    ((rc == 0)) || die "the smoke test failed"
+    say "compose test passed"
+    ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
+esac
