@@ -96,8 +96,8 @@ def run(
 ) -> None:
     """Register (or reuse) the devices, run locust headless with progress every 10 s, and
     write reports/load/<UTC time>-<scenario>/: locust's CSV and HTML, report.json,
-    report.md and PNG plots. Exit status 1 if any request failed (429 and 503 count) or a
-    reading answered 201 is missing from Postgres."""
+    report.md and PNG plots. Exit status 1 if the generator stopped early, if any request
+    failed (429 and 503 count) or if a reading answered 201 is missing from Postgres."""
     if not 0 <= poll_wait <= 30:
         _fail("--poll-wait must be between 0 and 30")
     if processes < 0:
@@ -133,6 +133,11 @@ def _summary(result: runner.RunResult) -> None:
             f"readings answered 201: {r['accepted']:,}; in Postgres: {r['stored']:,}; "
             f"missing {r['missing']:,}"
         )
+    if result.cut_short:
+        typer.secho(
+            f"not a capacity measurement: {result.cut_short}", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(1)
     bad = result.failures > 0 or r.get("missing", 0) > 0 or result.locust_exit not in (0, 1)
     if bad:
         typer.secho("the run had failures (see the report)", fg=typer.colors.RED, err=True)

@@ -64,6 +64,8 @@ def _conclusion(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Bottleneck: **{a['bottleneck']['component']}**: {a['bottleneck']['reason']}."
         )
+    if report["meta"].get("cut_short"):
+        lines.insert(0, f"- **Not a capacity measurement**: {report['meta']['cut_short']}.")
     if report.get("restarts"):
         start = report["steps"][0]["window"][0] if report.get("steps") else 0
         names = ", ".join(

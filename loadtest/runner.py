@@ -72,6 +72,7 @@ class RunResult:
     failures: int
     requests: int
     locust_exit: int
+    cut_short: str = ""  # why the run did not apply its whole profile ("" when it did)
 
 
 def scenarios() -> list[str]:
@@ -384,6 +385,7 @@ def finish(running: Running, progress: Callable[[str], None] = print) -> RunResu
     drained = [e["t"] for e in cpu.read(run_dir / "steps.jsonl") if e.get("event") == "drained"]
     meta["ended"] = min(drained[-1], time.time()) if drained else time.time()
     meta["locust_exit"] = code
+    meta["cut_short"] = cut_short(run_dir, meta["started"], meta["ended"], running.profile.duration)
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     if not (run_dir / "locust_stats.csv").exists():
         raise LoadError(f"locust did not run (exit {code}); see {run_dir / 'locust.out'}")
@@ -408,7 +410,34 @@ def finish(running: Running, progress: Callable[[str], None] = print) -> RunResu
     drawn = plots.draw(run_dir, built)
     (run_dir / "report.md").write_text(render.markdown(built, drawn))
     totals = _locust_totals(run_dir / "locust_stats.csv")
-    return RunResult(run_dir, built, totals[1], totals[0], code)
+    if meta["cut_short"]:
+        progress(f"warning: {meta['cut_short']}")
+    return RunResult(run_dir, built, totals[1], totals[0], code, meta["cut_short"])
+
+
+# Locust's master stops the whole test when its last worker misses heartbeats; the figures
+# of such a run describe a few seconds of load, not the profile.
+_WORKERS_LOST = "The last worker went missing"
+SHORT_MARGIN_SECONDS = 15.0
+
+
+def cut_short(run_dir: Path, started: float, ended: float, planned: float) -> str:
+    """Why the run did not apply its whole profile ("" when it did): locust lost its worker
+    processes, or it ended well before the planned duration."""
+    log = run_dir / "locust.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if _WORKERS_LOST in text:
+        return (
+            f"the generator stopped after {ended - started:.0f} of {planned:.0f} s: locust's "
+            "worker processes missed their heartbeats (a starved machine); the figures are not "
+            "a capacity measurement - rerun on a quieter machine or with fewer devices per process"
+        )
+    if ended - started < planned - SHORT_MARGIN_SECONDS:
+        return (
+            f"the generator stopped after {ended - started:.0f} of {planned:.0f} s (see "
+            f"{log}); the figures are not a capacity measurement"
+        )
+    return ""
 
 
 def _scrape_seconds(s: Settings) -> float:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import locust.runners
 from gevent.pool import Pool
 from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
@@ -52,6 +53,11 @@ from loadtest.device import (
 )
 
 log = logging.getLogger("loadtest")
+
+# Locust's master gives a worker process up after 3 missed one-second heartbeats and, when the
+# last is gone, stops the test. Worker processes starting thousands of devices on a busy
+# machine miss a few; they are not dead (the runner reports a run cut short all the same).
+locust.runners.HEARTBEAT_LIVENESS = 15
 
 
 def _env(name: str, default: float) -> float:

@@ -26,7 +26,7 @@ from loadtest.device import (
     rfc3339_ms,
 )
 from loadtest.prom import load_slos
-from loadtest.runner import progress_line
+from loadtest.runner import cut_short, progress_line
 
 # ----- shapes -----
 
@@ -416,6 +416,25 @@ def test_markdown_names_the_knee_and_the_bottleneck():
     assert "**Knee**: 1,000 devices" in text
     assert "First to saturate: **api-1**" in text
     assert "![cpu.png](cpu.png)" in text
+    assert "Not a capacity measurement" not in text
+    data["meta"]["cut_short"] = "the generator stopped after 12 of 90 s"
+    lines = render.markdown(data, []).splitlines()
+    conclusion = lines[lines.index("## Conclusion") + 2]
+    assert conclusion.startswith("- **Not a capacity measurement**: the generator stopped after 12")
+
+
+def test_a_run_whose_generator_lost_its_workers_or_ended_early_is_cut_short(tmp_path: Path):
+    log = tmp_path / "locust.log"
+    log.write_text("Shape test updating to 1003 users\n")
+    assert cut_short(tmp_path, 100.0, 190.0, 90.0) == ""
+    assert cut_short(tmp_path, 100.0, 180.0, 90.0) == ""  # within the margin
+    assert "stopped after 30 of 90 s" in cut_short(tmp_path, 100.0, 130.0, 90.0)
+    log.write_text(
+        "Worker vm_0e4 failed to send heartbeat, setting state to missing.\n"
+        "The last worker went missing, stopping test.\n"
+    )
+    why = cut_short(tmp_path, 100.0, 112.0, 90.0)
+    assert "missed their heartbeats" in why and "12 of 90 s" in why
 
 
 def test_slos_come_from_the_monitoring_rules_with_the_step_window():
