@@ -27,7 +27,7 @@ import typer
 
 from iot import security
 from iot.settings import Settings, get_settings
-from loadtest import pollbench, workerbench, wrk
+from loadtest import historybench, pollbench, workerbench, wrk
 from loadtest.pollbench import LatencyRecord, delivery_summary
 from loadtest.wrk import WrkResult
 
@@ -451,3 +451,4 @@ def poll(
 
 
 app.command("worker")(workerbench.worker)
+app.command("history")(historybench.history)
