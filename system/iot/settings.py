@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     postgres_user: str = "iot"
     postgres_db: str = "iot"
     rabbitmq_user: str = "iot"
+    # Least privilege in Postgres: the owner role (postgres_user) runs the migrations and owns
+    # the tables; each of our processes connects as the role its work needs, named
+    # `<postgres_user>_<role>` (stack/roles.py holds the grants). Supervisor sets db_role per
+    # program; the CLI and auditors stay the owner.
+    db_role: Literal["owner", "api", "sensors", "commandlog"] = "owner"
+    postgres_api_password: str = ""
+    postgres_sensors_password: str = ""
+    postgres_commandlog_password: str = ""
+    redis_password: str = ""  # Redis' requirepass
+    flower_user: str = "iot"
+    flower_password: str = ""  # Flower's basic auth
 
     # Behaviour.
     publish_timeout_seconds: float = 5.0
@@ -159,18 +170,28 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        """Postgres as the product's processes see it: through toxiproxy (unless disabled)."""
-        return self._pg_url(self.proxy_postgres_port if self.via_toxiproxy else self.postgres_port)
+        """Postgres as the product's processes see it: through toxiproxy (unless disabled), as
+        this process's role (``db_role``)."""
+        port = self.proxy_postgres_port if self.via_toxiproxy else self.postgres_port
+        return self.database_url_as(self.db_role, port)
 
     @property
     def database_direct_url(self) -> str:
-        """Postgres without toxiproxy: migrations, auditors, exporters."""
-        return self._pg_url(self.postgres_port)
+        """Postgres without toxiproxy, as the owner: migrations, auditors, exporters."""
+        return self.database_url_as("owner")
 
-    def _pg_url(self, port: int) -> str:
+    def postgres_role(self, role: str) -> tuple[str, str]:
+        """(name, password) of one of the product's Postgres roles."""
+        if role == "owner":
+            return self.postgres_user, self.postgres_password
+        return f"{self.postgres_user}_{role}", getattr(self, f"postgres_{role}_password")
+
+    def database_url_as(self, role: str, port: int | None = None) -> str:
+        """Postgres as ``role`` (owner, api, sensors, commandlog); directly unless ``port``."""
+        user, password = self.postgres_role(role)
         return (
-            f"postgresql://{self.postgres_user}:{self.postgres_password}"
-            f"@{self.host}:{port}/{self.postgres_db}"
+            f"postgresql://{user}:{password}"
+            f"@{self.host}:{port or self.postgres_port}/{self.postgres_db}"
         )
 
     @property
@@ -181,7 +202,12 @@ class Settings(BaseSettings):
     @property
     def redis_url(self) -> str:
         port = self.proxy_redis_port if self.via_toxiproxy else self.redis_port
-        return f"redis://{self.host}:{port}/0"
+        return f"redis://:{self.redis_password}@{self.host}:{port}/0"
+
+    @property
+    def redis_direct_url(self) -> str:
+        """Redis without toxiproxy: the CLI, tests, auditors."""
+        return f"redis://:{self.redis_password}@{self.host}:{self.redis_port}/0"
 
     def require_secrets(self) -> None:
         """Refuse to run with a missing or placeholder secret.
@@ -189,13 +215,19 @@ class Settings(BaseSettings):
         Raises:
             RuntimeError: naming the first variable that is missing.
         """
-        for name in ("secret_key", "postgres_password", "rabbitmq_password"):
-            value = getattr(self, name)
-            if value.strip().lower() in PLACEHOLDERS or len(value) < 16:
-                raise RuntimeError(
-                    f"IOT_{name.upper()} is missing or a placeholder; run `iotctl up` once "
-                    "(it writes var/secrets.env) or set it in the environment (16+ characters)"
-                )
+        for name in ("secret_key", "rabbitmq_password", "redis_password"):
+            self._require(name, getattr(self, name))
+        role = self.db_role
+        name = "postgres_password" if role == "owner" else f"postgres_{role}_password"
+        self._require(name, getattr(self, name))
+
+    @staticmethod
+    def _require(name: str, value: str) -> None:
+        if value.strip().lower() in PLACEHOLDERS or len(value) < 16:
+            raise RuntimeError(
+                f"IOT_{name.upper()} is missing or a placeholder; run `iotctl up` once "
+                "(it writes var/secrets.env) or set it in the environment (16+ characters)"
+            )
 
 
 @lru_cache

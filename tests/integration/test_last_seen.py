@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[redis.Redis]:
-    r = redis.Redis(host=settings.host, port=settings.redis_port, socket_timeout=5)
+    r = redis.Redis.from_url(settings.redis_direct_url, socket_timeout=5)
     yield r
     r.close()
 

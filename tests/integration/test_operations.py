@@ -23,7 +23,7 @@ def test_cache_rebuild_restores_latest_readings_after_redis_lost_them(alice: Per
     device = alice.new_device()
     assert device.post([reading("t", 5.0)]).status_code == 201
     eventually(lambda: rows_for(pg, device.id) == 1, what="reading stored")
-    r = redis.Redis(host=settings.host, port=settings.redis_port)
+    r = redis.Redis.from_url(settings.redis_direct_url)
     r.delete(f"latest:{device.id}")
     done = iotctl("cache", "rebuild", "--device", str(device.id))
     assert done.returncode == 0, done.stderr

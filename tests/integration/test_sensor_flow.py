@@ -89,7 +89,7 @@ def test_a_cold_cache_is_filled_from_the_database(alice: Person, pg, stack, sett
     device = alice.new_device()
     assert device.post([reading("t", 7.0)]).status_code == 201
     eventually(lambda: rows_for(pg, device.id) == 1, what="reading stored")
-    redis.Redis(host=settings.host, port=settings.redis_port).delete(f"latest:{device.id}")
+    redis.Redis.from_url(settings.redis_direct_url).delete(f"latest:{device.id}")
     first = device.api.get("/sensors", headers=device.headers).json()
     assert first["source"] == "database" and first["readings"][0]["value"] == 7.0
     second = device.api.get("/sensors", headers=device.headers).json()

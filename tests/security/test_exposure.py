@@ -14,6 +14,7 @@ import pytest
 
 from iot.settings import Settings
 from iot.stack.control import Supervisor
+from iot.stack.roles import ROLES
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +90,9 @@ def _secrets(settings: Settings) -> dict[str, str]:
         "secret_key": settings.secret_key,
         "postgres_password": settings.postgres_password,
         "rabbitmq_password": settings.rabbitmq_password,
+        "redis_password": settings.redis_password,
+        "flower_password": settings.flower_password,
+        **{f"postgres_{r}_password": settings.postgres_role(r)[1] for r in ROLES},
     }
     assert all(len(v) >= 16 for v in values.values()), "the stack runs with short secrets"
     return values

@@ -47,7 +47,7 @@ def rebuild(
     """Refill Redis from Postgres: each device's latest readings (never replacing a newer
     value) and the device-owner map. Safe to run while the system is serving."""
     s = settings()
-    client = redis.Redis(host=s.host, port=s.redis_port, socket_timeout=5)
+    client = redis.Redis.from_url(s.redis_direct_url, socket_timeout=5)
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:

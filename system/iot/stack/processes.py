@@ -145,7 +145,7 @@ def programs(s: Settings) -> list[Program]:
                 30,
                 f"http:http://{h}:{port}/health",
                 f"http://{h}:{port}/docs",
-                env={**app_env, "IOT_REPLICA_NAME": f"api-{i}"},
+                env={**app_env, "IOT_REPLICA_NAME": f"api-{i}", "IOT_DB_ROLE": "api"},
             )
         )
     # The sensors worker logs at WARNING and sends no task events: at hundreds of tasks a
@@ -154,10 +154,10 @@ def programs(s: Settings) -> list[Program]:
     # metrics; Flower still sees it online (heartbeats) and every task of the command worker.
     # Several sensors workers (`iotctl up --sensor-workers N`) share sensors.data.
     sensors = [
-        (name, "sensors.data", port, s.sensors_concurrency, "WARNING", False)
+        (name, "sensors.data", port, s.sensors_concurrency, "WARNING", False, "sensors")
         for name, port in s.sensors_workers
     ]
-    for name, queue, port, threads, level, events in (
+    for name, queue, port, threads, level, events, role in (
         *sensors,
         (
             "worker-commandlog",
@@ -166,6 +166,7 @@ def programs(s: Settings) -> list[Program]:
             s.worker_concurrency,
             "INFO",
             True,
+            "commandlog",
         ),
     ):
         progs.append(
@@ -198,6 +199,7 @@ def programs(s: Settings) -> list[Program]:
                     **app_env,
                     "IOT_WORKER_METRICS_PORT": str(port),
                     "IOT_WORKER_TASK_EVENTS": "true" if events else "false",
+                    "IOT_DB_ROLE": role,
                 },
                 stopwaitsecs=30,
             )
@@ -226,6 +228,8 @@ def programs(s: Settings) -> list[Program]:
                 **app_env,
                 "FLOWER_BROKER_API": f"http://{s.rabbitmq_user}:{s.rabbitmq_password}@{h}:"
                 f"{s.rabbitmq_management_port}/api/",
+                # Basic auth on the UI and API (/metrics and /healthcheck stay open).
+                "FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}",
             },
         ),
         Program(
@@ -297,6 +301,7 @@ def programs(s: Settings) -> list[Program]:
             "monitoring",
             40,
             f"http:http://{h}:{s.redis_exporter_port}/metrics",
+            env={"REDIS_PASSWORD": s.redis_password},
         ),
         Program(
             "nginx-exporter",

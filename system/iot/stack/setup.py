@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from iot.settings import PROJECT_ROOT, STACK_ENV, Settings
+from iot.stack import roles
 from iot.stack.processes import programs, supervisord_conf
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -42,22 +43,35 @@ def render(template: str, values: dict[str, object]) -> str:
     return _PLACEHOLDER.sub(sub, template)
 
 
+# Every secret `iotctl up` generates; one missing from an older var/secrets.env is added.
+SECRETS = (
+    ("IOT_SECRET_KEY", 48),
+    ("IOT_POSTGRES_PASSWORD", 24),
+    ("IOT_RABBITMQ_PASSWORD", 24),
+    ("IOT_POSTGRES_API_PASSWORD", 24),
+    ("IOT_POSTGRES_SENSORS_PASSWORD", 24),
+    ("IOT_POSTGRES_COMMANDLOG_PASSWORD", 24),
+    ("IOT_REDIS_PASSWORD", 24),
+    ("IOT_FLOWER_PASSWORD", 24),
+)
+
+
 def ensure_secrets(home: Path) -> bool:
-    """Write var/secrets.env with random secrets once. Returns True when it was created."""
+    """Write var/secrets.env with random secrets once, and add any secret it lacks (existing
+    ones are kept). Returns True when something was written."""
     path = home / "var" / "secrets.env"
-    if path.exists():
-        return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Generated once by `iotctl up`. Keep private; deleting it needs `iotctl down --purge`.",
-        f"IOT_SECRET_KEY={secrets.token_urlsafe(48)}",
-        f"IOT_POSTGRES_PASSWORD={secrets.token_urlsafe(24)}",
-        f"IOT_RABBITMQ_PASSWORD={secrets.token_urlsafe(24)}",
-    ]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return True
+    if not path.exists():
+        header = "# Written by `iotctl up`. Keep private; deleting it needs `iotctl down --purge`."
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(header + "\n")
+    have = {ln.split("=", 1)[0].strip() for ln in path.read_text().splitlines() if "=" in ln}
+    lines = [f"{k}={secrets.token_urlsafe(n)}" for k, n in SECRETS if k not in have]
+    if lines:
+        with path.open("a") as f:
+            f.write("\n".join(lines) + "\n")
+    return bool(lines)
 
 
 def make_dirs(s: Settings) -> None:
@@ -229,10 +243,22 @@ def bootstrap_database(s: Settings) -> None:
                 )
             )
         conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(s.postgres_user)))
+    # The processes' roles, with their grants in the same transaction: a process never logs in
+    # as a role that lacks them (migrate() applies them again after new migrations).
+    with psycopg.connect(
+        host=str(s.var / "run" / "postgres"),
+        port=s.postgres_port,
+        user="postgres",
+        dbname=s.postgres_db,
+    ) as conn:
+        roles.create(conn, dict(s.postgres_role(r) for r in roles.ROLES))
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(s.postgres_user)))
+        roles.apply(conn)
 
 
 def migrate(database_url: str) -> list[str]:
-    """Apply pending migrations (yoyo); returns the ids applied."""
+    """Apply pending migrations (yoyo), then the least-privilege roles' grants (as the owner,
+    every time: stack/roles.py); returns the ids applied."""
     from yoyo import get_backend, read_migrations
 
     backend = get_backend(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -240,6 +266,8 @@ def migrate(database_url: str) -> list[str]:
     with backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        roles.apply(conn)
     return [m.id for m in pending]
 
 

@@ -1,0 +1,63 @@
+"""The loopback services that hold data or control ask for credentials: Redis (requirepass) and
+Flower (basic auth). Their passwords are random, in var/secrets.env, never on a command line
+(test_exposure.py)."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+import redis
+
+from iot.settings import Settings
+from iot.stack.control import Supervisor
+
+pytestmark = pytest.mark.integration
+
+
+def _raw_redis(port: int, command: bytes, host: str) -> bytes:
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(command)
+        return sock.recv(256)
+
+
+@pytest.mark.parametrize("which", ["redis_port", "proxy_redis_port"])
+@pytest.mark.parametrize("command", [b"PING\r\n", b"GET x\r\n", b"KEYS *\r\n", b"CONFIG GET *\r\n"])
+def test_redis_refuses_commands_without_the_password(
+    stack: Supervisor, settings: Settings, which: str, command: bytes
+) -> None:
+    """Directly and through toxiproxy (the path our processes take)."""
+    answer = _raw_redis(getattr(settings, which), command, settings.host)
+    assert answer.startswith(b"-NOAUTH"), answer
+
+
+def test_redis_refuses_a_wrong_password(stack: Supervisor, settings: Settings) -> None:
+    client = redis.Redis(host=settings.host, port=settings.redis_port, password="not-the-one")
+    with pytest.raises(redis.AuthenticationError):
+        client.ping()
+
+
+def test_redis_answers_with_the_password(stack: Supervisor, settings: Settings) -> None:
+    assert redis.Redis.from_url(settings.redis_direct_url, socket_timeout=5).ping()
+
+
+@pytest.mark.parametrize("path", ["/", "/workers", "/tasks", "/api/workers", "/api/tasks"])
+def test_flower_asks_for_credentials(stack: Supervisor, settings: Settings, path: str) -> None:
+    url = f"http://{settings.host}:{settings.flower_port}{path}"
+    anonymous = httpx.get(url, timeout=10)
+    assert anonymous.status_code == 401, anonymous.text[:200]
+    if not path.startswith("/api/"):  # the pages ask the browser for a password
+        assert anonymous.headers["www-authenticate"].startswith("Basic")
+    wrong = httpx.get(url, auth=(settings.flower_user, "not-the-one"), timeout=10)
+    assert wrong.status_code == 401
+
+
+def test_flower_answers_with_its_credentials(stack: Supervisor, settings: Settings) -> None:
+    r = httpx.get(
+        f"http://{settings.host}:{settings.flower_port}/api/workers",
+        auth=(settings.flower_user, settings.flower_password),
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text[:200]
+    assert any(name.startswith("worker-commandlog@") for name in r.json())
