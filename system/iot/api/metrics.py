@@ -7,6 +7,7 @@ own port (nginx does not expose ``/metrics``), so counts are exact with several 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
@@ -30,6 +31,8 @@ REQUEST_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# (method, route, status) -> its request counter and duration histogram, bounded like the labels
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 IN_FLIGHT = Gauge("iot_http_requests_in_flight", "HTTP requests being answered")
 PUBLISHES = Counter(
     "iot_broker_publishes_total",
@@ -86,5 +89,13 @@ class MetricsMiddleware:
             # 405: the path exists but not with this method; counted with the unmatched ones
             path = (getattr(route, "path", None) if status != 405 else None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            REQUESTS.labels(method, path, str(status)).inc()
-            REQUEST_SECONDS.labels(method, path).observe(time.perf_counter() - started)
+            key = (method, path, status)
+            series = _SERIES.get(key)
+            if series is None:  # labels() validates and hashes its values: once per series
+                series = (
+                    REQUESTS.labels(method, path, str(status)),
+                    REQUEST_SECONDS.labels(method, path),
+                )
+                _SERIES[key] = series
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
