@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -91,60 +92,71 @@ def address_by_owner(text: str, owners: dict[int, str]) -> str:
 
 
 def render(out: Path) -> list[Path]:
-    """Write everything under OUT; returns the files written."""
+    """Write everything under OUT; returns the files written.
+
+    The native code renders (``setup.render_configs``, ``processes.programs``) into a staging
+    folder with every service listening on 0.0.0.0; then the staging paths become the
+    containers' (``/srv/iot``) and the addresses of other services their service names.
+    """
     out = out.resolve()
-    host_side = Settings(_env_file=None, home=out, **secrets_of(out))  # type: ignore[call-arg]
+    secrets = secrets_of(out)
     (out / "var" / "tls").mkdir(parents=True, exist_ok=True)
-    setup.ensure_certificate(host_side)
+    setup.ensure_certificate(Settings(_env_file=None, home=out, **secrets))  # type: ignore[call-arg]
+    stage = out / "stage"
+    (stage / "var" / "conf").mkdir(parents=True, exist_ok=True)
     s = Settings(  # type: ignore[call-arg]
         _env_file=None,
-        home=HOME,
+        home=stage,
         host=ANY,
         api_replicas=len(API_SERVICES),
         sensor_workers=len(SENSORS_SERVICES),
         **OVERRIDES,
-        **secrets_of(out),
+        **secrets,
     )
     owners = service_of_port(s)
-    values: dict[str, object] = {
-        k: v for k, v in s.model_dump().items() if isinstance(v, str | int | float)
-    }
-    values["var"] = s.var
-    values["monitoring"] = HOME / "monitoring"
-    values["webui"] = HOME / "webui"
-    values["upstream_servers"] = "\n".join(
-        f"        server {name}:{port} max_fails=1 fail_timeout=3s;"
-        for name, port in zip(API_SERVICES, s.api_ports, strict=True)
-    )
-    values["api_targets"] = ", ".join(f'"{ANY}:{p}"' for p in s.api_ports)
-    values["worker_sensors_targets"] = ", ".join(f'"{ANY}:{p}"' for _, p in s.sensors_workers)
+    setup.render_configs(s)
 
-    def template(name: str) -> str:
-        return setup.render((setup.TEMPLATES / name).read_text(), values)
+    def contained(text: str) -> str:
+        for path, inside in (
+            (stage, HOME),
+            (REPO / "monitoring", HOME / "monitoring"),
+            (REPO / "webui", HOME / "webui"),
+        ):
+            text = text.replace(str(path), str(inside))
+        return text
 
-    proxies = json.loads(template("toxiproxy.json"))
+    def native(name: str) -> str:
+        return contained((stage / "var" / "conf" / name).read_text())
+
+    proxies = json.loads(native("toxiproxy.json"))
     for proxy in proxies:
         proxy["upstream"] = address_by_owner(proxy["upstream"], owners)
     conf = {
-        "nginx.conf": template("nginx.conf"),
-        "redis.conf": template("redis.conf"),
-        "rabbitmq.conf": template("rabbitmq.conf"),
-        "toxiproxy.json": json.dumps(proxies, indent=2) + "\n",
-        "prometheus.yml": address_by_owner(
-            setup.render(setup.PROMETHEUS_TEMPLATE.read_text(), values), owners
-        ),
-        "alertmanager.yml": setup.render(setup.ALERTMANAGER_TEMPLATE.read_text(), values),
-        "rabbitmq-plugins": "[rabbitmq_management,rabbitmq_prometheus].\n",
-        "rabbitmq-env.conf": "# our node is configured by environment variables\n",
-        "rabbitmq-advanced.config": "[].\n",
+        name: native(name)
+        for name in (
+            "redis.conf",
+            "rabbitmq.conf",
+            "alertmanager.yml",
+            "rabbitmq-plugins",
+            "rabbitmq-env.conf",
+            "rabbitmq-advanced.config",
+        )
     }
-    written = []
-    for name, text in conf.items():
-        written.append(_write(out / "conf" / name, text))
+    conf["toxiproxy.json"] = json.dumps(proxies, indent=2) + "\n"
+    conf["prometheus.yml"] = address_by_owner(native("prometheus.yml"), owners)
+    conf["nginx.conf"] = re.sub(
+        r"(?m)^(\s*server )(0\.0\.0\.0:\d+)",
+        lambda m: m.group(1) + address_by_owner(m.group(2), owners),
+        native("nginx.conf"),
+    )
+    written = [_write(out / "conf" / name, text) for name, text in conf.items()]
     for program in programs(s):
         if program.env:
-            lines = [f"{k}={address_by_owner(v, owners)}" for k, v in program.env.items()]
+            lines = [
+                f"{k}={address_by_owner(contained(v), owners)}" for k, v in program.env.items()
+            ]
             written.append(_write(out / "env" / f"{program.name}.env", "\n".join(lines) + "\n"))
+    shutil.rmtree(stage)  # it holds the native-only files (supervisord.conf)
     return written
 
 

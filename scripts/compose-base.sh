@@ -43,6 +43,12 @@ path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 EOF
 echo 'APT::Install-Recommends "false";' >"$root/etc/apt/apt.conf.d/01-no-recommends"
+# As Debian's own container images: no package caches (80 MB in every layer that runs apt).
+cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };
+EOF
 echo "==> docker import $IMAGE ($(du -sh "$root" | cut -f1))"
 tar -C "$root" -c . | "$DOCKER" import -c 'CMD ["/bin/bash"]' - "$IMAGE" >/dev/null
 echo "==> base image $IMAGE ready in $((SECONDS - start)) s"

@@ -97,6 +97,9 @@ def test_rendered_addresses_name_services_of_the_file(
     # Every service listens on all of its container's addresses, nowhere on loopback only.
     for name in ("nginx.conf", "redis.conf", "rabbitmq.conf", "toxiproxy.json"):
         assert "127.0.0.1" not in (conf / name).read_text(), name
+    # Paths are the containers' own, never this machine's.
+    for path in [*conf.iterdir(), *(rendered / "env").iterdir()]:
+        assert str(ROOT) not in path.read_text() and str(rendered) not in path.read_text(), path
 
 
 def test_secrets_are_generated_once_and_not_in_the_file(rendered: Path) -> None:
