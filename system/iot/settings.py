@@ -7,6 +7,7 @@ Values come from the environment (prefix ``IOT_``), then ``.env`` in the project
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -59,6 +60,11 @@ class Settings(BaseSettings):
     rabbitmq_management_port: int = 15682
     rabbitmq_prometheus_port: int = 15702
     rabbitmq_nodename: str = "iot@localhost"
+    # A three-node RabbitMQ cluster on this machine (`iotctl up --cluster`, kept in
+    # var/stack.env). Node 1 is the single node above; node N (2, 3) is `iot-N@localhost` on each
+    # port above plus N - 1 (AMQP 5683, 5684; management 15683, 15684; ...), data under
+    # var/rabbitmq-N. The API and workers know every node and fail over between them.
+    rabbitmq_cluster: bool = False
     postgres_port: int = 5442
     redis_port: int = 6389
     toxiproxy_port: int = 8575
@@ -66,7 +72,7 @@ class Settings(BaseSettings):
     # fault any connection. Off (IOT_VIA_TOXIPROXY=false) is the production profile: direct
     # connections, one hop and toxiproxy's CPU less, and no chaos experiments.
     via_toxiproxy: bool = True
-    proxy_rabbitmq_port: int = 5782
+    proxy_rabbitmq_port: int = 5782  # node N of the cluster: this plus N - 1
     proxy_postgres_port: int = 5542
     proxy_redis_port: int = 6489
 
@@ -132,6 +138,9 @@ class Settings(BaseSettings):
     command_max_attempts: int = 5
     command_queue_max: int = 100
     command_max_args_bytes: int = 4096
+    # Devices a person may register (admins: no limit); `iotctl users set NAME --max-devices N`
+    # gives one person another limit.
+    max_devices_per_user: int = Field(default=1000, ge=0)
 
     # Binaries that do not come from the virtualenv.
     toxiproxy_bin: Path = PROJECT_ROOT / "var" / "bin" / "toxiproxy-server"
@@ -195,8 +204,18 @@ class Settings(BaseSettings):
         )
 
     @property
+    def rabbitmq_nodes(self) -> list[RabbitNode]:
+        """The RabbitMQ nodes of the stack: one, or three with ``rabbitmq_cluster``."""
+        return [RabbitNode.of(self, n) for n in range(1, 4 if self.rabbitmq_cluster else 2)]
+
+    @property
     def broker_url(self) -> str:
-        port = self.proxy_rabbitmq_port if self.via_toxiproxy else self.rabbitmq_port
+        """Every node's AMQP URL, as kombu's failover list (``amqp://a;amqp://b``): through
+        toxiproxy (one proxy per node) unless disabled. One node: one URL."""
+        return ";".join(self.node_url(n) for n in self.rabbitmq_nodes)
+
+    def node_url(self, node: RabbitNode, direct: bool = False) -> str:
+        port = node.proxy_port if self.via_toxiproxy and not direct else node.port
         return f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}@{self.host}:{port}/"
 
     @property
@@ -228,6 +247,37 @@ class Settings(BaseSettings):
                 f"IOT_{name.upper()} is missing or a placeholder; run `iotctl up` once "
                 "(it writes var/secrets.env) or set it in the environment (16+ characters)"
             )
+
+
+@dataclass(frozen=True)
+class RabbitNode:
+    """One RabbitMQ node: its program, Erlang node name, ports and data folder."""
+
+    index: int
+    program: str  # the supervisor's program and toxiproxy's proxy: rabbitmq, rabbitmq-2, ...
+    nodename: str
+    port: int
+    dist_port: int
+    management_port: int
+    prometheus_port: int
+    proxy_port: int
+    data: Path  # var/rabbitmq (node 1), var/rabbitmq-2, ...
+
+    @classmethod
+    def of(cls, s: Settings, n: int) -> RabbitNode:
+        suffix = "" if n == 1 else f"-{n}"
+        name, _, host = s.rabbitmq_nodename.partition("@")
+        return cls(
+            index=n,
+            program=f"rabbitmq{suffix}",
+            nodename=f"{name}{suffix}@{host}",
+            port=s.rabbitmq_port + n - 1,
+            dist_port=s.rabbitmq_dist_port + n - 1,
+            management_port=s.rabbitmq_management_port + n - 1,
+            prometheus_port=s.rabbitmq_prometheus_port + n - 1,
+            proxy_port=s.proxy_rabbitmq_port + n - 1,
+            data=s.var / f"rabbitmq{suffix}",
+        )
 
 
 @lru_cache

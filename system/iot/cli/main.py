@@ -15,6 +15,7 @@ from iot.cli.common import fail, settings
 from iot.errors import Conflict
 from iot.settings import Settings
 from iot.sql import users as users_sql
+from iot.stack import cluster as rabbit_cluster
 from iot.stack import setup as stack_setup
 from iot.stack.control import ControlError, Supervisor, probe, wait_healthy
 from iot.stack.processes import programs
@@ -66,12 +67,22 @@ def up(
         max=8,
         help="Sensors workers sharing sensors.data (default 1). Kept like --api-replicas.",
     ),
+    cluster: bool | None = typer.Option(
+        None,
+        "--cluster/--no-cluster",
+        help="Three RabbitMQ nodes (rabbitmq, rabbitmq-2, rabbitmq-3) with every shared queue "
+        "on each, or back to the one node (default). Kept like --api-replicas.",
+    ),
 ) -> None:
     """Prepare var/ (secrets, TLS, Postgres cluster, configs), start every process under the
     supervisor, apply database migrations, wait until all are healthy and print the URLs.
     Running it again is harmless: it applies changed configuration and starts what is stopped
     (and stops replicas or workers no longer wanted)."""
-    shape = {"IOT_API_REPLICAS": api_replicas, "IOT_SENSOR_WORKERS": sensor_workers}
+    shape: dict[str, int | str | None] = {
+        "IOT_API_REPLICAS": api_replicas,
+        "IOT_SENSOR_WORKERS": sensor_workers,
+        "IOT_RABBITMQ_CLUSTER": None if cluster is None else str(cluster).lower(),
+    }
     if any(v is not None for v in shape.values()):
         stack_setup.save_stack_shape({k: v for k, v in shape.items() if v is not None})
     base = settings()
@@ -85,14 +96,26 @@ def up(
         stack_setup.make_dirs(s)
         stack_setup.ensure_certificate(s)
         stack_setup.ensure_postgres_cluster(s)
-        changed = stack_setup.render_configs(s)
         sup = Supervisor(s)
         was_running = sup.running()
+        before = set(sup.info()) if was_running else set()
+        # Leaving the cluster: queues move to node 1 while nodes 2 and 3 still run.
+        leaving = rabbit_cluster.extra_nodes(s) if was_running else []
+        if leaving:
+            rabbit_cluster.shrink(s, leaving, say=typer.echo)
+        changed = stack_setup.render_configs(s)
+        if was_running:  # first, so that new nodes start after node 1's restart, not during it
+            _apply_changes(sup, changed, before)
         sup.start()
-        if was_running:
-            _apply_changes(sup, changed)
+        if leaving:
+            rabbit_cluster.forget(s, leaving, say=typer.echo)
     except (stack_setup.SetupError, ControlError) as exc:
         fail(str(exc))
+    # The API and the workers learn the nodes at start: after a change, restart them one
+    # after the other (while one replica restarts, the other answers).
+    nodes_changed = bool(leaving) or (
+        was_running and any(n.program not in before for n in s.rabbitmq_nodes)
+    )
     typer.echo("supervisor running; waiting for Postgres ...")
     started = time.monotonic()
     _wait_postgres_socket(s, timeout)
@@ -113,20 +136,31 @@ def up(
         fail(f"{len(bad)} component(s) not healthy after {timeout:.0f}s; see `iotctl logs NAME`")
     try:
         stack_setup.remove_stale_broker_policy(s)
-    except stack_setup.SetupError as exc:
+        if s.rabbitmq_cluster:
+            rabbit_cluster.form(s, timeout, say=typer.echo)
+        if nodes_changed:
+            for p in programs(s):
+                if p.group == "app" or p.name == "flower":
+                    typer.echo(f"RabbitMQ nodes changed: restart {p.name}")
+                    sup.restart_program(p.name)
+            wait_healthy(s, None, timeout)
+    except (stack_setup.SetupError, ControlError) as exc:
         fail(str(exc))
     _print_urls(s)
 
 
-def _apply_changes(sup: Supervisor, changed: list[str]) -> None:
-    """Make running programs pick up configuration files that changed."""
+def _apply_changes(sup: Supervisor, changed: list[str], running: set[str]) -> None:
+    """Make running programs pick up configuration files that changed (programs that were not
+    running before have just started with them)."""
     for name in changed:
         program, action = stack_setup.RELOADS.get(name, (None, ""))
-        if program is None:
+        if program is None or program not in running:
             continue
         typer.echo(f"{name} changed: {action} {program}")
         if action.startswith("signal "):
             sup.signal_program(program, action.split()[1])
+        elif action == "sync proxies":
+            rabbit_cluster.sync_proxies(sup.s)
         else:
             sup.restart_program(program)
 
@@ -204,8 +238,37 @@ def status(
             typer.echo(f"{r['name']:<18} {r['state']:<11} {r['pid'] or '-':>7}  ", nl=False)
             typer.secho(f"{'healthy' if r['healthy'] else 'UNHEALTHY':<9}", fg=color, nl=False)
             typer.echo(f" {r['detail']}")
+        if s.rabbitmq_cluster:
+            _print_cluster(s)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
+
+
+def _print_cluster(s: Settings) -> None:
+    """Each RabbitMQ node as the cluster sees it, and the leader and copies of each shared
+    queue (`iotctl queues` lists every queue)."""
+    try:
+        nodes = rabbit_cluster.nodes(s)
+        shared = [q for q in rabbit_cluster.queues(s) if rabbit_cluster.is_shared(q)]
+    except ControlError as exc:
+        typer.secho(f"RabbitMQ cluster: no node answers ({exc})", fg=typer.colors.RED)
+        return
+    typer.echo("\nRabbitMQ cluster:")
+    for n in nodes:
+        state = "running" if n.get("running") else "DOWN"
+        alarms = [a for a in ("mem_alarm", "disk_free_alarm") if n.get(a)]
+        if alarms:
+            state += "  alarms: " + ", ".join(alarms)
+        if n.get("partitions"):
+            state += "  partitioned from: " + ", ".join(n["partitions"])
+        typer.echo(f"  {n['name']:<20} {state}")
+    for q in shared:
+        copies = rabbit_cluster.replicas(q)
+        online = q.get("online")
+        typer.echo(
+            f"  {q['name']:<20} {q.get('type', ''):<8} leader {rabbit_cluster.leader(q)}; "
+            f"{len(copies)} copies" + ("" if online is None else f", {len(online)} online")
+        )
 
 
 @app.command()
@@ -277,6 +340,9 @@ def users_create(
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the password from standard input (first line)."
     ),
+    max_devices: int | None = typer.Option(
+        None, "--max-devices", min=0, help="Devices they may register (default: the setting)."
+    ),
 ) -> None:
     """Create a user. The password is read from stdin (--password-stdin) or prompted for."""
     if password_stdin:
@@ -293,7 +359,7 @@ def users_create(
         try:
             async with db.connection(pool) as conn:
                 return await users_sql.create_user(
-                    conn, name, security.hash_password(password), admin
+                    conn, name, security.hash_password(password), admin, max_devices
                 )
         finally:
             await pool.close()
@@ -321,12 +387,15 @@ def users_list() -> None:
             await pool.close()
 
     for u in asyncio.run(fetch()):
-        typer.echo(f"{u['username']:<24} {'admin' if u['is_admin'] else 'user':<6} {u['id']}")
+        cap = "" if u["max_devices"] is None else f"  max {u['max_devices']} devices"
+        typer.echo(f"{u['username']:<24} {'admin' if u['is_admin'] else 'user':<6} {u['id']}{cap}")
 
 
 def _register_bench() -> None:
     """The operators' subcommands (`iotctl bench` itself comes from loadtest/, a plugin)."""
-    from iot.cli import commands, ops
+    from iot.cli import commands, ops, people
+
+    people.register(users_app)
 
     app.add_typer(commands.app, name="commands")
     app.add_typer(ops.cache_app, name="cache")

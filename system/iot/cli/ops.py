@@ -2,40 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import redis
 import typer
 
 from iot import cache, db
 from iot.cli.common import fail, settings
-from iot.stack.control import rabbitmq_api
+from iot.stack.control import ControlError
 
 cache_app = typer.Typer(help="The latest-readings cache in Redis.", no_args_is_help=True)
 
 
 def queues() -> None:
-    """RabbitMQ queue depths: ready and unacked messages and consumers, deepest first."""
+    """RabbitMQ queue depths: ready and unacked messages and consumers, deepest first; each
+    queue's type, the node that leads it and the nodes holding a copy (members of a quorum
+    queue, synchronised mirrors of a classic one)."""
+    from iot.stack import cluster
+
     s = settings()
     try:
-        r = rabbitmq_api(
-            s,
-            "GET",
-            "queues/%2F",
-            params={"columns": "name,messages_ready,messages_unacknowledged,consumers"},
-        )
-        r.raise_for_status()
-    except httpx.HTTPError as exc:
-        fail(f"RabbitMQ management API unreachable ({exc}); is rabbitmq up? `iotctl status`")
-    rows: list[dict[str, Any]] = r.json()
+        rows = cluster.queues(s)
+    except ControlError as exc:
+        fail(f"{exc}; is rabbitmq up? `iotctl status`")
     rows.sort(key=lambda q: -(q.get("messages_ready", 0) + q.get("messages_unacknowledged", 0)))
-    typer.echo(f"{'QUEUE':<56} {'READY':>8} {'UNACKED':>8} {'CONSUMERS':>9}")
+    short = {n.nodename: f"{n.index}" for n in s.rabbitmq_nodes}
+    typer.echo(
+        f"{'QUEUE':<48} {'READY':>8} {'UNACKED':>8} {'CONSUMERS':>9}  {'TYPE':<7} LEADER/COPIES"
+    )
     for q in rows:
-        typer.echo(
-            f"{q['name']:<56} {q.get('messages_ready', 0):>8}"
-            f" {q.get('messages_unacknowledged', 0):>8} {q.get('consumers', 0):>9}"
+        lead = cluster.leader(q)
+        copies = ",".join(short.get(n, n) for n in cluster.replicas(q))
+        online = q.get("online")
+        down = (
+            ""
+            if online is None
+            else ",".join(short.get(n, n) for n in cluster.replicas(q) if n not in online)
         )
+        typer.echo(
+            f"{q['name']:<48} {q.get('messages_ready', 0):>8}"
+            f" {q.get('messages_unacknowledged', 0):>8} {q.get('consumers', 0):>9}"
+            f"  {q.get('type', ''):<7} {short.get(lead, lead)}/{copies}"
+            + (f" (offline: {down})" if down else "")
+        )
+    if len(s.rabbitmq_nodes) > 1:
+        typer.echo("nodes: " + ", ".join(f"{i}={n}" for n, i in short.items()))
 
 
 @cache_app.command("rebuild")

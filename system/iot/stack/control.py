@@ -185,15 +185,22 @@ def rabbitmq_api(
     s: Settings, method: str, path: str, timeout: float = 10, **kw: Any
 ) -> httpx.Response:
     """One call to our RabbitMQ's management API (``path`` below ``/api/``, vhost ``/`` as
-    ``%2F``), with the product's credentials.
+    ``%2F``), with the product's credentials. In the cluster, the first node that answers.
 
     Raises:
-        httpx.HTTPError: no answer.
+        httpx.HTTPError: no node answered.
     """
-    return httpx.request(
-        method,
-        f"http://{s.host}:{s.rabbitmq_management_port}/api/{path}",
-        auth=(s.rabbitmq_user, s.rabbitmq_password),
-        timeout=timeout,
-        **kw,
-    )
+    error: httpx.HTTPError | None = None
+    for node in s.rabbitmq_nodes:
+        try:
+            return httpx.request(
+                method,
+                f"http://{s.host}:{node.management_port}/api/{path}",
+                auth=(s.rabbitmq_user, s.rabbitmq_password),
+                timeout=timeout,
+                **kw,
+            )
+        except httpx.TransportError as exc:
+            error = exc
+    assert error is not None
+    raise error

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iot.settings import Settings
+from iot.settings import RabbitNode, Settings
 
 
 @dataclass
@@ -36,26 +36,6 @@ def _venv_bin(name: str) -> str:
 def programs(s: Settings) -> list[Program]:
     var = s.var
     h = s.host
-    rabbit_env = {
-        "HOME": str(var / "rabbitmq" / "home"),
-        "RABBITMQ_NODENAME": s.rabbitmq_nodename,
-        "RABBITMQ_NODE_IP_ADDRESS": h,
-        "RABBITMQ_NODE_PORT": str(s.rabbitmq_port),
-        "RABBITMQ_DIST_PORT": str(s.rabbitmq_dist_port),
-        "RABBITMQ_MNESIA_BASE": str(var / "rabbitmq" / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(var / "rabbitmq" / "log"),
-        "RABBITMQ_CONFIG_FILE": str(var / "conf" / "rabbitmq.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(var / "conf" / "rabbitmq-plugins"),
-        "RABBITMQ_PID_FILE": str(var / "run" / "rabbitmq.pid"),
-        "RABBITMQ_CONF_ENV_FILE": str(var / "conf" / "rabbitmq-env.conf"),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(var / "conf" / "rabbitmq-advanced.config"),
-        # Erlang distribution (epmd and the node's dist port) on loopback only: whoever reaches
-        # it and knows the cookie controls the node.
-        "ERL_EPMD_ADDRESS": h,
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
-            "-kernel inet_dist_use_interface {" + h.replace(".", ",") + "}"
-        ),
-    }
     pg = s.postgres_bin_dir
     app_env = {
         "IOT_HOME": str(s.home),
@@ -64,16 +44,7 @@ def programs(s: Settings) -> list[Program]:
     }
     celery = _venv_bin("celery")
     progs = [
-        Program(
-            "rabbitmq",
-            ["/usr/lib/rabbitmq/bin/rabbitmq-server"],
-            "data",
-            10,
-            f"tcp:{s.rabbitmq_port}",
-            f"http://{h}:{s.rabbitmq_management_port}/",
-            env=rabbit_env,
-            stopwaitsecs=60,
-        ),
+        *(rabbitmq_program(s, node) for node in s.rabbitmq_nodes),
         Program(
             "postgres",
             [
@@ -316,6 +287,63 @@ def programs(s: Settings) -> list[Program]:
         ),
     ]
     return progs
+
+
+def rabbitmq_env(s: Settings, node: RabbitNode) -> dict[str, str]:
+    """The environment of one RabbitMQ node (and of rabbitmqctl for it: same HOME, so the same
+    Erlang cookie for every node of the cluster)."""
+    var, h = s.var, s.host
+    conf = "rabbitmq" if node.index == 1 else f"rabbitmq-{node.index}"
+    return {
+        "HOME": str(var / "rabbitmq" / "home"),
+        "RABBITMQ_NODENAME": node.nodename,
+        "RABBITMQ_NODE_IP_ADDRESS": h,
+        "RABBITMQ_NODE_PORT": str(node.port),
+        "RABBITMQ_DIST_PORT": str(node.dist_port),
+        "RABBITMQ_MNESIA_BASE": str(node.data / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(node.data / "log"),
+        "RABBITMQ_CONFIG_FILE": str(var / "conf" / f"{conf}.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(var / "conf" / "rabbitmq-plugins"),
+        "RABBITMQ_PID_FILE": str(var / "run" / f"{conf}.pid"),
+        "RABBITMQ_CONF_ENV_FILE": str(var / "conf" / "rabbitmq-env.conf"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(var / "conf" / "rabbitmq-advanced.config"),
+        # Erlang distribution (epmd and the node's dist port) on loopback only: whoever reaches
+        # it and knows the cookie controls the node.
+        "ERL_EPMD_ADDRESS": h,
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+            "-kernel inet_dist_use_interface {" + h.replace(".", ",") + "}"
+        ),
+    }
+
+
+def rabbitmq_program(s: Settings, node: RabbitNode) -> Program:
+    """Node 1 is the single node; nodes 2 and 3 join it on their first boot (peer discovery in
+    their rabbitmq-N.conf) once it answers (stack/rabbitnode.py waits for it)."""
+    server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+    command = [server]
+    if node.index > 1:
+        first = s.rabbitmq_nodes[0]
+        command = [
+            _venv_bin("python"),
+            "-m",
+            "iot.stack.rabbitnode",
+            "--data",
+            str(node.data / "mnesia" / node.nodename),
+            "--wait-port",
+            str(first.port),
+            "--",
+            server,
+        ]
+    return Program(
+        node.program,
+        command,
+        "data",
+        10 if node.index == 1 else 12,
+        f"tcp:{node.port}",
+        f"http://{s.host}:{node.management_port}/",
+        env=rabbitmq_env(s, node),
+        stopwaitsecs=60,
+    )
 
 
 def supervisord_conf(s: Settings, progs: list[Program]) -> str:

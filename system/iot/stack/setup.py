@@ -92,6 +92,7 @@ def make_dirs(s: Settings) -> None:
         "rabbitmq/home",
         "rabbitmq/mnesia",
         "rabbitmq/log",
+        *(f"{n.data.name}/{d}" for n in s.rabbitmq_nodes[1:] for d in ("mnesia", "log")),
         "postgres",
         "run/postgres",
     ):
@@ -168,12 +169,17 @@ RELOADS = {
     "alertmanager.yml": ("alertmanager", "signal HUP"),
     "redis.conf": ("redis", "restart"),
     "rabbitmq.conf": ("rabbitmq", "restart"),
-    "toxiproxy.json": ("toxiproxy", "restart"),
+    # proxies added or removed through toxiproxy's API (stack/cluster.py), not a restart that
+    # would cut every connection
+    "toxiproxy.json": ("toxiproxy", "sync proxies"),
+    "rabbitmq-2.conf": ("rabbitmq-2", "restart"),
+    "rabbitmq-3.conf": ("rabbitmq-3", "restart"),
 }
 
 
-def save_stack_shape(values: dict[str, int]) -> None:
-    """Keep ``IOT_API_REPLICAS`` / ``IOT_SENSOR_WORKERS`` in var/stack.env (other lines stay)."""
+def save_stack_shape(values: dict[str, int | str]) -> None:
+    """Keep ``IOT_API_REPLICAS`` / ``IOT_SENSOR_WORKERS`` / ``IOT_RABBITMQ_CLUSTER`` in
+    var/stack.env (other lines stay)."""
     STACK_ENV.parent.mkdir(parents=True, exist_ok=True)
     lines = STACK_ENV.read_text().splitlines() if STACK_ENV.exists() else []
     kept = [ln for ln in lines if ln.split("=", 1)[0].strip() not in values]
@@ -194,6 +200,14 @@ def render_configs(s: Settings) -> list[str]:
     )
     values["api_targets"] = ", ".join(f'"{s.host}:{p}"' for p in s.api_ports)
     values["worker_sensors_targets"] = ", ".join(f'"{s.host}:{p}"' for _, p in s.sensors_workers)
+    nodes = s.rabbitmq_nodes
+    values["rabbitmq_targets"] = ", ".join(f'"{s.host}:{n.prometheus_port}"' for n in nodes)
+    values["rabbitmq_cluster_proxies"] = "".join(
+        f'\n  {{"name": "{n.program}", "listen": "{s.host}:{n.proxy_port}", '
+        f'"upstream": "{s.host}:{n.port}", "enabled": true}},'
+        for n in nodes[1:]
+    )
+    values["rabbitmq_cluster_formation"] = ""
     outputs = {
         "nginx.conf": render((TEMPLATES / "nginx.conf").read_text(), values),
         "redis.conf": render((TEMPLATES / "redis.conf").read_text(), values),
@@ -206,6 +220,20 @@ def render_configs(s: Settings) -> list[str]:
         "rabbitmq-advanced.config": "[].\n",
         "supervisord.conf": supervisord_conf(s, programs(s)),
     }
+    for node in nodes[1:]:  # the cluster's nodes 2 and 3: own ports, joining node 1
+        outputs[f"{node.program}.conf"] = render(
+            (TEMPLATES / "rabbitmq.conf").read_text(),
+            {
+                **values,
+                "rabbitmq_port": node.port,
+                "rabbitmq_management_port": node.management_port,
+                "rabbitmq_prometheus_port": node.prometheus_port,
+                "rabbitmq_cluster_formation": (
+                    "cluster_formation.peer_discovery_backend = classic_config\n"
+                    f"cluster_formation.classic_config.nodes.1 = {nodes[0].nodename}\n"
+                ),
+            },
+        )
     changed = []
     for name, text in outputs.items():
         path = conf / name

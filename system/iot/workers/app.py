@@ -21,6 +21,7 @@ Reliability settings, and why:
 from __future__ import annotations
 
 import functools
+import random
 
 from celery import Celery
 from celery.worker.consumer import Consumer
@@ -32,8 +33,12 @@ from iot.settings import get_settings
 settings = get_settings()
 exchange = Exchange(messages.EXCHANGE, type="direct", durable=True)
 
+# kombu connects to the first URL of the list first: each worker starts at a random node.
+_nodes = settings.broker_url.split(";")
 app = Celery(
-    "iot", broker=settings.broker_url, include=["iot.workers.sensors", "iot.workers.commandlog"]
+    "iot",
+    broker=";".join(random.sample(_nodes, len(_nodes))),
+    include=["iot.workers.sensors", "iot.workers.commandlog"],
 )
 app.conf.update(
     task_queues=[
@@ -67,6 +72,9 @@ app.conf.update(
     worker_concurrency=settings.worker_concurrency,
     worker_send_task_events=settings.worker_task_events,
     task_send_sent_event=False,
+    # With the RabbitMQ cluster, the broker URL lists every node (`amqp://a;amqp://b;...`):
+    # after a lost connection kombu tries another node.
+    broker_failover_strategy="shuffle",
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     broker_heartbeat=10,
