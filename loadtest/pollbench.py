@@ -232,11 +232,25 @@ def _device_client(base_url: str, token: str, tls: ssl.SSLContext) -> httpx.Asyn
     )
 
 
+def first_wait(waiter: int, waiters: int) -> int:
+    """The ``wait`` of a device's first long poll: spread over 1 .. LONG_POLL_WAIT seconds
+    across the devices, so their polls end at different times ever after, as a real fleet's
+    do. (All opened together with one wait, they all ended together and re-polled in one
+    burst every LONG_POLL_WAIT seconds; a command sent during a burst waited for the bench's
+    own client, not for the product.)"""
+    waiters = max(waiters, 1)
+    return 1 + (waiter % waiters) * LONG_POLL_WAIT // waiters
+
+
 async def _wait_for_commands(
-    client: httpx.AsyncClient, waiter: int, record: LatencyRecord, acks: set[asyncio.Task[None]]
+    client: httpx.AsyncClient,
+    waiter: int,
+    record: LatencyRecord,
+    acks: set[asyncio.Task[None]],
+    waiters: int = 1,
 ) -> None:
     """One device: keep a long poll open, re-poll as soon as it returns, ack what it gets."""
-    params = {"wait": LONG_POLL_WAIT, "limit": 10}
+    params = {"wait": first_wait(waiter, waiters), "limit": 10}
     while True:
         record.long_poll_started.setdefault(waiter, time.perf_counter())
         try:
@@ -247,6 +261,7 @@ async def _wait_for_commands(
             continue
         at = time.perf_counter()
         record.polls += 1
+        params["wait"] = LONG_POLL_WAIT
         if answer.status_code == 204:
             continue
         if answer.status_code != 200:
@@ -329,7 +344,7 @@ async def measure_latency(
         ]
         typer.echo(f"opening {waiters} long polls (wait={LONG_POLL_WAIT}s) ...")
         loops = [
-            asyncio.create_task(_wait_for_commands(client, n, record, acks))
+            asyncio.create_task(_wait_for_commands(client, n, record, acks, waiters))
             for n, client in enumerate(clients)
         ]
         try:

@@ -13,7 +13,14 @@ from typer.testing import CliRunner
 from iot.settings import get_settings
 from loadtest import wrk
 from loadtest.bench import POLL_GOAL, app, render_poll_table, render_table
-from loadtest.pollbench import LatencyRecord, delivery_summary, note_delivery, percentile
+from loadtest.pollbench import (
+    LONG_POLL_WAIT,
+    LatencyRecord,
+    delivery_summary,
+    first_wait,
+    note_delivery,
+    percentile,
+)
 from loadtest.wrk import WrkError, WrkResult, read_result, result_from_json
 
 # What bench.lua's done() writes (durations in microseconds).
@@ -191,3 +198,12 @@ def test_bench_ingest_for_a_second_stores_every_accepted_reading() -> None:
     assert "GET /ping" in out.output and "POST /sensors" in out.output
     assert "readings/s POST -> Postgres" in out.output
     assert "(missing 0;" in out.output
+
+
+def test_first_long_polls_end_spread_over_the_wait_not_all_at_once() -> None:
+    waits = [first_wait(n, 1000) for n in range(1000)]
+    assert min(waits) == 1 and max(waits) == LONG_POLL_WAIT
+    # every second of the wait ends about the same share of the polls: no burst
+    per_second = [waits.count(w) for w in range(1, LONG_POLL_WAIT + 1)]
+    assert max(per_second) <= 2 * min(per_second)
+    assert first_wait(0, 1) == 1
