@@ -113,9 +113,10 @@ def up(
         fail(str(exc))
     # The API and the workers learn the nodes at start: after a change, restart them one
     # after the other (while one replica restarts, the other answers).
-    nodes_changed = bool(leaving) or (
-        was_running and any(n.program not in before for n in s.rabbitmq_nodes)
-    )
+    known = s.var / "run" / "rabbitmq-nodes"
+    node_names = " ".join(n.nodename for n in s.rabbitmq_nodes) + "\n"
+    last = known.read_text() if known.exists() else s.rabbitmq_nodes[0].nodename + "\n"
+    nodes_changed = was_running and last != node_names
     typer.echo("supervisor running; waiting for Postgres ...")
     started = time.monotonic()
     _wait_postgres_socket(s, timeout)
@@ -144,6 +145,7 @@ def up(
                     typer.echo(f"RabbitMQ nodes changed: restart {p.name}")
                     sup.restart_program(p.name)
             wait_healthy(s, None, timeout)
+        known.write_text(node_names)
     except (stack_setup.SetupError, ControlError) as exc:
         fail(str(exc))
     _print_urls(s)

@@ -189,18 +189,32 @@ def shrink(s: Settings, leaving: list[str], timeout: float = 120, say: Any = pri
             raise ControlError(f"queues still on {', '.join(leaving)}: {away}")
         time.sleep(2)
     _api(s, "DELETE", f"policies/%2F/{MIRROR_POLICY}")
+    # Under pause_minority node 1 would pause once it sees two of three nodes stop: until they
+    # are forgotten, it ignores their departure.
+    partition_handling(s, "ignore")
+
+
+def partition_handling(s: Settings, mode: str) -> None:
+    """Set node 1's cluster_partition_handling while it runs (rabbitmq.conf says
+    pause_minority, which it reads again at its next start)."""
+    rabbit_tool(
+        s,
+        "rabbitmqctl",
+        "eval",
+        f"application:set_env(rabbit, cluster_partition_handling, {mode}).",
+    )
 
 
 def forget(s: Settings, leaving: list[str], say: Any = print) -> None:
     """After the leaving nodes stopped: remove them from node 1's cluster and delete their data
     (a later `iotctl up --cluster` starts them blank, and they join again)."""
+    data = {RabbitNode.of(s, i).nodename: RabbitNode.of(s, i).data for i in range(2, 4)}
     for name in leaving:
         say(f"forgetting {name}")
         rabbit_tool(s, "rabbitmqctl", "forget_cluster_node", name)
-    for index in range(2, 4):
-        node = RabbitNode.of(s, index)
-        if node.nodename in leaving and node.data.exists():
-            shutil.rmtree(node.data)
+        if name in data and data[name].exists():
+            shutil.rmtree(data[name])
+    partition_handling(s, "pause_minority")
 
 
 def sync_proxies(s: Settings) -> list[str]:
