@@ -104,7 +104,8 @@ def _create_user(
     """Insert the bench's (non-admin) user straight into Postgres; return its access token."""
     password = secrets.token_urlsafe(24)
     conn.execute(
-        "INSERT INTO users (id, username, password_hash, is_admin) VALUES (%s, %s, %s, false)",
+        "INSERT INTO users (id, username, password_hash, is_admin, max_devices)"
+        " VALUES (%s, %s, %s, false, 10000000)",  # no device limit for the bench's fleet
         (user_id, username, security.hash_password(password)),
     )
     answer = client.post("/auth/token", json={"username": username, "password": password})

@@ -87,7 +87,8 @@ def create_user(username: str, password: str) -> None:
     """
     iotctl = Path(sys.executable).parent / "iotctl"
     result = subprocess.run(
-        [str(iotctl), "users", "create", username, "--password-stdin"],
+        # a fleet is far more devices than a person's default limit
+        [str(iotctl), "users", "create", username, "--password-stdin", "--max-devices", "10000000"],
         input=password + "\n",
         capture_output=True,
         text=True,

@@ -14,6 +14,7 @@ import pytest
 
 from iot import security
 from iot.api import app as app_module
+from iot.api import deps
 from iot.api.deps import State
 from iot.api.routes import commands as command_routes
 from iot.commands.wakeups import Wakeups
@@ -112,7 +113,12 @@ def client(settings: Settings, core: FakeCore, monkeypatch: pytest.MonkeyPatch):
             raise NotFound("no such device")
         return [DEVICE]
 
+    async def person(state: Any, claims: security.UserClaims) -> dict[str, Any]:
+        # who the token names, as the database would say (no database here)
+        return {"id": claims.user_id, "username": claims.username, "is_admin": claims.is_admin}
+
     monkeypatch.setattr(command_routes, "visible_devices", owns)
+    monkeypatch.setattr(deps, "_person", person)
     app = app_module.create_app(settings)
     device = {"id": DEVICE, "owner_id": OWNER}
     cache = {security.hash_device_token(TOKEN): (time.monotonic() + 60, device)}

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 from iot.errors import AuthError, DatabaseUnavailable, Forbidden
 from iot.settings import Settings
 from iot.sql import devices as devices_sql
+from iot.sql import users as users_sql
 
 
 def forget_devices(cache: dict[str, tuple[float, dict[str, Any]]], device_id: str | None) -> None:
@@ -115,14 +116,48 @@ async def _device_by_token(state: State, token: str) -> dict[str, Any]:
         raise AuthError("unknown device token")
     if len(state.device_cache) >= DEVICE_CACHE_MAX:
         state.device_cache.clear()
+    state.device_cache[token_hash] = (now + _cache_seconds(state), device)
+    return device
+
+
+async def _person(state: State, claims: security.UserClaims) -> dict[str, Any]:
+    """The person a valid access token names, as Postgres knows them now: a deleted person's
+    token is refused and a changed admin flag holds at once. Cached like device tokens, under
+    ``user:<id>`` in the same cache, which every replica clears for that id when the person is
+    deleted or their admin flag changes (a trigger notifies, migration 0006).
+
+    While Postgres is unavailable the token is taken as it stands (as before people were
+    checked), so people can still read what Redis serves during an outage.
+
+    Raises:
+        AuthError: the person no longer exists.
+    """
+    key = f"user:{claims.user_id}"
+    now = time.monotonic()
+    hit = state.device_cache.get(key)
+    if hit and hit[0] > now:
+        return hit[1]
+    try:
+        async with db.connection(state.pool) as conn:
+            person = await users_sql.get_user(conn, claims.user_id)
+    except DatabaseUnavailable:
+        if hit and now - hit[0] < STALE_SECONDS:
+            return hit[1]
+        return {"id": claims.user_id, "username": claims.username, "is_admin": claims.is_admin}
+    if person is None:
+        state.device_cache.pop(key, None)
+        raise AuthError("this person no longer exists")
+    state.device_cache[key] = (now + _cache_seconds(state), person)
+    return person
+
+
+def _cache_seconds(state: State) -> float:
     watched = state.commands is not None and state.commands.wakeups.listening
-    ttl = (
+    return (
         state.settings.device_auth_cache_seconds
         if watched
         else state.settings.device_auth_cache_unwatched_seconds
     )
-    state.device_cache[token_hash] = (now + ttl, device)
-    return device
 
 
 async def get_principal(
@@ -137,7 +172,8 @@ async def get_principal(
         device = await _device_by_token(state, token)
         return Principal("device", device["owner_id"], device_id=device["id"])
     claims = security.read_access_token(token, state.settings.secret_key)
-    return Principal("user", claims.user_id, claims.is_admin, username=claims.username)
+    person = await _person(state, claims)
+    return Principal("user", person["id"], person["is_admin"], username=person["username"])
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -7,19 +7,54 @@ from typing import Any
 
 import psycopg
 
+from iot.errors import AuthError, Forbidden
+
 _COLUMNS = "id, owner_id, name, created_at, token_rotated_at"
 DEVICES_CHANNEL = "iot_devices"  # LISTENed to by every API replica (commands/wakeups.py)
 
 
 async def create_device(
-    conn: psycopg.AsyncConnection[Any], owner_id: uuid.UUID, name: str, token_hash: str
+    conn: psycopg.AsyncConnection[Any],
+    owner_id: uuid.UUID,
+    name: str,
+    token_hash: str,
+    default_cap: int,
 ) -> dict[str, Any]:
-    cur = await conn.execute(
-        f"INSERT INTO devices (id, owner_id, name, token_hash) VALUES (%s, %s, %s, %s)"
-        f" RETURNING {_COLUMNS}",
-        (uuid.uuid4(), owner_id, name, token_hash),
-    )
-    row = await cur.fetchone()
+    """Register a device, unless its owner already has as many as they may: their own
+    ``max_devices``, else ``default_cap``; admins have no cap. The owner's row is locked
+    meanwhile, so registrations at once cannot pass the cap together.
+
+    Raises:
+        AuthError: the owner no longer exists.
+        Forbidden: the cap is reached.
+    """
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT is_admin, max_devices FROM users WHERE id = %s FOR UPDATE", (owner_id,)
+        )
+        owner = await cur.fetchone()
+        if owner is None:
+            raise AuthError("this person no longer exists")
+        cap = default_cap if owner["max_devices"] is None else owner["max_devices"]
+        if not owner["is_admin"]:
+            # counted after the lock, in a statement of its own: it sees the devices of
+            # registrations that held the lock before
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM devices WHERE owner_id = %s", (owner_id,)
+            )
+            count = await cur.fetchone()
+            assert count is not None
+            if count["n"] >= cap:
+                raise Forbidden(
+                    f"device limit reached: {cap} devices per person; delete one, or ask an "
+                    "administrator to raise your limit"
+                )
+        cur = await conn.execute(
+            f"INSERT INTO devices (id, owner_id, name, token_hash) VALUES (%s, %s, %s, %s)"
+            f" RETURNING {_COLUMNS}",
+            (uuid.uuid4(), owner_id, name, token_hash),
+        )
+        row = await cur.fetchone()
     assert row is not None
     return dict(row)
 

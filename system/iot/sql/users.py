@@ -6,23 +6,28 @@ import uuid
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from iot.errors import Conflict
 
 
 async def create_user(
-    conn: psycopg.AsyncConnection[Any], username: str, password_hash: str, is_admin: bool
+    conn: psycopg.AsyncConnection[Any],
+    username: str,
+    password_hash: str,
+    is_admin: bool,
+    max_devices: int | None = None,
 ) -> dict[str, Any]:
-    """Insert a user.
+    """Insert a user (``max_devices`` None: the default cap on devices).
 
     Raises:
         Conflict: the name is taken.
     """
     try:
         cur = await conn.execute(
-            "INSERT INTO users (id, username, password_hash, is_admin) VALUES (%s, %s, %s, %s)"
-            " RETURNING id, username, is_admin, created_at",
-            (uuid.uuid4(), username, password_hash, is_admin),
+            "INSERT INTO users (id, username, password_hash, is_admin, max_devices)"
+            " VALUES (%s, %s, %s, %s, %s) RETURNING id, username, is_admin, created_at",
+            (uuid.uuid4(), username, password_hash, is_admin, max_devices),
         )
     except psycopg.errors.UniqueViolation as exc:
         raise Conflict(f"user {username!r} already exists") from exc
@@ -52,6 +57,53 @@ async def set_password(
 
 async def list_users(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
     cur = await conn.execute(
-        "SELECT id, username, is_admin, created_at FROM users ORDER BY username"
+        "SELECT id, username, is_admin, max_devices, created_at FROM users ORDER BY username"
     )
     return [dict(r) for r in await cur.fetchall()]
+
+
+async def get_user(conn: psycopg.AsyncConnection[Any], user_id: uuid.UUID) -> dict[str, Any] | None:
+    """Who an access token names, as the database knows them now; None when deleted."""
+    cur = await conn.execute("SELECT id, username, is_admin FROM users WHERE id = %s", (user_id,))
+    row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def update_user(
+    conn: psycopg.AsyncConnection[Any], username: str, changes: dict[str, Any]
+) -> bool:
+    """Set ``is_admin`` and/or ``max_devices`` (None: back to the default). A change of the
+    admin flag holds at once on every replica (a trigger announces it, migration 0006)."""
+    allowed = {k: v for k, v in changes.items() if k in ("is_admin", "max_devices")}
+    if not allowed:
+        return True
+    sets = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in allowed
+    )
+    cur = await conn.execute(
+        sql.SQL("UPDATE users SET {} WHERE username = %(username)s").format(sets),
+        {**allowed, "username": username},
+    )
+    return cur.rowcount == 1
+
+
+async def delete_user(conn: psycopg.AsyncConnection[Any], username: str) -> bool:
+    """Delete a person with their devices (and those devices' readings, commands and events).
+    Their access tokens and their devices' tokens stop working at once on every replica (a
+    trigger announces each deletion, migration 0006)."""
+    async with conn.transaction():
+        cur = await conn.execute("SELECT id FROM users WHERE username = %s FOR UPDATE", (username,))
+        row = await cur.fetchone()
+        if row is None:
+            return False
+        user_id = row["id"]
+        devices = "SELECT id FROM devices WHERE owner_id = %s"
+        for table in ("readings", "commands", "command_events"):
+            await conn.execute(
+                sql.SQL("DELETE FROM {} WHERE device_id IN (" + devices + ")").format(
+                    sql.Identifier(table)
+                ),
+                (user_id,),
+            )
+        await conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+    return True

@@ -24,6 +24,7 @@ from iot.api.schemas import (
     DeviceCreate,
     DeviceList,
     DeviceWithToken,
+    Problem,
     problems,
 )
 from iot.errors import CacheUnavailable, NotFound
@@ -52,14 +53,33 @@ async def _with_presence(state: State, rows: list[dict[str, Any]]) -> list[Devic
     ]
 
 
+_OVER_LIMIT: dict[int | str, dict[str, Any]] = {
+    403: {
+        "model": Problem,
+        "description": "the wrong kind of caller (a device), or the person's device limit is "
+        "reached",
+    }
+}
+
+
 @router.post(
-    "/devices", status_code=201, response_model=DeviceWithToken, responses=problems(400, 413)
+    "/devices",
+    status_code=201,
+    response_model=DeviceWithToken,
+    responses=problems(400, 413) | _OVER_LIMIT,
 )
 async def create_device(body: DeviceCreate, user: CurrentUser, state: AppState) -> DeviceWithToken:
+    """Register a device; its token is shown this once. A person may own at most their device
+    limit (``IOT_MAX_DEVICES_PER_USER``, or their own set by `iotctl users set`); beyond it the
+    answer is 403. Admins have no limit."""
     token = security.new_device_token()
     async with db.connection(state.pool) as conn:
         row = await devices_sql.create_device(
-            conn, user.user_id, body.name, security.hash_device_token(token)
+            conn,
+            user.user_id,
+            body.name,
+            security.hash_device_token(token),
+            state.settings.max_devices_per_user,
         )
     await remember_owner(state, row["id"], user.user_id)
     return DeviceWithToken(id=row["id"], name=row["name"], token=token)

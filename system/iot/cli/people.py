@@ -1,0 +1,84 @@
+"""``iotctl users set`` and ``iotctl users delete``: change or remove a person. Either holds at
+once on every API replica (a trigger announces it; the replicas forget what they cached)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import psycopg
+import typer
+
+from iot import db
+from iot.cli.common import fail, settings
+from iot.sql import users as users_sql
+
+T = TypeVar("T")
+
+
+def with_connection(use: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    """Run ``use`` on one pooled connection of the owner role."""
+
+    async def run() -> T:
+        pool = db.open_pool(settings())
+        await pool.open(wait=True, timeout=10)
+        try:
+            async with db.connection(pool) as conn:
+                return await use(conn)
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+def set_user(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    admin: Annotated[
+        bool | None,
+        typer.Option("--admin/--no-admin", help="Make the person an admin, or no longer one."),
+    ] = None,
+    max_devices: Annotated[
+        int | None,
+        typer.Option(
+            "--max-devices",
+            min=0,
+            help="Devices this person may register (default: IOT_MAX_DEVICES_PER_USER).",
+        ),
+    ] = None,
+    default_max_devices: Annotated[
+        bool, typer.Option("--default-max-devices", help="Back to the default device limit.")
+    ] = False,
+) -> None:
+    """Change a person: admin or not, and their device limit. Their access tokens keep working
+    with the new rights at once on every replica."""
+    changes: dict[str, Any] = {}
+    if admin is not None:
+        changes["is_admin"] = admin
+    if max_devices is not None and default_max_devices:
+        fail("give --max-devices or --default-max-devices, not both")
+    if max_devices is not None or default_max_devices:
+        changes["max_devices"] = max_devices
+    if not changes:
+        fail("nothing to change: give --admin/--no-admin or --max-devices")
+    if not with_connection(lambda conn: users_sql.update_user(conn, name, changes)):
+        fail(f"no user {name!r}")
+    typer.echo(f"{name}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
+
+
+def delete_user(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a person with every device they own (and the devices' readings and commands).
+    Their access tokens and their devices' tokens are refused at once on every replica."""
+    if not yes:
+        typer.confirm(f"Delete {name} and every device they own?", abort=True)
+    if not with_connection(lambda conn: users_sql.delete_user(conn, name)):
+        fail(f"no user {name!r}")
+    typer.echo(f"deleted {name}")
+
+
+def register(users_app: typer.Typer) -> None:
+    users_app.command("set")(set_user)
+    users_app.command("delete")(delete_user)
