@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
+from prometheus_client import Counter, Gauge
 from psycopg import sql
 from psycopg.rows import tuple_row
 
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 AHEAD_DAYS = 7
 DEFAULT_PARTITION = "readings_default"
 LATE_GRACE = timedelta(days=1)  # a default row past the retention is kept this long after stored
-LOCK_TIMEOUT = "5s"  # DDL waits this long for a lock, then gives up until the next run
+# DDL waits this long for a lock, then gives up until the next run: dropping a partition locks
+# the whole table, and readers and writers queue behind a waiting lock.
+LOCK_TIMEOUT = "2s"
 COMMANDS_BATCH = 5000
 # Rows of today (or later) in the default partition moved while the day is live; more wait for
 # the day to end (only right after migrating a table that already held today's readings).
@@ -59,6 +62,21 @@ _COLUMNS = sql.SQL(", ").join(
 FINISHED = ("succeeded", "failed", "rejected", "expired", "cancelled", "dead")
 # As spelled in the partial index commands_finished_idx (migration 0005), so the planner uses it.
 _FINISHED_SQL = "(" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
+
+
+LAST_SUCCESS = Gauge(
+    "iot_history_maintenance_last_success_timestamp_seconds",
+    "When the history maintenance last finished a round",
+)
+FAILURES = Counter("iot_history_maintenance_failures_total", "Rounds that failed")
+DAYS_AHEAD = Gauge(
+    "iot_readings_partitions_ahead_days",
+    "Days after today that have readings partitions, without a gap (0: tomorrow has none)",
+)
+DEFAULT_ROWS = Gauge(
+    "iot_readings_default_partition_rows",
+    "Readings waiting in the default partition for a partition of their day",
+)
 
 
 def partition_name(day: date) -> str:
@@ -244,6 +262,16 @@ def maintain(
     return report
 
 
+def _observe(conn: psycopg.Connection[Any]) -> None:
+    days = set(partitions(conn))
+    ahead, today = 0, datetime.now(UTC).date()
+    while today + timedelta(days=ahead + 1) in days:
+        ahead += 1
+    DAYS_AHEAD.set(ahead)
+    DEFAULT_ROWS.set(sum(_default_days(conn, None).values()))
+    LAST_SUCCESS.set_to_current_time()
+
+
 class Runner:
     """Runs :func:`maintain` now and then every ``maintenance_interval_seconds`` in a daemon
     thread, as the owner role; a failed round is logged and tried again sooner."""
@@ -272,12 +300,15 @@ class Runner:
                     application_name="iot-maintenance",
                 ) as conn:
                     report = maintain(conn)
+                    if not report.skipped:
+                        _observe(conn)
                 if report.skipped:
                     log.info("history maintenance skipped: %s", report.skipped)
                     wait = min(wait, self.RETRY_SECONDS)
                 elif report.created or report.dropped or report.deleted_commands:
                     log.info("history maintenance: %s", report)
             except Exception:  # noqa: BLE001 - the loop outlives any one failed round
+                FAILURES.inc()
                 log.exception("history maintenance failed; trying again later")
                 wait = min(wait, self.RETRY_SECONDS)
             self._stop.wait(wait)
