@@ -23,6 +23,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from secrets import token_hex
 
 from iot.settings import Settings
 from iot.stack import setup
@@ -52,14 +53,17 @@ def secrets_of(out: Path) -> dict[str, str]:
 
 
 def service_of_port(s: Settings) -> dict[int, str]:
-    """Which compose service listens on each port of the stack."""
+    """Which compose service listens on each port of the stack. The cluster's nodes 2 and 3
+    share the network of the ``rabbitmq`` service (docker-compose.cluster.yml)."""
     owners = {
-        "rabbitmq": (s.rabbitmq_port, s.rabbitmq_management_port, s.rabbitmq_prometheus_port),
+        "rabbitmq": tuple(
+            p for n in s.rabbitmq_nodes for p in (n.port, n.management_port, n.prometheus_port)
+        ),
         "postgres": (s.postgres_port,),
         "redis": (s.redis_port,),
         "toxiproxy": (
             s.toxiproxy_port,
-            s.proxy_rabbitmq_port,
+            *(n.proxy_port for n in s.rabbitmq_nodes),
             s.proxy_postgres_port,
             s.proxy_redis_port,
         ),
@@ -91,17 +95,13 @@ def address_by_owner(text: str, owners: dict[int, str]) -> str:
     return re.sub(r"0\.0\.0\.0:(\d+)", sub, text)
 
 
-def render(out: Path) -> list[Path]:
-    """Write everything under OUT; returns the files written.
+def render_stack(out: Path, secrets: dict[str, str], cluster: bool) -> dict[str, str]:
+    """The configuration files and environments of the stack, by path under OUT.
 
     The native code renders (``setup.render_configs``, ``processes.programs``) into a staging
     folder with every service listening on 0.0.0.0; then the staging paths become the
     containers' (``/srv/iot``) and the addresses of other services their service names.
     """
-    out = out.resolve()
-    secrets = secrets_of(out)
-    (out / "var" / "tls").mkdir(parents=True, exist_ok=True)
-    setup.ensure_certificate(Settings(_env_file=None, home=out, **secrets))  # type: ignore[call-arg]
     stage = out / "stage"
     (stage / "var" / "conf").mkdir(parents=True, exist_ok=True)
     s = Settings(  # type: ignore[call-arg]
@@ -110,53 +110,85 @@ def render(out: Path) -> list[Path]:
         host=ANY,
         api_replicas=len(API_SERVICES),
         sensor_workers=len(SENSORS_SERVICES),
+        rabbitmq_cluster=cluster,
         **OVERRIDES,
         **secrets,
     )
     owners = service_of_port(s)
-    setup.render_configs(s)
+    try:
+        setup.render_configs(s)
 
-    def contained(text: str) -> str:
-        for path, inside in (
-            (stage, HOME),
-            (REPO / "monitoring", HOME / "monitoring"),
-            (REPO / "webui", HOME / "webui"),
-        ):
-            text = text.replace(str(path), str(inside))
-        return text
+        def contained(text: str) -> str:
+            for path, inside in (
+                (stage, HOME),
+                (REPO / "monitoring", HOME / "monitoring"),
+                (REPO / "webui", HOME / "webui"),
+            ):
+                text = text.replace(str(path), str(inside))
+            return text
 
-    def native(name: str) -> str:
-        return contained((stage / "var" / "conf" / name).read_text())
+        def native(name: str) -> str:
+            return contained((stage / "var" / "conf" / name).read_text())
 
-    proxies = json.loads(native("toxiproxy.json"))
-    for proxy in proxies:
-        proxy["upstream"] = address_by_owner(proxy["upstream"], owners)
-    conf = {
-        name: native(name)
-        for name in (
-            "redis.conf",
-            "rabbitmq.conf",
-            "alertmanager.yml",
-            "rabbitmq-plugins",
-            "rabbitmq-env.conf",
-            "rabbitmq-advanced.config",
+        proxies = json.loads(native("toxiproxy.json"))
+        for proxy in proxies:
+            proxy["upstream"] = address_by_owner(proxy["upstream"], owners)
+        files = {
+            f"conf/{name}": native(name)
+            for name in (
+                "redis.conf",
+                "rabbitmq.conf",
+                "alertmanager.yml",
+                "rabbitmq-plugins",
+                "rabbitmq-env.conf",
+                "rabbitmq-advanced.config",
+                *(f"{n.program}.conf" for n in s.rabbitmq_nodes[1:]),
+            )
+        }
+        files["conf/toxiproxy.json"] = json.dumps(proxies, indent=2) + "\n"
+        files["conf/prometheus.yml"] = address_by_owner(native("prometheus.yml"), owners)
+        files["conf/nginx.conf"] = re.sub(
+            r"(?m)^(\s*server )(0\.0\.0\.0:\d+)",
+            lambda m: m.group(1) + address_by_owner(m.group(2), owners),
+            native("nginx.conf"),
         )
-    }
-    conf["toxiproxy.json"] = json.dumps(proxies, indent=2) + "\n"
-    conf["prometheus.yml"] = address_by_owner(native("prometheus.yml"), owners)
-    conf["nginx.conf"] = re.sub(
-        r"(?m)^(\s*server )(0\.0\.0\.0:\d+)",
-        lambda m: m.group(1) + address_by_owner(m.group(2), owners),
-        native("nginx.conf"),
-    )
-    written = [_write(out / "conf" / name, text) for name, text in conf.items()]
-    for program in programs(s):
-        if program.env:
-            lines = [
-                f"{k}={address_by_owner(contained(v), owners)}" for k, v in program.env.items()
-            ]
-            written.append(_write(out / "env" / f"{program.name}.env", "\n".join(lines) + "\n"))
-    shutil.rmtree(stage)  # it holds the native-only files (supervisord.conf)
+        for program in programs(s):
+            if program.env:
+                files[f"env/{program.name}.env"] = "".join(
+                    f"{k}={address_by_owner(contained(v), owners)}\n"
+                    for k, v in program.env.items()
+                )
+    finally:
+        shutil.rmtree(stage)  # it holds the native-only files (supervisord.conf)
+    return files
+
+
+# What docker-compose.cluster.yml mounts from OUT/cluster instead of OUT.
+CLUSTER_FILES = (
+    "conf/toxiproxy.json",
+    "conf/prometheus.yml",
+    "conf/rabbitmq-2.conf",
+    "conf/rabbitmq-3.conf",
+    "env/rabbitmq-2.env",
+    "env/rabbitmq-3.env",
+)
+
+
+def render(out: Path) -> list[Path]:
+    """Write everything under OUT (the cluster's variants under OUT/cluster); returns the
+    files written."""
+    out = out.resolve()
+    secrets = secrets_of(out)
+    (out / "var" / "tls").mkdir(parents=True, exist_ok=True)
+    setup.ensure_certificate(Settings(_env_file=None, home=out, **secrets))  # type: ignore[call-arg]
+    cookie = out / "var" / "erlang.cookie"  # one cookie for every node of the cluster
+    if not cookie.exists():
+        cookie.write_text(token_hex(32))
+    cookie.chmod(0o400)  # Erlang refuses a cookie that others may read
+    single = render_stack(out, secrets, cluster=False)
+    cluster = render_stack(out, secrets, cluster=True)
+    written = [_write(out / rel, text) for rel, text in single.items()]
+    written += [_write(out / "cluster" / rel, cluster[rel]) for rel in CLUSTER_FILES]
     return written
 
 

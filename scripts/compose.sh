@@ -82,7 +82,7 @@ build() {
   cp var/bin/toxiproxy-server "$BUILD/bin/toxiproxy-server"
   say "building the images on $IOT_COMPOSE_BASE (nice 19)"
   nice -n 19 "${COMPOSE[@]}" build --build-arg BASE="$IOT_COMPOSE_BASE" 2>&1 \
-    | grep --line-buffered -E '^(Building|Successfully tagged|Step [0-9]+/[0-9]+ : FROM)|rror' || true
+    | grep --line-buffered -E '^(Building [a-z0-9-]+$|Successfully tagged|Step [0-9]+/[0-9]+ : FROM)|rror' || true
   for image in $("${COMPOSE[@]}" config | awk '/^ +image: iot-/{print $2}' | sort -u); do
     "$DOCKER" image inspect "$image" >/dev/null 2>&1 || die "image $image was not built"
   done

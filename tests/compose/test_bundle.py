@@ -31,16 +31,25 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def config(rendered: Path) -> dict[str, Any]:
+def compose_config(rendered: Path, *files: str) -> dict[str, Any]:
     result = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE / "docker-compose.yml"), "config"],
+        ["docker-compose", *(a for f in files for a in ("-f", str(COMPOSE / f))), "config"],
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin", "IOT_COMPOSE_RENDERED": str(rendered)},
     )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def config(rendered: Path) -> dict[str, Any]:
+    return compose_config(rendered, "docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def cluster(rendered: Path) -> dict[str, Any]:
+    return compose_config(rendered, "docker-compose.yml", "docker-compose.cluster.yml")
 
 
 def test_the_whole_stack_is_in_the_file(config: dict[str, Any]) -> None:
@@ -56,16 +65,35 @@ def test_the_whole_stack_is_in_the_file(config: dict[str, Any]) -> None:
             assert "healthcheck" in svc, f"{name} has no health check"
 
 
-def test_every_mounted_file_exists(config: dict[str, Any]) -> None:
+@pytest.mark.parametrize("variant", ["config", "cluster"])
+def test_every_mounted_file_exists(variant: str, request: pytest.FixtureRequest) -> None:
+    services = request.getfixturevalue(variant)["services"]
     mounts = [
         (name, v["source"] if isinstance(v, dict) else v.split(":")[0])
-        for name, svc in config["services"].items()
+        for name, svc in services.items()
         for v in svc.get("volumes", [])
     ]
     binds = [(name, src) for name, src in mounts if src.startswith("/")]
     assert len(binds) > 10
     missing = [f"{name}: {src}" for name, src in binds if not Path(src).exists()]
     assert not missing, missing
+
+
+def test_the_cluster_has_three_nodes_that_our_processes_know(
+    cluster: dict[str, Any], rendered: Path
+) -> None:
+    services = cluster["services"]
+    assert {"rabbitmq-2", "rabbitmq-3"} <= set(services)
+    for name in ("api-1", "api-2", "worker-sensors", "worker-commandlog", "flower"):
+        assert services[name]["environment"]["IOT_RABBITMQ_CLUSTER"] == "true", name
+    proxies = json.loads((rendered / "cluster" / "conf" / "toxiproxy.json").read_text())
+    assert [p["upstream"] for p in proxies if p["name"].startswith("rabbitmq")] == [
+        "rabbitmq:5682",
+        "rabbitmq:5683",
+        "rabbitmq:5684",
+    ]
+    node2 = (rendered / "cluster" / "conf" / "rabbitmq-2.conf").read_text()
+    assert "cluster_formation.classic_config.nodes.1 = iot@localhost" in node2
 
 
 def test_our_images_build_from_targets_that_exist(config: dict[str, Any]) -> None:
