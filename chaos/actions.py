@@ -7,13 +7,16 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from typing import Any
 
+import httpx
 import pika
 
 from chaos.toxiproxy import Toxiproxy
 from iot.settings import Settings
-from iot.stack.control import Supervisor
+from iot.stack import cluster
+from iot.stack.control import ControlError, Supervisor, rabbitmq_api
 
 # Toxic presets by fault name: (toxic type, attributes, stream).
 TOXICS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -34,6 +37,7 @@ class Actions:
         self.toxiproxy = Toxiproxy(f"http://{settings.host}:{settings.toxiproxy_port}")
         self.supervisor = Supervisor(settings)
         self.stolen = 0
+        self.resolved: dict[str, str] = {}  # symbolic target -> program, for the rollbacks
         self._stealers: list[tuple[threading.Event, threading.Thread]] = []
 
     def run(self, action: str, target: str, **params: Any) -> None:
@@ -41,7 +45,43 @@ class Actions:
         handler = getattr(self, f"_{action}", None)
         if handler is None:
             raise ActionError(f"unknown action {action!r}")
-        handler(target, **params)
+        handler(self.resolve(target), **params)
+
+    def resolve(self, target: str) -> str:
+        """The program (and toxiproxy proxy) a target names. Besides a name, a RabbitMQ node of
+        the cluster chosen when the fault starts, kept for the rollbacks:
+        ``leader:QUEUE`` the node leading that queue; ``busiest-node`` the node serving the
+        most client connections (the API's and workers')."""
+        if target in self.resolved:
+            return self.resolved[target]
+        if target.startswith("leader:"):
+            name = self._leader(target.partition(":")[2])
+        elif target == "busiest-node":
+            name = self._busiest()
+        else:
+            return target
+        program = {n.nodename: n.program for n in self.s.rabbitmq_nodes}.get(name)
+        if program is None:
+            raise ActionError(f"{target}: {name!r} is not one of our RabbitMQ nodes")
+        self.resolved[target] = program
+        return program
+
+    def _leader(self, queue: str) -> str:
+        for q in cluster.queues(self.s):
+            if q["name"] == queue:
+                return cluster.leader(q)
+        raise ActionError(f"no queue {queue!r}")
+
+    def _busiest(self) -> str:
+        try:
+            r = rabbitmq_api(self.s, "GET", "connections", params={"columns": "node"})
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ActionError(f"cannot list RabbitMQ's connections: {exc}") from exc
+        counts = Counter(str(c["node"]) for c in r.json())
+        if not counts:
+            raise ActionError("no client is connected to RabbitMQ")
+        return counts.most_common(1)[0][0]
 
     def _proxy_disable(self, target: str) -> None:
         self.toxiproxy.set_enabled(target, False)
@@ -67,6 +107,16 @@ class Actions:
         if not info or not info.get("pid"):
             raise ActionError(f"{target} is not running; cannot kill it")
         os.killpg(int(info["pid"]), signal.SIGKILL)
+
+    def _kill_hold(self, target: str) -> None:
+        """kill -9 of a program, then keep it stopped until the rollback (``ensure_running``)
+        starts it: a node that stays lost for the whole fault, not only while it restarts."""
+        self._kill(target)
+        try:
+            self.supervisor.stop_program(target)
+        except ControlError as exc:
+            if "not running" not in str(exc):
+                raise
 
     def _ensure_running(self, target: str, timeout: float = 60) -> None:
         """Rollback of a kill: make sure the supervisor has the program running again."""

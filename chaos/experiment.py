@@ -35,6 +35,7 @@ from loadtest.background import BackgroundLoad, LoadOptions
 from loadtest.runner import LoadError
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
+CLUSTER = EXPERIMENTS / "cluster"  # need `iotctl up --cluster` (three RabbitMQ nodes)
 UNSAFE = Path(__file__).parent / "unsafe"  # deliberately unsafe runs that must FAIL the check
 WARMUP_SECONDS = 5
 WARMUP_WINDOWS = 3  # the steady state must hold for one whole window within this many
@@ -73,6 +74,8 @@ class Experiment:
 
 def load(name: str, folder: Path = EXPERIMENTS) -> Experiment:
     path = folder / f"{name}.yml"
+    if not path.exists() and folder == EXPERIMENTS:
+        path = CLUSTER / f"{name}.yml"
     if not path.exists():
         raise ExperimentError(f"no experiment {name!r}; `iotctl chaos list` shows them")
     data = yaml.safe_load(path.read_text())
@@ -83,7 +86,13 @@ def load(name: str, folder: Path = EXPERIMENTS) -> Experiment:
 
 
 def names() -> list[str]:
+    """The experiments for any stack (the matrix of `make test`)."""
     return sorted(p.stem for p in EXPERIMENTS.glob("*.yml"))
+
+
+def cluster_names() -> list[str]:
+    """The experiments that need the RabbitMQ cluster."""
+    return sorted(p.stem for p in CLUSTER.glob("*.yml"))
 
 
 class _Identity:
@@ -192,6 +201,8 @@ def _run(
     background: BackgroundLoad | None = None,
 ) -> dict[str, Any]:
     fault_seconds = fault_seconds if fault_seconds is not None else exp.fault_seconds
+    if exp.name in cluster_names() and not settings.rabbitmq_cluster:
+        raise ExperimentError(f"{exp.name} needs the RabbitMQ cluster: `iotctl up --cluster`")
     load_status = background.status if background is not None else None
     actions = Actions(settings)
     sampler = probes.Sampler(settings)
@@ -245,6 +256,8 @@ def _run(
         try:
             for a in exp.method:
                 actions.run(**a)
+            if actions.resolved:
+                progress(f"[{exp.name}] targets: {actions.resolved}")
             _sample_for(
                 sampler, fault_seconds, progress, exp.name, timeline, fault_start, load_status
             )
@@ -319,6 +332,7 @@ def _run(
                 "error_causes": dict(timeline.causes),
                 "backlog": sampler.backlog,
                 "stolen_by_unsafe_consumer": actions.stolen,
+                "targets": actions.resolved,
             }
         )
         problems = [
