@@ -90,7 +90,11 @@ async def poll_commands(
     ] = None,
 ) -> Any:
     """The device's next commands, oldest first. Each is leased to the device: ack it before the
-    lease ends, or it is delivered again with ``attempt`` + 1."""
+    lease ends, or it is delivered again with ``attempt`` + 1.
+
+    A device may hold several polls at once (on any replica): all of them wait, and each
+    command goes to exactly one of them; the others keep waiting (204 at the end of their
+    wait), or get a command again, with the next attempt, once its lease lapsed unacked."""
     assert device.device_id is not None
     taken = await _core(state).poll(
         device.device_id, wait, limit, lease or state.settings.command_lease_seconds
