@@ -94,3 +94,31 @@ def test_the_batch_insert_keeps_the_last_of_equal_keys_across_batches(
         # The same value again changes nothing.
         assert readings_sql.insert_batches(conn, [batch(2.0, later)]) == 0
         assert stored(pg, box.id)[0][2] == 2.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"sensor": "t", "value": float("nan"), "ts": "2026-01-01T00:00:00+00:00"},  # not finite
+        {"sensor": "t", "ts": "2026-01-01T00:00:00+00:00"},  # no value
+        {"sensor": "t", "value": 1.0, "ts": "not a time"},
+        {"sensor": "t", "value": "warm", "ts": "2026-01-01T00:00:00+00:00"},
+    ],
+)
+def test_the_batch_insert_refuses_a_reading_postgres_cannot_store_and_stores_nothing(
+    alice: Person, pg, settings, bad: dict
+) -> None:
+    # The API refuses all of these; should one reach the worker, its insert raises one of the
+    # errors the worker treats as refused data (the other batches are then stored one by one).
+    from iot.workers.sensors import REFUSED
+
+    box = alice.new_device()
+    batch = {
+        "device_id": str(box.id),
+        "received_at": "2026-01-01T00:00:01+00:00",
+        "readings": [{"sensor": "ok", "value": 1.0, "ts": "2026-01-01T00:00:00+00:00"}, bad],
+    }
+    with psycopg.connect(settings.database_direct_url, autocommit=True) as conn:
+        with pytest.raises(REFUSED):
+            readings_sql.insert_batches(conn, [batch])
+    assert stored(pg, box.id) == []

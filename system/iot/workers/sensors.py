@@ -31,8 +31,9 @@ def _redis_client() -> Any:
         return _redis
 
 
-# What Postgres (or psycopg, before sending) refuses in the data itself: retrying cannot help.
-REFUSED = (psycopg.DataError, ValueError)
+# What Postgres (or the worker, before sending) refuses in the data itself: retrying cannot
+# help. A reading without a sensor, time or value reaches Postgres as NULL.
+REFUSED = (psycopg.DataError, psycopg.errors.NotNullViolation, ValueError)
 
 
 def _insert(todo: list[dict[str, Any]]) -> int:
