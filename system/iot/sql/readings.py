@@ -45,7 +45,9 @@ def insert_batches(conn: psycopg.Connection[Any], batches: list[dict[str, Any]])
 
     Raises:
         psycopg.DataError: a value Postgres refuses (not a uuid, a time or a number).
-        ValueError: a batch that is not JSON (e.g. a value that is not finite).
+        psycopg.errors.NotNullViolation: a reading without a sensor, time or value (JSON has
+            no NaN or infinity: a value that is not finite arrives as null).
+        ValueError: a batch that is not JSON at all.
     """
     try:
         doc = orjson.dumps(
