@@ -99,9 +99,7 @@ def test_a_cold_cache_is_filled_from_the_database(alice: Person, pg, stack, sett
 def _publish_directly(settings: Settings, kwargs: dict, times: int = 1) -> None:
     """A message on sensors.data as the API would publish it (confirmed), ``times`` times."""
     body, headers, task_id = messages.celery_message(messages.SENSORS_TASK, kwargs)
-    params = pika.URLParameters(
-        settings.broker_url.replace(str(settings.proxy_rabbitmq_port), str(settings.rabbitmq_port))
-    )
+    params = pika.URLParameters(settings.node_url(settings.rabbitmq_nodes[0], direct=True))
     connection = pika.BlockingConnection(params)
     try:
         channel = connection.channel()
