@@ -76,7 +76,11 @@ build() {
   fi
   say "building the wheels of the project and its dependencies ($BUILD/wheels)"
   rm -rf "$BUILD/wheels" && mkdir -p "$BUILD/wheels" "$BUILD/bin" "$STATE"
-  nice -n 19 .venv/bin/pip wheel -q --wheel-dir "$BUILD/wheels" . >"$STATE/pip.log" 2>&1 \
+  # Resolved by Debian 12's python3, the one the image runs: dependencies can differ by
+  # Python version (redis needs async-timeout before 3.11.3; .venv's Python may be newer).
+  [[ -x "$STATE/python/bin/pip" ]] || /usr/bin/python3 -m venv "$STATE/python" \
+    || die "cannot make a virtualenv with /usr/bin/python3 (apt-get install python3-venv)"
+  nice -n 19 "$STATE/python/bin/pip" wheel -q --wheel-dir "$BUILD/wheels" . >"$STATE/pip.log" 2>&1 \
     || { tail -20 "$STATE/pip.log" >&2; die "pip wheel failed"; }
   [[ -x var/bin/toxiproxy-server ]] || die "var/bin/toxiproxy-server is missing: run make setup"
   cp var/bin/toxiproxy-server "$BUILD/bin/toxiproxy-server"
