@@ -62,40 +62,31 @@ def test_the_api_reads_and_writes_rows(connect: Callable[[str], psycopg.Connecti
         conn.execute("DELETE FROM users WHERE username = %s", (name,))
 
 
-@pytest.mark.parametrize("role", ["sensors", "commandlog"])
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "SELECT * FROM users",
-        "SELECT password_hash FROM users",
-        "SELECT token_hash FROM devices",
-        "SELECT * FROM devices",
-        "UPDATE devices SET name = 'x'",
-        "DELETE FROM devices",
-        "INSERT INTO users (id, username, password_hash) VALUES (gen_random_uuid(), 'x', '-')",
-        "DROP TABLE readings",
-        "TRUNCATE readings",
-    ],
-)
-def test_the_workers_cannot_read_people_or_tokens(
-    connect: Callable[[str], psycopg.Connection], role: str, statement: str
-) -> None:
-    conn = connect(role)
-    with pytest.raises(errors.InsufficientPrivilege):
-        conn.execute(statement)
+_PEOPLE_AND_TOKENS = [
+    "SELECT * FROM users",
+    "SELECT password_hash FROM users",
+    "SELECT token_hash FROM devices",
+    "SELECT * FROM devices",
+    "UPDATE devices SET name = 'x'",
+    "DELETE FROM devices",
+    "INSERT INTO users (id, username, password_hash) VALUES (gen_random_uuid(), 'x', '-')",
+    "DROP TABLE readings",
+    "TRUNCATE readings",
+]
+_OTHERS_TABLES = [
+    ("sensors", "SELECT * FROM commands"),
+    ("sensors", "DELETE FROM readings"),
+    ("commandlog", "SELECT * FROM readings"),
+    ("commandlog", "UPDATE commands SET status = 'dead'"),
+    ("commandlog", "DELETE FROM command_events"),
+]
 
 
 @pytest.mark.parametrize(
     ("role", "statement"),
-    [
-        ("sensors", "SELECT * FROM commands"),
-        ("sensors", "DELETE FROM readings"),
-        ("commandlog", "SELECT * FROM readings"),
-        ("commandlog", "UPDATE commands SET status = 'dead'"),
-        ("commandlog", "DELETE FROM command_events"),
-    ],
+    [(r, s) for r in ("sensors", "commandlog") for s in _PEOPLE_AND_TOKENS] + _OTHERS_TABLES,
 )
-def test_each_worker_touches_only_its_own_tables(
+def test_the_workers_cannot_read_people_tokens_or_other_tables(
     connect: Callable[[str], psycopg.Connection], role: str, statement: str
 ) -> None:
     conn = connect(role)

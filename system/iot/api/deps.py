@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
+import psycopg
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -88,76 +90,88 @@ def cached_device(state: State, headers: list[tuple[bytes, bytes]]) -> dict[str,
     return hit[1]
 
 
-async def _device_by_token(state: State, token: str) -> dict[str, Any]:
-    """The device a token belongs to, from a short per-replica cache or Postgres.
+async def _credential(
+    state: State,
+    key: str,
+    lookup: Callable[[psycopg.AsyncConnection[Any]], Awaitable[dict[str, Any] | None]],
+    during_outage: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """What a credential stands for (None: nothing), from this replica's cache or ``lookup``.
 
-    While Postgres is unavailable a device seen within STALE_SECONDS keeps working from the
-    cache (devices must keep posting readings through a database outage); a token rotated or
-    deleted in the meantime stops working once Postgres answers again.
-
-    Raises:
-        AuthError: unknown token.
-        DatabaseUnavailable: Postgres is down and the device is not in the cache.
-    """
-    token_hash = security.hash_device_token(token)
-    now = time.monotonic()
-    hit = state.device_cache.get(token_hash)
-    if hit and hit[0] > now:
-        return hit[1]
-    try:
-        async with db.connection(state.pool) as conn:
-            device = await devices_sql.find_by_token_hash(conn, token_hash)
-    except DatabaseUnavailable:
-        if hit and now - hit[0] < STALE_SECONDS:
-            return hit[1]
-        raise
-    if device is None:
-        state.device_cache.pop(token_hash, None)
-        raise AuthError("unknown device token")
-    if len(state.device_cache) >= DEVICE_CACHE_MAX:
-        state.device_cache.clear()
-    state.device_cache[token_hash] = (now + _cache_seconds(state), device)
-    return device
-
-
-async def _person(state: State, claims: security.UserClaims) -> dict[str, Any]:
-    """The person a valid access token names, as Postgres knows them now: a deleted person's
-    token is refused and a changed admin flag holds at once. Cached like device tokens, under
-    ``user:<id>`` in the same cache, which every replica clears for that id when the person is
-    deleted or their admin flag changes (a trigger notifies, migration 0006).
-
-    While Postgres is unavailable the token is taken as it stands (as before people were
-    checked), so people can still read what Redis serves during an outage.
+    Entries live long while the replica hears changes (rotation, deletion, a person changed:
+    every replica forgets the entry at once), briefly while it cannot. While Postgres is
+    unavailable an entry seen within STALE_SECONDS keeps working, else ``during_outage()``
+    answers.
 
     Raises:
-        AuthError: the person no longer exists.
+        DatabaseUnavailable: Postgres is down, nothing is cached and no ``during_outage``.
     """
-    key = f"user:{claims.user_id}"
     now = time.monotonic()
     hit = state.device_cache.get(key)
     if hit and hit[0] > now:
         return hit[1]
     try:
         async with db.connection(state.pool) as conn:
-            person = await users_sql.get_user(conn, claims.user_id)
+            found = await lookup(conn)
     except DatabaseUnavailable:
         if hit and now - hit[0] < STALE_SECONDS:
             return hit[1]
-        return {"id": claims.user_id, "username": claims.username, "is_admin": claims.is_admin}
-    if person is None:
+        if during_outage is None:
+            raise
+        return during_outage()
+    if found is None:
         state.device_cache.pop(key, None)
-        raise AuthError("this person no longer exists")
-    state.device_cache[key] = (now + _cache_seconds(state), person)
-    return person
-
-
-def _cache_seconds(state: State) -> float:
+        return None
+    if len(state.device_cache) >= DEVICE_CACHE_MAX:
+        state.device_cache.clear()
     watched = state.commands is not None and state.commands.wakeups.listening
-    return (
+    ttl = (
         state.settings.device_auth_cache_seconds
         if watched
         else state.settings.device_auth_cache_unwatched_seconds
     )
+    state.device_cache[key] = (now + ttl, found)
+    return found
+
+
+async def _device_by_token(state: State, token: str) -> dict[str, Any]:
+    """The device a token belongs to (cached under its hash). While Postgres is unavailable a
+    device seen within STALE_SECONDS keeps working (devices must keep posting readings through
+    a database outage); a token rotated or deleted in the meantime stops working once Postgres
+    answers again.
+
+    Raises:
+        AuthError: unknown token.
+        DatabaseUnavailable: Postgres is down and the device is not in the cache.
+    """
+    token_hash = security.hash_device_token(token)
+    device = await _credential(
+        state, token_hash, lambda conn: devices_sql.find_by_token_hash(conn, token_hash)
+    )
+    if device is None:
+        raise AuthError("unknown device token")
+    return device
+
+
+async def _person(state: State, claims: security.UserClaims) -> dict[str, Any]:
+    """The person a valid access token names, as Postgres knows them now: a deleted person's
+    token is refused and a changed admin flag holds at once (cached under ``user:<id>``; a
+    trigger announces the change, migration 0006). While Postgres is unavailable and the
+    person is not cached, the token is taken as it stands, so people can still read what
+    Redis serves during an outage.
+
+    Raises:
+        AuthError: the person no longer exists.
+    """
+    person = await _credential(
+        state,
+        f"user:{claims.user_id}",
+        lambda conn: users_sql.get_user(conn, claims.user_id),
+        lambda: {"id": claims.user_id, "username": claims.username, "is_admin": claims.is_admin},
+    )
+    if person is None:
+        raise AuthError("this person no longer exists")
+    return person
 
 
 async def get_principal(
