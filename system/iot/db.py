@@ -138,6 +138,8 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
         if timed_out:
             raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise _not_granted(exc) from exc
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
@@ -159,3 +161,12 @@ def translated() -> Iterator[None]:
         yield
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise _not_granted(exc) from exc
+
+
+def _not_granted(exc: psycopg.errors.InsufficientPrivilege) -> DatabaseUnavailable:
+    """A privilege this process's role lacks (stack/roles.py): between a migration and the
+    grants `iotctl up` applies after it, or a grant forgotten. Unavailable, not refused data:
+    writers keep their messages and retry, the API answers 503, and nothing is lost."""
+    return DatabaseUnavailable(f"database refused this role: {exc.diag.message_primary}")

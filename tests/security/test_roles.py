@@ -10,6 +10,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from iot import db
+from iot.errors import DatabaseUnavailable
 from iot.settings import Settings
 from tests.integration.conftest import Person, eventually, reading, rows_for
 
@@ -117,3 +119,12 @@ def test_each_process_connects_as_its_own_role(
     owner = pg.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
     expected = {f"{owner}_api", f"{owner}_sensors", f"{owner}_commandlog"}
     eventually(lambda: users() >= expected, what=f"connections as {sorted(expected)}")
+
+
+def test_a_missing_privilege_is_unavailable_not_refused_data(settings: Settings) -> None:
+    """Between a migration and the grants applied after it (or with a grant forgotten) a
+    process meets a refusal: its writes retry and the API answers 503, as while Postgres is
+    down, so nothing accepted is dropped."""
+    with db.connect(settings.database_url_as("sensors")) as conn:
+        with pytest.raises(DatabaseUnavailable, match="refused this role"), db.translated():
+            conn.execute("SELECT username FROM users")
