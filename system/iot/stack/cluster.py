@@ -110,17 +110,7 @@ def form(s: Settings, timeout: float = 180, say: Any = print) -> None:
                 f"{', '.join(sorted(wanted - running))}; see `iotctl logs rabbitmq-2`"
             )
         time.sleep(2)
-    _api(
-        s,
-        "PUT",
-        f"policies/%2F/{MIRROR_POLICY}",
-        json={
-            "pattern": MIRROR_PATTERN,
-            "apply-to": "queues",
-            "definition": {"ha-mode": "all", "ha-sync-mode": "automatic"},
-            "priority": 1,
-        },
-    )
+    _mirror(s, {"ha-mode": "all"})
     for node in s.rabbitmq_nodes[1:]:
         missing = [
             q["name"]
@@ -141,6 +131,22 @@ def form(s: Settings, timeout: float = 180, say: Any = print) -> None:
         if time.monotonic() > deadline:
             raise ControlError(f"queues not on every node after {timeout:.0f}s: {short}")
         time.sleep(2)
+
+
+def _mirror(s: Settings, where: dict[str, Any]) -> None:
+    """Mirror the classic shared queues where ``where`` says, synchronising new mirrors."""
+    definition = {**where, "ha-sync-mode": "automatic"}
+    _api(
+        s,
+        "PUT",
+        f"policies/%2F/{MIRROR_POLICY}",
+        json={
+            "pattern": MIRROR_PATTERN,
+            "apply-to": "queues",
+            "definition": definition,
+            "priority": 1,
+        },
+    )
 
 
 def is_shared(q: dict[str, Any]) -> bool:
@@ -165,17 +171,7 @@ def shrink(s: Settings, leaving: list[str], timeout: float = 120, say: Any = pri
         ControlError: a queue could not be moved in time.
     """
     staying = sorted({n["name"] for n in nodes(s)} - set(leaving))
-    _api(
-        s,
-        "PUT",
-        f"policies/%2F/{MIRROR_POLICY}",
-        json={
-            "pattern": MIRROR_PATTERN,
-            "apply-to": "queues",
-            "definition": {"ha-mode": "nodes", "ha-params": staying, "ha-sync-mode": "automatic"},
-            "priority": 1,
-        },
-    )
+    _mirror(s, {"ha-mode": "nodes", "ha-params": staying})
     for name in leaving:
         say(f"moving the quorum queues' members off {name}")
         rabbit_tool(s, "rabbitmq-queues", "shrink", name)
