@@ -95,6 +95,15 @@ def address_by_owner(text: str, owners: dict[int, str]) -> str:
     return re.sub(r"0\.0\.0\.0:(\d+)", sub, text)
 
 
+# Erlang distribution stays on the container's loopback, as on the native stack's machine:
+# only rabbitmqctl inside the container and the cluster's nodes (which share node 1's network)
+# use it.
+LOOPBACK_ONLY = {
+    "ERL_EPMD_ADDRESS": lambda v: "127.0.0.1",
+    "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": lambda v: v.replace("{0,0,0,0}", "{127,0,0,1}"),
+}
+
+
 def render_stack(out: Path, secrets: dict[str, str], cluster: bool) -> dict[str, str]:
     """The configuration files and environments of the stack, by path under OUT.
 
@@ -154,10 +163,9 @@ def render_stack(out: Path, secrets: dict[str, str], cluster: bool) -> dict[str,
         )
         for program in programs(s):
             if program.env:
-                files[f"env/{program.name}.env"] = "".join(
-                    f"{k}={address_by_owner(contained(v), owners)}\n"
-                    for k, v in program.env.items()
-                )
+                env = {k: address_by_owner(contained(v), owners) for k, v in program.env.items()}
+                env.update({k: LOOPBACK_ONLY[k](v) for k, v in env.items() if k in LOOPBACK_ONLY})
+                files[f"env/{program.name}.env"] = "".join(f"{k}={v}\n" for k, v in env.items())
     finally:
         shutil.rmtree(stage)  # it holds the native-only files (supervisord.conf)
     return files

@@ -49,6 +49,7 @@ Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
 DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };
 EOF
+chmod 755 "$root"  # mktemp made it 0700: the image's / must be open to its users (postgres)
 echo "==> docker import $IMAGE ($(du -sh "$root" | cut -f1))"
 tar -C "$root" -c . | "$DOCKER" import -c 'CMD ["/bin/bash"]' - "$IMAGE" >/dev/null
 echo "==> base image $IMAGE ready in $((SECONDS - start)) s"

@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-iotcompose}
+# vfs copies a whole image for every container: creating several takes longer than 60 s.
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-600}
 export IOT_COMPOSE_BASE=${IOT_COMPOSE_BASE:-iot-debian:bookworm}
 export IOT_COMPOSE_HTTP_PORT=${IOT_COMPOSE_HTTP_PORT:-38080}
 RENDERED=compose/.rendered
