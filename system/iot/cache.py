@@ -90,6 +90,24 @@ def store_latest(client: redis.Redis, device_id: str, readings: list[dict[str, A
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
 
 
+def forget_devices(client: redis.Redis, device_ids: list[str]) -> None:
+    """Drop what Redis holds of deleted devices: latest readings, owner, last seen.
+
+    Raises:
+        CacheUnavailable: Redis does not answer.
+    """
+    if not device_ids:
+        return
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.delete(*(key(d) for d in device_ids))
+            pipe.hdel(OWNERS_KEY, *device_ids)
+            pipe.hdel(SEEN_KEY, *device_ids)
+            pipe.execute()
+    except _ERRORS as exc:
+        raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
+
+
 def store_latest_many(client: redis.Redis, batches: list[tuple[str, list[dict[str, Any]]]]) -> None:
     """Update several devices' latest readings in one round trip.
 

@@ -9,11 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import redis
 from typer.testing import CliRunner
 
+from iot import cache
 from iot.cli import main as cli
 from iot.settings import Settings
-from tests.integration.conftest import Person
+from tests.integration.conftest import Person, eventually, reading
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +37,14 @@ def test_a_deleted_persons_tokens_stop_at_once_on_every_replica(
 ) -> None:
     person = tenant()
     device = person.new_device()
+    assert device.post([reading()]).status_code == 201
+    latest = redis.Redis.from_url(settings.redis_direct_url, socket_timeout=5)
+    eventually(lambda: latest.exists(cache.key(device.id)), what="the reading in Redis")
     for url in _everywhere(settings):  # every replica knows both tokens
         assert httpx.get(f"{url}/devices", headers=person.headers).status_code == 200
         assert httpx.get(f"{url}/sensors", headers=device.headers).status_code == 200
-    assert f"deleted {person.name}" in iotctl("users", "delete", person.name, "--yes")
+    out = iotctl("users", "delete", person.name, "--yes")
+    assert f"deleted {person.name} and 1 device(s)" in out
     for url in _everywhere(settings):
         for path in ("/devices", "/sensors"):
             r = httpx.get(f"{url}{path}", headers=person.headers)
@@ -49,6 +55,10 @@ def test_a_deleted_persons_tokens_stop_at_once_on_every_replica(
         f"{settings.base_url}/auth/token", json={"username": person.name, "password": "x"}
     )
     assert r.status_code == 401
+    # nothing of the device stays in Redis either
+    assert not latest.exists(cache.key(device.id))
+    assert latest.hget(cache.OWNERS_KEY, str(device.id)) is None
+    assert latest.hget(cache.SEEN_KEY, str(device.id)) is None
 
 
 def test_an_admin_demoted_loses_other_owners_devices_at_once(

@@ -10,8 +10,9 @@ from typing import Annotated, Any, TypeVar
 import psycopg
 import typer
 
-from iot import db
+from iot import cache, db
 from iot.cli.common import fail, settings
+from iot.errors import CacheUnavailable
 from iot.sql import users as users_sql
 
 T = TypeVar("T")
@@ -74,9 +75,14 @@ def delete_user(
     Their access tokens and their devices' tokens are refused at once on every replica."""
     if not yes:
         typer.confirm(f"Delete {name} and every device they own?", abort=True)
-    if not with_connection(lambda conn: users_sql.delete_user(conn, name)):
+    devices = with_connection(lambda conn: users_sql.delete_user(conn, name))
+    if devices is None:
         fail(f"no user {name!r}")
-    typer.echo(f"deleted {name}")
+    try:
+        cache.forget_devices(cache.sync_client(settings().redis_direct_url, 5), devices)
+    except CacheUnavailable as exc:  # derived data of devices that no longer exist
+        typer.echo(f"warning: {exc}; their latest readings stay in Redis until evicted", err=True)
+    typer.echo(f"deleted {name} and {len(devices)} device(s)")
 
 
 def register(users_app: typer.Typer) -> None:

@@ -87,16 +87,21 @@ async def update_user(
     return cur.rowcount == 1
 
 
-async def delete_user(conn: psycopg.AsyncConnection[Any], username: str) -> bool:
-    """Delete a person with their devices (and those devices' readings, commands and events).
-    Their access tokens and their devices' tokens stop working at once on every replica (a
-    trigger announces each deletion, migration 0006)."""
+async def delete_user(conn: psycopg.AsyncConnection[Any], username: str) -> list[str] | None:
+    """Delete a person with their devices (and those devices' readings, commands and events);
+    returns the ids of the devices deleted, None when there is no such person. Their access
+    tokens and their devices' tokens stop working at once on every replica (a trigger
+    announces each deletion, migration 0006)."""
     async with conn.transaction():
         cur = await conn.execute("SELECT id FROM users WHERE username = %s FOR UPDATE", (username,))
         row = await cur.fetchone()
         if row is None:
-            return False
+            return None
         user_id = row["id"]
+        cur = await conn.execute(
+            "SELECT id::text AS id FROM devices WHERE owner_id = %s", (user_id,)
+        )
+        device_ids = [r["id"] for r in await cur.fetchall()]
         devices = "SELECT id FROM devices WHERE owner_id = %s"
         for table in ("readings", "commands", "command_events"):
             await conn.execute(
@@ -106,4 +111,4 @@ async def delete_user(conn: psycopg.AsyncConnection[Any], username: str) -> bool
                 (user_id,),
             )
         await conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
-    return True
+    return device_ids
