@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from iot.settings import Settings
-from iot.stack.control import rabbitmq_api, wait_healthy
+from iot.stack.control import prometheus_api, rabbitmq_api, wait_healthy
 
 PRODUCT_QUEUES = ("sensors.data", "commands.data", "commands.log")
 
@@ -34,7 +34,7 @@ def backlog(settings: Settings) -> int | None:
 def _alerts(settings: Settings) -> list[dict[str, Any]] | None:
     """Prometheus' pending and firing alerts (None if it does not answer)."""
     try:
-        r = httpx.get(f"http://{settings.host}:{settings.prometheus_port}/api/v1/alerts", timeout=2)
+        r = prometheus_api(settings, "alerts", timeout=2)
         r.raise_for_status()
     except httpx.HTTPError:
         return None

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import yaml
 
+from iot.settings import get_settings
+
 SLO_RULES = Path(__file__).resolve().parent.parent / "monitoring" / "rules" / "slos.yml"
 # Queues not worth a row: Celery's delayed-delivery and event queues, reply queues.
 _QUIET = r"celery_delayed_.*|celeryev\..*|.*\.pidbox|amq\..*"
@@ -91,13 +93,19 @@ def _number(raw: str) -> float | None:
 class Prometheus:
     """The instant and range query API of one Prometheus."""
 
-    def __init__(self, base_url: str, timeout: float = 15.0) -> None:
+    def __init__(
+        self, base_url: str, timeout: float = 15.0, auth: tuple[str, str] | None = None
+    ) -> None:
+        """``auth``: basic auth, by default the stack's monitoring credentials."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.auth = auth or get_settings().monitoring_auth
 
     def _get(self, path: str, params: dict[str, Any]) -> Any:
         try:
-            r = httpx.get(f"{self.base_url}{path}", params=params, timeout=self.timeout)
+            r = httpx.get(
+                f"{self.base_url}{path}", params=params, timeout=self.timeout, auth=self.auth
+            )
         except httpx.HTTPError as exc:
             raise PromError(f"Prometheus at {self.base_url}: {exc}") from exc
         body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     redis_password: str = ""  # Redis' requirepass
     flower_user: str = "iot"
     flower_password: str = ""  # Flower's basic auth
+    # Prometheus' and Alertmanager's basic auth (their web config holds the bcrypt hash, written
+    # into var/secrets.env with the password); every client asks `monitoring_auth`.
+    monitoring_user: str = "iot"
+    monitoring_password: str = ""
+    monitoring_password_hash: str = ""
 
     # Behaviour.
     publish_timeout_seconds: float = 5.0
@@ -222,6 +227,11 @@ class Settings(BaseSettings):
     def redis_url(self) -> str:
         port = self.proxy_redis_port if self.via_toxiproxy else self.redis_port
         return f"redis://:{self.redis_password}@{self.host}:{port}/0"
+
+    @property
+    def monitoring_auth(self) -> tuple[str, str]:
+        """(user, password) for Prometheus and Alertmanager."""
+        return self.monitoring_user, self.monitoring_password
 
     @property
     def redis_direct_url(self) -> str:

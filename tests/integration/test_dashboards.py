@@ -18,6 +18,7 @@ import pytest
 
 from iot import security
 from iot.settings import PROJECT_ROOT, Settings
+from iot.stack.control import prometheus_api
 from tests.integration.conftest import Device, Person, eventually, reading
 
 pytestmark = pytest.mark.integration
@@ -57,11 +58,7 @@ def promql(expr: str) -> str:
 
 
 def query(settings: Settings, expr: str) -> list[dict[str, Any]]:
-    r = httpx.get(
-        f"http://{settings.host}:{settings.prometheus_port}/api/v1/query",
-        params={"query": expr},
-        timeout=10,
-    )
+    r = prometheus_api(settings, "query", {"query": expr})
     body = r.json()
     assert r.status_code == 200 and body["status"] == "success", f"{expr}: {body}"
     return body["data"]["result"]

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from iot.settings import Settings
+from iot.stack.control import prometheus_api
 from tests.integration.conftest import Person, eventually, reading
 
 pytestmark = pytest.mark.integration
@@ -24,11 +25,7 @@ JOBS = {
 
 
 def query(settings: Settings, promql: str) -> list[dict]:
-    r = httpx.get(
-        f"http://{settings.host}:{settings.prometheus_port}/api/v1/query",
-        params={"query": promql},
-        timeout=5,
-    )
+    r = prometheus_api(settings, "query", {"query": promql}, timeout=5)
     r.raise_for_status()
     return r.json()["data"]["result"]
 

@@ -92,6 +92,7 @@ def _secrets(settings: Settings) -> dict[str, str]:
         "rabbitmq_password": settings.rabbitmq_password,
         "redis_password": settings.redis_password,
         "flower_password": settings.flower_password,
+        "monitoring_password": settings.monitoring_password,
         **{f"postgres_{r}_password": settings.postgres_role(r)[1] for r in ROLES},
     }
     assert all(len(v) >= 16 for v in values.values()), "the stack runs with short secrets"

@@ -1,6 +1,6 @@
-"""The loopback services that hold data or control ask for credentials: Redis (requirepass) and
-Flower (basic auth). Their passwords are random, in var/secrets.env, never on a command line
-(test_exposure.py)."""
+"""The loopback services that hold data or control ask for credentials: Redis (requirepass),
+Flower, Prometheus and Alertmanager (basic auth). Their passwords are random, in
+var/secrets.env, never on a command line (test_exposure.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from iot.settings import Settings
-from iot.stack.control import Supervisor
+from iot.stack.control import Supervisor, prometheus_api
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +61,45 @@ def test_flower_answers_with_its_credentials(stack: Supervisor, settings: Settin
     )
     assert r.status_code == 200, r.text[:200]
     assert any(name.startswith("worker-commandlog@") for name in r.json())
+
+
+@pytest.mark.parametrize(
+    ("port", "method", "path"),
+    [
+        ("prometheus_port", "GET", "/api/v1/query?query=up"),
+        ("prometheus_port", "GET", "/-/ready"),
+        ("prometheus_port", "POST", "/-/reload"),  # --web.enable-lifecycle
+        ("prometheus_port", "GET", "/metrics"),
+        ("alertmanager_port", "GET", "/api/v2/alerts"),
+        ("alertmanager_port", "POST", "/api/v2/silences"),
+        ("alertmanager_port", "GET", "/-/ready"),
+    ],
+)
+def test_prometheus_and_alertmanager_ask_for_credentials(
+    stack: Supervisor, settings: Settings, port: str, method: str, path: str
+) -> None:
+    url = f"http://{settings.host}:{getattr(settings, port)}{path}"
+    assert httpx.request(method, url, timeout=10).status_code == 401
+    wrong = (settings.monitoring_user, "not-the-one")
+    assert httpx.request(method, url, auth=wrong, timeout=10).status_code == 401
+
+
+def test_prometheus_scrapes_and_alerts_with_its_credentials(
+    stack: Supervisor, settings: Settings
+) -> None:
+    """Prometheus reaches itself and Alertmanager with the credentials (its targets are up,
+    Alertmanager is its active alert receiver), and clients reach it with them."""
+    r = prometheus_api(settings, "query", {"query": 'up{job=~"prometheus|alertmanager"}'})
+    assert r.status_code == 200, r.text
+    up = {s["metric"]["job"]: s["value"][1] for s in r.json()["data"]["result"]}
+    assert up == {"prometheus": "1", "alertmanager": "1"}, up
+    active = prometheus_api(settings, "alertmanagers").json()["data"]["activeAlertmanagers"]
+    assert [a["url"] for a in active] == [
+        f"http://{settings.host}:{settings.alertmanager_port}/api/v2/alerts"
+    ]
+    r = httpx.get(
+        f"http://{settings.host}:{settings.alertmanager_port}/api/v2/status",
+        auth=settings.monitoring_auth,
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text

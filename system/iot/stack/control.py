@@ -151,7 +151,7 @@ def probe(p: Program, s: Settings, timeout: float = 2.0) -> Health:
                 conn.execute("SELECT 1")
             return Health(True, "accepts queries")
         if kind == "http":
-            r = httpx.get(target, timeout=timeout)
+            r = httpx.get(target, timeout=timeout, auth=p.auth)
             if r.status_code == 200:
                 return Health(True, "healthy")
             return Health(False, f"HTTP {r.status_code}: {r.text[:120]}")
@@ -204,3 +204,20 @@ def rabbitmq_api(
             error = exc
     assert error is not None
     raise error
+
+
+def prometheus_api(
+    s: Settings, path: str, params: dict[str, Any] | None = None, timeout: float = 10
+) -> httpx.Response:
+    """One GET of our Prometheus' HTTP API (``path`` below ``/api/v1/``), with the monitoring
+    credentials: what every client of Prometheus uses.
+
+    Raises:
+        httpx.HTTPError: no answer.
+    """
+    return httpx.get(
+        f"http://{s.host}:{s.prometheus_port}/api/v1/{path}",
+        params=params,
+        auth=s.monitoring_auth,
+        timeout=timeout,
+    )

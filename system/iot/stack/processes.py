@@ -27,6 +27,7 @@ class Program:
     stopsignal: str = "TERM"
     stopwaitsecs: int = 20
     directory: str | None = None
+    auth: tuple[str, str] | None = None  # basic auth the probe sends
 
 
 def _venv_bin(name: str) -> str:
@@ -229,11 +230,13 @@ def programs(s: Settings) -> list[Program]:
                 f"--web.listen-address={h}:{s.prometheus_port}",
                 "--storage.tsdb.retention.time=7d",
                 "--web.enable-lifecycle",
+                f"--web.config.file={var / 'conf' / 'web.yml'}",
             ],
             "monitoring",
             40,
             f"http:http://{h}:{s.prometheus_port}/-/ready",
             f"http://{h}:{s.prometheus_port}/",
+            auth=s.monitoring_auth,
         ),
         Program(
             "alertmanager",
@@ -243,11 +246,13 @@ def programs(s: Settings) -> list[Program]:
                 f"--storage.path={var / 'alertmanager'}",
                 f"--web.listen-address={h}:{s.alertmanager_port}",
                 "--cluster.listen-address=",
+                f"--web.config.file={var / 'conf' / 'web.yml'}",
             ],
             "monitoring",
             40,
             f"http:http://{h}:{s.alertmanager_port}/-/ready",
             f"http://{h}:{s.alertmanager_port}/",
+            auth=s.monitoring_auth,
         ),
         Program(
             "postgres-exporter",

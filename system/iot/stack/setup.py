@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -53,6 +54,7 @@ SECRETS = (
     ("IOT_POSTGRES_COMMANDLOG_PASSWORD", 24),
     ("IOT_REDIS_PASSWORD", 24),
     ("IOT_FLOWER_PASSWORD", 24),
+    ("IOT_MONITORING_PASSWORD", 24),
 )
 
 
@@ -66,12 +68,32 @@ def ensure_secrets(home: Path) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(header + "\n")
-    have = {ln.split("=", 1)[0].strip() for ln in path.read_text().splitlines() if "=" in ln}
-    lines = [f"{k}={secrets.token_urlsafe(n)}" for k, n in SECRETS if k not in have]
+    have = dict(
+        (k.strip(), v.strip())
+        for k, _, v in (ln.partition("=") for ln in path.read_text().splitlines() if "=" in ln)
+    )
+    new = {k: secrets.token_urlsafe(n) for k, n in SECRETS if k not in have}
+    if "IOT_MONITORING_PASSWORD_HASH" not in have:  # Prometheus' web config wants bcrypt
+        new["IOT_MONITORING_PASSWORD_HASH"] = bcrypt_hash(
+            new.get("IOT_MONITORING_PASSWORD") or have["IOT_MONITORING_PASSWORD"]
+        )
+    lines = [f"{k}={v}" for k, v in new.items()]
     if lines:
         with path.open("a") as f:
             f.write("\n".join(lines) + "\n")
     return bool(lines)
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash (``$2b$``), from the C library's crypt(3) (libxcrypt)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # deprecated in Python 3.11; nothing else here makes bcrypt
+
+    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    if not hashed or not hashed.startswith("$2"):
+        raise SetupError("this system's crypt(3) cannot make bcrypt hashes")
+    return hashed
 
 
 def make_dirs(s: Settings) -> None:
@@ -216,6 +238,10 @@ def render_configs(s: Settings) -> list[str]:
         "prometheus.yml": render(PROMETHEUS_TEMPLATE.read_text(), values),
         "alertmanager.yml": render(ALERTMANAGER_TEMPLATE.read_text(), values),
         "rabbitmq-plugins": "[rabbitmq_management,rabbitmq_prometheus].\n",
+        # Prometheus' and Alertmanager's basic auth (read on every request: no reload needed)
+        "web.yml": f"basic_auth_users:\n  {s.monitoring_user}: '{s.monitoring_password_hash}'\n",
+        # for people's curl (runbooks): `curl -K var/conf/monitoring.curl URL`, no password in ps
+        "monitoring.curl": f'user = "{s.monitoring_user}:{s.monitoring_password}"\n',
         "rabbitmq-env.conf": "# our node is configured by environment variables\n",
         "rabbitmq-advanced.config": "[].\n",
         "supervisord.conf": supervisord_conf(s, programs(s)),
