@@ -1,7 +1,6 @@
 """One device holding several long polls at once (a retry after a lost connection, two threads,
 a copied token): every poll waits, and each command goes to exactly one of them (its lease);
-the others go on waiting and answer 204 at the end of their wait, or get the command again,
-with the next attempt, once its lease lapsed unacknowledged (docs/security.md)."""
+the others go on waiting and answer 204 at the end of their wait (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -75,19 +74,3 @@ def test_two_commands_for_two_waiting_polls_each_go_once(
     assert len(got) == len(set(got)) and set(got) <= sent
     rest = [c["id"] for c in device.commands(wait=0)]
     assert sorted(got + rest) == sorted(sent)
-
-
-def test_the_other_poll_gets_the_command_again_when_its_lease_lapses(
-    tenant: Callable[..., Person], settings: Settings
-) -> None:
-    """Delivery is at least once: a lease not acknowledged in time hands the command to a poll
-    still waiting, with the next attempt (the device must run each command id once)."""
-    person = tenant()
-    device = person.new_device()
-    with ThreadPoolExecutor(2) as pool:
-        polls = _waiting(pool, _where(settings)["two replicas"], device, lease=1)
-        command = person.send(device, "open").json()
-        answers = [p.result() for p in polls]
-    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
-    got = sorted((c["attempt"], c["id"]) for a in answers for c in a.json()["commands"])
-    assert got == [(1, command["id"]), (2, command["id"])]
