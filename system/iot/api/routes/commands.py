@@ -94,7 +94,7 @@ async def poll_commands(
 
     A device may hold several polls at once (on any replica): all of them wait, and each
     command goes to exactly one of them; the others keep waiting (204 at the end of their
-    wait), or get a command again, with the next attempt, once its lease lapsed unacked."""
+    wait). Unacked, a command comes again, with the next attempt, once its lease lapsed."""
     assert device.device_id is not None
     taken = await _core(state).poll(
         device.device_id, wait, limit, lease or state.settings.command_lease_seconds
