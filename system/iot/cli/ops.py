@@ -9,6 +9,7 @@ import typer
 
 from iot import cache, db
 from iot.cli.common import fail, settings
+from iot.sql import readings as readings_sql
 from iot.stack.control import ControlError
 
 cache_app = typer.Typer(help="The latest-readings cache in Redis.", no_args_is_help=True)
@@ -74,11 +75,8 @@ def rebuild(
                 cache.OWNERS_KEY, mapping={str(o["id"]): str(o["owner_id"]) for o in owners}
             )
         for o in owners:
-            rows = conn.execute(
-                "SELECT DISTINCT ON (sensor) sensor, value, ts FROM readings"
-                " WHERE device_id = %s ORDER BY sensor, ts DESC",
-                (o["id"],),
-            ).fetchall()
+            # the API's query: sensor to sensor along the key, not the device's whole history
+            rows = conn.execute(readings_sql.LATEST, {"devices": [o["id"]]}).fetchall()
             if rows:
                 cache.store_latest(client, str(o["id"]), [dict(r) for r in rows])
                 devices += 1
