@@ -52,7 +52,10 @@ SELECT pg_notify('"""
 # A poll's claim, in one statement (DESIGN §4): the device's claimable commands oldest first,
 # locked without waiting for another poll's locks; each becomes expired, dead or delivered
 # (lifecycle.claim_outcome), with its event. The last column tells a poll that got nothing
-# when the next lease of this device lapses (its command is claimable again then).
+# when to look again: when the next lease of this device lapses (its command is claimable
+# again then), or in a second when a pending command was skipped because a concurrent claim
+# of the same device holds it (that claim's lease is not visible yet: without this, the poll
+# took the device for idle and its replica answered polls from memory past the lease's end).
 _CLAIM = """
 WITH picked AS (
     SELECT id FROM commands
@@ -81,8 +84,11 @@ WITH picked AS (
     FROM claimed
 )
 SELECT k.id, k.name, k.args, k.created_at, k.expires_at, k.status, k.attempt,
-       (SELECT min(leased_until) FROM commands
-        WHERE device_id = %(device)s AND status = 'delivered' AND leased_until > now())
+       (SELECT min(CASE WHEN leased_until > now() THEN leased_until
+                        ELSE now() + interval '1 second' END)
+        FROM commands
+        WHERE device_id = %(device)s AND status IN ('queued', 'delivered')
+          AND id NOT IN (SELECT id FROM claimed))
        AS next_lapse
 FROM (SELECT 1) AS one LEFT JOIN claimed k ON true
 ORDER BY k.created_at, k.id
@@ -250,7 +256,10 @@ async def claim(
     max_attempts: int,
 ) -> tuple[list[dict[str, Any]], datetime | None]:
     """Claim the device's next commands; returns (claimed rows, oldest first, each with its
-    new ``status``: delivered, expired or dead; when the next running lease lapses)."""
+    new ``status``: delivered, expired or dead; when to look again: the next running lease's
+    end, or about a second from now for a pending command this claim did not take - one a
+    concurrent claim of the same device holds locked, or one past ``limit``). None: nothing
+    else is pending, the device is idle until something arrives."""
     cur = await conn.execute(
         _CLAIM,
         {"device": device_id, "limit": limit, "lease": lease_seconds, "max": max_attempts},
