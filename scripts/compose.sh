@@ -9,7 +9,8 @@
 #
 # A Docker engine is used when one answers; otherwise, as root with Debian's docker.io
 # installed, this script starts dockerd (storage driver vfs) itself and stops it again when it
-# is done (only that dockerd, by its pid). Set IOT_COMPOSE_BASE to build on another base image
+# is done (only that dockerd, by its pid). IOT_COMPOSE_CLUSTER=1 runs RabbitMQ as a three-node
+# cluster (compose/docker-compose.cluster.yml). IOT_COMPOSE_BASE builds on another base image
 # (default: the debootstrap one, iot-debian:bookworm; `debian:12-slim` where a registry answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,16 +23,21 @@ export IOT_COMPOSE_BASE=${IOT_COMPOSE_BASE:-iot-debian:bookworm}
 export IOT_COMPOSE_HTTP_PORT=${IOT_COMPOSE_HTTP_PORT:-38080}
 RENDERED=compose/.rendered
 BUILD=compose/images  # the build context: wheels/ and bin/ are added (git-ignored)
-STATE=var/compose  # dockerd's pid, log and data when this script starts one
+STATE=var/compose  # the log of a dockerd this script starts, pip's Python and log
 # Debian's docker CLI matches its engine; another one earlier on PATH may not.
 DOCKER=$(command -v /usr/bin/docker || command -v docker || true)
 export DOCKER
 COMPOSE=(docker-compose -f compose/docker-compose.yml)
+# IOT_COMPOSE_CLUSTER=1: the three-node RabbitMQ cluster (compose/docker-compose.cluster.yml).
+if [[ "${IOT_COMPOSE_CLUSTER:-}" == 1 ]]; then
+  COMPOSE+=(-f compose/docker-compose.cluster.yml)
+fi
 # Every service but Grafana, whose image no registry gives us here (docker-compose config
 # validates it; `docker-compose up` starts it where its image can be pulled).
 SERVICES=(rabbitmq postgres redis toxiproxy migrate api-1 api-2 worker-sensors
           worker-commandlog flower nginx prometheus alertmanager postgres-exporter
           redis-exporter nginx-exporter)
+if [[ "${IOT_COMPOSE_CLUSTER:-}" == 1 ]]; then SERVICES+=(rabbitmq-2 rabbitmq-3 rabbitmq-cluster); fi
 
 say() { printf '==> [%4ds] %s\n' "$SECONDS" "$*"; }
 die() { printf 'compose: %s\n' "$*" >&2; exit 1; }
@@ -99,7 +105,7 @@ wait_healthy() {
   while :; do
     pending=()
     for svc in "${SERVICES[@]}"; do
-      [[ "$svc" == migrate ]] && continue
+      [[ "$svc" == migrate || "$svc" == rabbitmq-cluster ]] && continue  # one-shots
       id=$("${COMPOSE[@]}" ps -q "$svc")
       state=$("$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)
       [[ "$state" == healthy ]] || pending+=("$svc:$state")
@@ -153,5 +159,5 @@ case "${1:-}" in
     ((rc == 0)) || die "the compose test failed"
     say "compose test passed"
     ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
