@@ -47,6 +47,8 @@ EVENTS_STORED = Counter("iot_command_events_stored_total", "Command events store
 @worker_init.connect
 def _serve_metrics(**_: object) -> None:
     port = int(os.environ.get("IOT_WORKER_METRICS_PORT", "0"))
+    # loopback natively; the Compose bundle sets 0.0.0.0 (Prometheus is another container)
+    addr = os.environ.get("IOT_WORKER_METRICS_ADDR", "127.0.0.1")
     if port:
-        start_http_server(port, addr="127.0.0.1")
-        log.info("metrics on 127.0.0.1:%d", port)
+        start_http_server(port, addr=addr)
+        log.info("metrics on %s:%d", addr, port)
