@@ -24,7 +24,7 @@ import pytest
 
 from iot import security
 from iot.settings import Settings
-from tests.integration.conftest import Person
+from tests.integration.conftest import Person, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -125,14 +125,21 @@ def callers(
     return tokens, a
 
 
-def _target(a: Person) -> Target:
+def _target(a: Person, pg: psycopg.Connection) -> Target:
     marker = f"a-{uuid.uuid4().hex[:12]}"
     r = a.api.post("/devices", json={"name": marker}, headers=a.headers)
     assert r.status_code == 201, r.text
     device = r.json()
     r = a.api.post("/commands", json={"device_id": device["id"], "name": marker}, headers=a.headers)
     assert r.status_code == 201, r.text
-    return Target(device["id"], device["token"], r.json()["id"], marker)
+    command_id = r.json()["id"]
+    # 201 means RabbitMQ holds it; the command-log worker stores its row a moment later, and
+    # the routes that act on a stored command (ack, cancel, requeue) answer 404 until then.
+    eventually(
+        lambda: pg.execute("SELECT 1 FROM commands WHERE id = %s", (command_id,)).fetchone(),
+        what="the command's row",
+    )
+    return Target(device["id"], device["token"], command_id, marker)
 
 
 def test_every_operation_of_the_document_is_in_the_table(api: httpx.Client) -> None:
@@ -158,7 +165,7 @@ def _matches(expected: Any, status: int) -> bool:
 
 
 def test_each_caller_gets_the_expected_status_and_nothing_of_anothers(
-    api: httpx.Client, callers: tuple[dict[str, str | None], Person]
+    api: httpx.Client, callers: tuple[dict[str, str | None], Person], pg: psycopg.Connection
 ) -> None:
     tokens, a = callers
     ops = operations(api)
@@ -166,7 +173,7 @@ def test_each_caller_gets_the_expected_status_and_nothing_of_anothers(
     for operation, row in EXPECTED.items():
         needs_body = "requestBody" in ops[operation]
         for caller, expected in zip(CALLERS, row, strict=True):
-            target = _target(a)
+            target = _target(a, pg)
             assert not needs_body or operation in _bodies(target), operation
             token = target.device_token if caller == "devA" else tokens[caller]
             r = _call(api, operation, target, token)
