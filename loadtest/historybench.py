@@ -54,17 +54,6 @@ WINDOWS = (
 )
 
 
-def superuser_connection(s: Settings) -> psycopg.Connection[Any]:
-    """The cluster's superuser over the stack's socket (as ``iotctl up`` creates databases)."""
-    return psycopg.connect(
-        host=str(s.var / "run" / "postgres"),
-        port=s.postgres_port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-    )
-
-
 @contextlib.contextmanager
 def scratch_database(s: Settings, prefix: str = "iot_scratch") -> Iterator[str]:
     """A new database owned by the owner role, migrated by the product's migrations; yields its
@@ -72,7 +61,7 @@ def scratch_database(s: Settings, prefix: str = "iot_scratch") -> Iterator[str]:
     name = f"{prefix}_{secrets.token_hex(4)}"
     if name == s.postgres_db:
         raise RuntimeError("refusing to use the product's database")
-    with superuser_connection(s) as su:
+    with stack_setup.superuser_connection(s) as su:
         su.execute(
             sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(name), sql.Identifier(s.postgres_user)
@@ -83,7 +72,7 @@ def scratch_database(s: Settings, prefix: str = "iot_scratch") -> Iterator[str]:
         _migrate(url)
         yield url
     finally:
-        with superuser_connection(s) as su:
+        with stack_setup.superuser_connection(s) as su:
             su.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )

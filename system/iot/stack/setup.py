@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -270,15 +271,20 @@ def render_configs(s: Settings) -> list[str]:
     return changed
 
 
-def bootstrap_database(s: Settings) -> None:
-    """Create the application role and database (as the cluster's superuser, over the socket)."""
-    with psycopg.connect(
+def superuser_connection(s: Settings) -> psycopg.Connection[Any]:
+    """The cluster's superuser over the stack's socket (creates roles and databases)."""
+    return psycopg.connect(
         host=str(s.var / "run" / "postgres"),
         port=s.postgres_port,
         user="postgres",
         dbname="postgres",
         autocommit=True,
-    ) as conn:
+    )
+
+
+def bootstrap_database(s: Settings) -> None:
+    """Create the application role and database (as the cluster's superuser, over the socket)."""
+    with superuser_connection(s) as conn:
         exists = conn.execute(
             "SELECT 1 FROM pg_roles WHERE rolname = %s", (s.postgres_user,)
         ).fetchone()
