@@ -69,26 +69,13 @@ def scratch_database(s: Settings, prefix: str = "iot_scratch") -> Iterator[str]:
         )
     url = s.database_direct_url.rsplit("/", 1)[0] + "/" + name
     try:
-        _migrate(url)
+        stack_setup.migrate(url)
         yield url
     finally:
         with stack_setup.superuser_connection(s) as su:
             su.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
-
-
-def _migrate(url: str) -> None:
-    """The product's migrations (as ``iotctl migrate`` applies them), closing yoyo's
-    connection afterwards (it leaves it open, which the tests' warnings-as-errors refuse)."""
-    from yoyo import get_backend, read_migrations
-
-    backend = get_backend(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        with backend.lock():
-            backend.apply_migrations(backend.to_apply(read_migrations(str(stack_setup.MIGRATIONS))))
-    finally:
-        backend.connection.close()
 
 
 def _renice_backend(conn: psycopg.Connection[Any], niceness: int) -> bool:

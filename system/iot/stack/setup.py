@@ -323,9 +323,12 @@ def migrate(database_url: str) -> list[str]:
 
     backend = get_backend(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     migrations = read_migrations(str(MIGRATIONS))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
+    try:
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+    finally:
+        backend.connection.close()  # yoyo leaves it open
     with psycopg.connect(database_url, autocommit=True) as conn:
         roles.apply(conn)
     return [m.id for m in pending]
