@@ -76,6 +76,31 @@ class Settings(BaseSettings):
     proxy_postgres_port: int = 5542
     proxy_redis_port: int = 6489
 
+    # Backing services that run elsewhere (docs/scaling.md, "A multi-machine deployment").
+    # IOT_EXTERNAL_SERVICES=postgres,rabbitmq,redis (any of them): `iotctl up` neither
+    # initialises nor supervises those; our processes (or toxiproxy, in the toxiproxy profile)
+    # reach each at IOT_<SERVICE>_HOST (default IOT_HOST; used only when the service is
+    # external) and its port setting above (IOT_POSTGRES_PORT; IOT_RABBITMQ_PORT, and
+    # _MANAGEMENT_PORT, _PROMETHEUS_PORT; IOT_REDIS_PORT). `iotctl up` still prepares them:
+    external_services: Annotated[list[Literal["postgres", "rabbitmq", "redis"]], NoDecode] = Field(
+        default_factory=list
+    )
+    postgres_host: str = ""
+    rabbitmq_host: str = ""
+    redis_host: str = ""
+    # Postgres: a role that may create roles and databases (a superuser), as a URL, e.g.
+    # postgresql://postgres:PASSWORD@db.example:5432/postgres. It creates (or sets the
+    # passwords of) the owner, the database and each process's role, as on the native stack.
+    postgres_superuser_url: str = ""
+    # RabbitMQ: an administrator of its management API, who creates our user
+    # (IOT_RABBITMQ_USER, IOT_RABBITMQ_PASSWORD) and its permissions on the vhost "/". Empty:
+    # that user must exist already, tagged monitoring and policymaker.
+    rabbitmq_admin_user: str = ""
+    rabbitmq_admin_password: str = ""
+    # Redis: its password now (empty: none). `iotctl up` makes IOT_REDIS_PASSWORD the default
+    # user's password (requirepass) unless it already is.
+    redis_admin_password: str = ""
+
     # Monitoring.
     prometheus_port: int = 9190
     alertmanager_port: int = 9193
@@ -158,6 +183,22 @@ class Settings(BaseSettings):
             return [int(p) for p in value.split(",") if p.strip()]
         return value
 
+    @field_validator("external_services", mode="before")
+    @classmethod
+    def _split_services(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _service_hosts(self) -> Settings:
+        # A service's own host counts only when it runs elsewhere: with nothing external,
+        # everything is reached at IOT_HOST exactly as before.
+        for service in ("postgres", "rabbitmq", "redis"):
+            if service not in self.external_services or not getattr(self, f"{service}_host"):
+                setattr(self, f"{service}_host", self.host)
+        return self
+
     @model_validator(mode="after")
     def _replica_ports(self) -> Settings:
         if not self.api_ports:
@@ -186,7 +227,7 @@ class Settings(BaseSettings):
     def database_url(self) -> str:
         """Postgres as the product's processes see it: through toxiproxy (unless disabled), as
         this process's role (``db_role``)."""
-        port = self.proxy_postgres_port if self.via_toxiproxy else self.postgres_port
+        port = self.proxy_postgres_port if self.via_toxiproxy else None
         return self.database_url_as(self.db_role, port)
 
     @property
@@ -201,11 +242,12 @@ class Settings(BaseSettings):
         return f"{self.postgres_user}_{role}", getattr(self, f"postgres_{role}_password")
 
     def database_url_as(self, role: str, port: int | None = None) -> str:
-        """Postgres as ``role`` (owner, api, sensors, commandlog); directly unless ``port``."""
+        """Postgres as ``role`` (owner, api, sensors, commandlog); directly unless ``port``
+        (toxiproxy's, on this machine)."""
         user, password = self.postgres_role(role)
+        host = self.host if port else self.postgres_host
         return (
-            f"postgresql://{user}:{password}"
-            f"@{self.host}:{port or self.postgres_port}/{self.postgres_db}"
+            f"postgresql://{user}:{password}@{host}:{port or self.postgres_port}/{self.postgres_db}"
         )
 
     @property
@@ -220,13 +262,15 @@ class Settings(BaseSettings):
         return ";".join(self.node_url(n) for n in self.rabbitmq_nodes)
 
     def node_url(self, node: RabbitNode, direct: bool = False) -> str:
-        port = node.proxy_port if self.via_toxiproxy and not direct else node.port
-        return f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}@{self.host}:{port}/"
+        proxied = self.via_toxiproxy and not direct
+        host, port = (self.host, node.proxy_port) if proxied else (self.rabbitmq_host, node.port)
+        return f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}@{host}:{port}/"
 
     @property
     def redis_url(self) -> str:
-        port = self.proxy_redis_port if self.via_toxiproxy else self.redis_port
-        return f"redis://:{self.redis_password}@{self.host}:{port}/0"
+        if not self.via_toxiproxy:
+            return self.redis_direct_url
+        return f"redis://:{self.redis_password}@{self.host}:{self.proxy_redis_port}/0"
 
     @property
     def monitoring_auth(self) -> tuple[str, str]:
@@ -236,7 +280,7 @@ class Settings(BaseSettings):
     @property
     def redis_direct_url(self) -> str:
         """Redis without toxiproxy: the CLI, tests, auditors."""
-        return f"redis://:{self.redis_password}@{self.host}:{self.redis_port}/0"
+        return f"redis://:{self.redis_password}@{self.redis_host}:{self.redis_port}/0"
 
     def require_secrets(self) -> None:
         """Refuse to run with a missing or placeholder secret.

@@ -16,9 +16,10 @@ from iot.errors import Conflict
 from iot.settings import Settings
 from iot.sql import users as users_sql
 from iot.stack import cluster as rabbit_cluster
+from iot.stack import external
 from iot.stack import setup as stack_setup
 from iot.stack.control import ControlError, Supervisor, probe, wait_healthy
-from iot.stack.processes import programs
+from iot.stack.processes import external_programs, programs, service_of
 
 app = typer.Typer(
     help="Run and operate the IoT remote-control stack: RabbitMQ, Postgres, Redis, nginx, "
@@ -78,6 +79,14 @@ def up(
     supervisor, apply database migrations, wait until all are healthy and print the URLs.
     Running it again is harmless: it applies changed configuration and starts what is stopped
     (and stops replicas or workers no longer wanted)."""
+    now = settings()
+    clustered = cluster if cluster is not None else now.rabbitmq_cluster
+    if clustered and "rabbitmq" in now.external_services:
+        fail(
+            "RabbitMQ is external (IOT_EXTERNAL_SERVICES): --cluster runs three nodes on this "
+            "machine. Cluster it where it runs, give IOT_RABBITMQ_HOST one address for it, and "
+            "run `iotctl up --no-cluster` here"
+        )
     shape: dict[str, int | str | None] = {
         "IOT_API_REPLICAS": api_replicas,
         "IOT_SENSOR_WORKERS": sensor_workers,
@@ -93,6 +102,7 @@ def up(
     if not s.toxiproxy_bin.exists():
         fail(f"{s.toxiproxy_bin} is missing: run `make up` (it builds toxiproxy)")
     try:
+        external.prepare(s, say=typer.echo)  # before anything of ours starts to use them
         stack_setup.make_dirs(s)
         stack_setup.ensure_certificate(s)
         stack_setup.ensure_postgres_cluster(s)
@@ -100,7 +110,8 @@ def up(
         was_running = sup.running()
         before = set(sup.info()) if was_running else set()
         # Leaving the cluster: queues move to node 1 while nodes 2 and 3 still run.
-        leaving = rabbit_cluster.extra_nodes(s) if was_running else []
+        ours = "rabbitmq" not in s.external_services
+        leaving = rabbit_cluster.extra_nodes(s) if was_running and ours else []
         if leaving:
             rabbit_cluster.shrink(s, leaving, say=typer.echo)
         changed = stack_setup.render_configs(s)
@@ -119,8 +130,9 @@ def up(
     nodes_changed = was_running and last != node_names
     typer.echo("supervisor running; waiting for Postgres ...")
     started = time.monotonic()
-    _wait_postgres_socket(s, timeout)
-    stack_setup.bootstrap_database(s)
+    if "postgres" not in s.external_services:  # external: prepared above
+        _wait_postgres_socket(s, timeout)
+        stack_setup.bootstrap_database(s)
     applied = stack_setup.migrate(s.database_direct_url)
     typer.echo(
         f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else "")
@@ -200,6 +212,8 @@ def down(
     except ControlError as exc:
         fail(str(exc))
     typer.echo("stack stopped" if stopped else "stack was not running")
+    for p in external_programs(s):
+        typer.echo(f"left alone: the external {p.name} ({p.url})")
     if purge:
         import shutil
 
@@ -215,10 +229,12 @@ def status(
     s = settings()
     info = Supervisor(s).info()
     rows = []
-    for p in programs(s):
+    for p in programs(s) + external_programs(s):
         state = info.get(p.name, {}).get("statename", "NOT RUNNING")
         pid = info.get(p.name, {}).get("pid", 0)
         health = probe(p, s, timeout=1.5)
+        if p.group == "external":
+            state = "EXTERNAL"
         rows.append(
             {
                 "name": p.name,
@@ -282,6 +298,7 @@ def logs(
     """Show a component's log (var/log/NAME.log)."""
     s = settings()
     names = [p.name for p in programs(s)] + ["supervisord"]
+    _refuse_external(s, name)
     if name not in names:
         fail(f"unknown component {name!r}; one of: {', '.join(names)}")
     path = s.var / "log" / f"{name}.log"
@@ -291,9 +308,18 @@ def logs(
     raise typer.Exit(subprocess.call(cmd))
 
 
+def _refuse_external(s: Settings, name: str) -> None:
+    if service_of(name) in s.external_services:
+        fail(
+            f"{name} is external (IOT_EXTERNAL_SERVICES, IOT_{service_of(name).upper()}_HOST): "
+            "it runs on its own machine, not under this one's supervisor"
+        )
+
+
 def _component(name: str) -> str:
     s = settings()
     names = [p.name for p in programs(s)]
+    _refuse_external(s, name)
     if name not in names:
         fail(f"unknown component {name!r}; one of: {', '.join(names)}")
     return name

@@ -214,9 +214,9 @@ def forget(s: Settings, leaving: list[str], say: Any = print) -> None:
 
 
 def sync_proxies(s: Settings) -> list[str]:
-    """Create the toxiproxy proxies the rendered toxiproxy.json lists and toxiproxy lacks, and
-    delete RabbitMQ node proxies it no longer lists; the other proxies and their connections
-    are left alone. Returns what changed.
+    """Create the toxiproxy proxies the rendered toxiproxy.json lists and toxiproxy lacks, point
+    those whose upstream changed at the new one, and delete RabbitMQ node proxies it no longer
+    lists; the other proxies and their connections are left alone. Returns what changed.
 
     Raises:
         ControlError: toxiproxy refused.
@@ -231,6 +231,10 @@ def sync_proxies(s: Settings) -> list[str]:
                 if name not in have:
                     http.post("/proxies", json=proxy).raise_for_status()
                     changed.append(f"+{name}")
+                elif have[name]["upstream"] != proxy["upstream"]:  # a service moved elsewhere
+                    body = {"upstream": proxy["upstream"]}
+                    http.post(f"/proxies/{name}", json=body).raise_for_status()
+                    changed.append(f"~{name}")
             for name in have:
                 if name.startswith("rabbitmq-") and name not in wanted:
                     http.delete(f"/proxies/{name}").raise_for_status()

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 
 from iot.settings import Settings
-from iot.stack.processes import Program, programs
+from iot.stack.processes import Program, external_programs, programs
 
 
 class ControlError(RuntimeError):
@@ -144,7 +144,8 @@ def probe(p: Program, s: Settings, timeout: float = 2.0) -> Health:
     kind, _, target = p.probe.partition(":")
     try:
         if kind == "tcp":
-            with socket.create_connection((s.host, int(target)), timeout=timeout):
+            host, _, port = target.rpartition(":")
+            with socket.create_connection((host or s.host, int(port)), timeout=timeout):
                 return Health(True, f"port {target} open")
         if kind == "sql":
             with psycopg.connect(s.database_direct_url, connect_timeout=int(timeout)) as conn:
@@ -164,7 +165,7 @@ def wait_healthy(
     s: Settings, names: list[str] | None, timeout: float, progress: Any = None
 ) -> dict[str, Health]:
     """Probe until every named program is healthy or ``timeout`` passes; return the results."""
-    progs = [p for p in programs(s) if names is None or p.name in names]
+    progs = [p for p in programs(s) + external_programs(s) if names is None or p.name in names]
     deadline = time.monotonic() + timeout
     results: dict[str, Health] = {}
     pending = {p.name: p for p in progs}
@@ -195,7 +196,7 @@ def rabbitmq_api(
         try:
             return httpx.request(
                 method,
-                f"http://{s.host}:{node.management_port}/api/{path}",
+                f"http://{s.rabbitmq_host}:{node.management_port}/api/{path}",
                 auth=(s.rabbitmq_user, s.rabbitmq_password),
                 timeout=timeout,
                 **kw,

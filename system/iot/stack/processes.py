@@ -18,9 +18,9 @@ from iot.settings import RabbitNode, Settings
 class Program:
     name: str
     command: list[str]
-    group: str  # data | proxy | app | edge | monitoring
+    group: str  # data | proxy | app | edge | monitoring | external (runs elsewhere)
     priority: int
-    probe: str  # "tcp:PORT", "http:URL" or "sql"
+    probe: str  # "tcp:PORT" (on IOT_HOST), "tcp:HOST:PORT", "http:URL" or "sql"
     url: str = ""  # shown to people by `iotctl up` / `status`
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None
@@ -198,8 +198,8 @@ def programs(s: Settings) -> list[Program]:
             # From the environment, not the command line: `ps` shows arguments to everyone.
             env={
                 **app_env,
-                "FLOWER_BROKER_API": f"http://{s.rabbitmq_user}:{s.rabbitmq_password}@{h}:"
-                f"{s.rabbitmq_management_port}/api/",
+                "FLOWER_BROKER_API": f"http://{s.rabbitmq_user}:{s.rabbitmq_password}@"
+                f"{s.rabbitmq_host}:{s.rabbitmq_management_port}/api/",
                 # Basic auth on the UI and API (/metrics and /healthcheck stay open).
                 "FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}",
             },
@@ -270,7 +270,7 @@ def programs(s: Settings) -> list[Program]:
             [
                 "/usr/bin/prometheus-redis-exporter",
                 "-redis.addr",
-                f"redis://{h}:{s.redis_port}",
+                f"redis://{s.redis_host}:{s.redis_port}",
                 "-web.listen-address",
                 f"{h}:{s.redis_exporter_port}",
             ],
@@ -291,7 +291,45 @@ def programs(s: Settings) -> list[Program]:
             f"http:http://{h}:{s.nginx_exporter_port}/metrics",
         ),
     ]
-    return progs
+    # Backing services that run elsewhere are neither started nor stopped here.
+    return [p for p in progs if service_of(p.name) not in s.external_services]
+
+
+def service_of(program: str) -> str:
+    """The backing service a program is (``rabbitmq-2`` is RabbitMQ), else the program."""
+    return "rabbitmq" if program.startswith("rabbitmq") else program
+
+
+def external_programs(s: Settings) -> list[Program]:
+    """The backing services that run elsewhere (``IOT_EXTERNAL_SERVICES``), as entries that
+    `iotctl status` and the health checks probe at their own host; nothing runs them here."""
+    entries = {
+        "postgres": Program(
+            "postgres",
+            [],
+            "external",
+            10,
+            "sql",
+            f"postgresql://{s.postgres_host}:{s.postgres_port}/{s.postgres_db}",
+        ),
+        "rabbitmq": Program(
+            "rabbitmq",
+            [],
+            "external",
+            10,
+            f"tcp:{s.rabbitmq_host}:{s.rabbitmq_port}",
+            f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/",
+        ),
+        "redis": Program(
+            "redis",
+            [],
+            "external",
+            10,
+            f"tcp:{s.redis_host}:{s.redis_port}",
+            f"redis://{s.redis_host}:{s.redis_port}",
+        ),
+    }
+    return [entries[name] for name in s.external_services]
 
 
 def rabbitmq_env(s: Settings, node: RabbitNode) -> dict[str, str]:

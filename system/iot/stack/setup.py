@@ -5,6 +5,7 @@ Every step is idempotent: running ``iotctl up`` twice changes nothing the second
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -120,6 +121,8 @@ def make_dirs(s: Settings) -> None:
         "run/postgres",
     ):
         (var / sub).mkdir(parents=True, exist_ok=True)
+    if "postgres" in s.external_services:
+        return  # no cluster here: this machine may not even have a postgres user
     pg_user = pwd.getpwnam("postgres")
     for sub in ("postgres", "run/postgres"):
         os.chown(var / sub, pg_user.pw_uid, pg_user.pw_gid)
@@ -162,7 +165,7 @@ def ensure_certificate(s: Settings) -> None:
 
 def ensure_postgres_cluster(s: Settings) -> None:
     data = s.var / "postgres" / "data"
-    if (data / "PG_VERSION").exists():
+    if (data / "PG_VERSION").exists() or "postgres" in s.external_services:
         return
     _run(
         [
@@ -224,7 +227,9 @@ def render_configs(s: Settings) -> list[str]:
     values["api_targets"] = ", ".join(f'"{s.host}:{p}"' for p in s.api_ports)
     values["worker_sensors_targets"] = ", ".join(f'"{s.host}:{p}"' for _, p in s.sensors_workers)
     nodes = s.rabbitmq_nodes
-    values["rabbitmq_targets"] = ", ".join(f'"{s.host}:{n.prometheus_port}"' for n in nodes)
+    values["rabbitmq_targets"] = ", ".join(
+        f'"{s.rabbitmq_host}:{n.prometheus_port}"' for n in nodes
+    )
     values["rabbitmq_cluster_proxies"] = "".join(
         f'\n  {{"name": "{n.program}", "listen": "{s.host}:{n.proxy_port}", '
         f'"upstream": "{s.host}:{n.port}", "enabled": true}},'
@@ -247,6 +252,8 @@ def render_configs(s: Settings) -> list[str]:
         "rabbitmq-advanced.config": "[].\n",
         "supervisord.conf": supervisord_conf(s, programs(s)),
     }
+    if s.external_services:
+        outputs["toxiproxy.json"] = _external_upstreams(s, outputs["toxiproxy.json"])
     for node in nodes[1:]:  # the cluster's nodes 2 and 3: own ports, joining node 1
         outputs[f"{node.program}.conf"] = render(
             (TEMPLATES / "rabbitmq.conf").read_text(),
@@ -271,14 +278,43 @@ def render_configs(s: Settings) -> list[str]:
     return changed
 
 
-def superuser_connection(s: Settings) -> psycopg.Connection[Any]:
-    """The cluster's superuser over the stack's socket (creates roles and databases)."""
+def _external_upstreams(s: Settings, text: str) -> str:
+    """toxiproxy.json with the proxies of external services pointing at their own machines
+    (``IOT_EXTERNAL_SERVICES``); the listeners stay on this machine."""
+    proxies = json.loads(text)
+    for proxy in proxies:
+        if proxy["name"] in s.external_services:
+            proxy["upstream"] = f"{getattr(s, proxy['name'] + '_host')}:" + str(
+                getattr(s, proxy["name"] + "_port")
+            )
+    return "[\n" + ",\n".join(f"  {json.dumps(p)}" for p in proxies) + "\n]\n"
+
+
+def superuser_connection(
+    s: Settings, dbname: str = "postgres", autocommit: bool = True
+) -> psycopg.Connection[Any]:
+    """The cluster's superuser (creates roles and databases): over the stack's socket, or
+    ``IOT_POSTGRES_SUPERUSER_URL`` when Postgres is external."""
+    if "postgres" in s.external_services:
+        if not s.postgres_superuser_url:
+            raise SetupError(
+                "Postgres is external: set IOT_POSTGRES_SUPERUSER_URL to a role that may create "
+                "roles and databases, e.g. postgresql://postgres:PASSWORD@"
+                f"{s.postgres_host}:{s.postgres_port}/postgres (`iotctl up` creates the owner "
+                f"{s.postgres_user}, the database {s.postgres_db} and the processes' roles with it)"
+            )
+        return psycopg.connect(
+            s.postgres_superuser_url,
+            dbname=dbname,
+            autocommit=autocommit,
+            connect_timeout=10,
+        )
     return psycopg.connect(
         host=str(s.var / "run" / "postgres"),
         port=s.postgres_port,
         user="postgres",
-        dbname="postgres",
-        autocommit=True,
+        dbname=dbname,
+        autocommit=autocommit,
     )
 
 
@@ -305,12 +341,7 @@ def bootstrap_database(s: Settings) -> None:
         conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(s.postgres_user)))
     # The processes' roles, with their grants in the same transaction: a process never logs in
     # as a role that lacks them (migrate() applies them again after new migrations).
-    with psycopg.connect(
-        host=str(s.var / "run" / "postgres"),
-        port=s.postgres_port,
-        user="postgres",
-        dbname=s.postgres_db,
-    ) as conn:
+    with superuser_connection(s, s.postgres_db, autocommit=False) as conn:
         roles.create(conn, dict(s.postgres_role(r) for r in roles.ROLES))
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(s.postgres_user)))
         roles.apply(conn)
