@@ -134,6 +134,33 @@ def _wrk_rows(p: dict[str, Any], i: dict[str, Any], r: dict[str, Any]) -> list[t
     ]
 
 
+def cpu_per_request(
+    before: dict[str, float], after: dict[str, float], requests: int
+) -> dict[str, float]:
+    """CPU milliseconds per request of each stack process (and ``stack``: all of them) between
+    two readings of :func:`workerbench.stack_cpu`; processes whose CPU went down (restarted
+    meanwhile) are left out."""
+    if requests <= 0:
+        return {}
+    out = {
+        name: round((after[name] - before[name]) * 1000 / requests, 3)
+        for name in sorted(after)
+        if name in before and after[name] >= before[name]
+    }
+    out["stack"] = round(sum(out.values()), 3)
+    return out
+
+
+def _cpu_lines(ping: dict[str, float], post: dict[str, float]) -> list[str]:
+    if not post:
+        return []
+    lines = ["", f"{'CPU ms per request':<28}{'GET /ping':>14}{'POST /sensors':>16}"]
+    names = [n for n in post if n != "stack" and (post[n] >= 0.005 or ping.get(n, 0) >= 0.005)]
+    for name in [*names, "stack"]:
+        lines.append(f"{name:<28}{fmt(ping.get(name)):>14}{fmt(post[name]):>16}")
+    return lines
+
+
 def render_table(report: dict[str, Any]) -> str:
     """A readable table of the ping baseline, the ingest figures and their ratios."""
     p, i, e, r = report["ping"], report["ingest"], report["end_to_end"], report["ratios"]
@@ -153,6 +180,8 @@ def render_table(report: dict[str, Any]) -> str:
         f"last row stored {fmt(e['seconds'])} s after the first POST, "
         f"{fmt(e['drain_s'])} s after the load ended"
     )
+    cpu = report.get("cpu_ms_per_request", {})
+    lines += _cpu_lines(cpu.get("ping", {}), cpu.get("post", {}))
     return "\n".join(lines)
 
 
@@ -204,7 +233,10 @@ def ingest(
 
         typer.echo(f"[1/3] GET /ping for {duration}s ({connections} connections, 2 threads) ...")
         ping_tokens = [f"bench-ping-{n}" for n in range(PING_CREDENTIALS)]
+        pids = workerbench.stack_pids()
+        cpu0 = workerbench.stack_cpu(pids)
         ping = wrk.run(s.base_url, "GET", "/ping", ping_tokens, connections, duration)
+        cpu1 = workerbench.stack_cpu(pids)
         typer.echo(f"[2/3] POST /sensors, {batch} readings each, for {duration}s ...")
         base = int(time.time()) - 3600
         started = datetime.now(UTC)
@@ -216,6 +248,8 @@ def ingest(
             "reach Postgres ..."
         )
         rows, newest = _wait_drain(conn, ids, expected, drain_timeout)
+        # the POST phase's CPU includes the drain: the worker's share of the same readings
+        cpu2 = workerbench.stack_cpu(pids)
     except (httpx.HTTPError, psycopg.Error, wrk.WrkError) as exc:
         _fail(f"the bench failed: {exc}")
     finally:
@@ -254,6 +288,10 @@ def ingest(
             "requests_per_s": _ratio(post.requests_per_s, ping.requests_per_s),
             "p50": _ratio(post.p50_ms, ping.p50_ms),
             "p99": _ratio(post.p99_ms, ping.p99_ms),
+        },
+        "cpu_ms_per_request": {
+            "ping": cpu_per_request(cpu0, cpu1, ping.requests),
+            "post": cpu_per_request(cpu1, cpu2, post.requests),
         },
     }
     typer.echo("\n" + render_table(report))

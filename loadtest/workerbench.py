@@ -37,14 +37,16 @@ QUEUE = "sensors.bench"
 METRICS_PORT = 9599  # the bench worker's metrics listener (not one of the stack's ports)
 
 
-def _stack_pids() -> dict[str, int]:
+def stack_pids() -> dict[str, int]:
+    """Every supervised process of the stack that runs: name → pid."""
     from iot.stack.control import Supervisor
 
     info = Supervisor(get_settings()).info()
     return {name: int(p["pid"]) for name, p in info.items() if p.get("pid")}
 
 
-def _cpu(pids: dict[str, int]) -> dict[str, float]:
+def stack_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process and its descendants."""
     table = proc_table()
     return {name: tree_seconds(table, pid) or 0.0 for name, pid in pids.items()}
 
@@ -146,7 +148,7 @@ def worker(
     for messages of the given shape (see `--batches`: the API's coalescing)."""
     get_settings.cache_clear()
     s = get_settings()
-    pids = {k: v for k, v in _stack_pids().items() if k in ("postgres", "redis", "rabbitmq")}
+    pids = {k: v for k, v in stack_pids().items() if k in ("postgres", "redis", "rabbitmq")}
     if len(pids) != 3:
         typer.secho("error: the stack is not running; start it with `iotctl up`", err=True)
         raise typer.Exit(1)
@@ -173,7 +175,7 @@ def worker(
         startup = _stop(w)
         typer.echo(f"filling {QUEUE}: {messages_} messages of {batches} x {readings} readings ...")
         total = _publish(s, devices, messages_, batches, readings)
-        before = _cpu(pids)
+        before = stack_cpu(pids)
         started = time.monotonic()
         w = _worker(threads, log)
         deadline = started + timeout
@@ -181,7 +183,7 @@ def worker(
             time.sleep(0.25)
         wall = time.monotonic() - started
         worker_cpu = max(_stop(w) - startup, 0.0)
-        after = _cpu(pids)
+        after = stack_cpu(pids)
         stored = _stored(conn, devices)
     finally:
         log.close()

@@ -29,6 +29,8 @@ CHECK_TIMEOUT_SECONDS = 2.0
 POOL_WAIT_SECONDS = 3.0  # for a free pooled connection; longer under overload is a 503
 OUTAGE_HOLD_SECONDS = 1.0  # after a failure, fail at once this long before trying again
 _outages: weakref.WeakKeyDictionary[AsyncConnectionPool, float] = weakref.WeakKeyDictionary()
+# failed connection attempts of each pool when its last PoolTimeout was looked at
+_connect_errors: weakref.WeakKeyDictionary[AsyncConnectionPool, int] = weakref.WeakKeyDictionary()
 
 
 def _kwargs() -> dict[str, object]:
@@ -39,16 +41,21 @@ def _kwargs() -> dict[str, object]:
     }
 
 
-def open_pool(settings: Settings) -> AsyncConnectionPool:
+def open_pool(settings: Settings, *, fixed: bool = False) -> AsyncConnectionPool:
     """An async pool that does not fail when Postgres is down at start (it retries).
 
     Its connections are in autocommit mode: most uses are one statement, which then costs one
     round trip instead of three (BEGIN, the statement, COMMIT). Several statements that must
     hold together run in ``async with conn.transaction()``.
+
+    ``fixed`` (the API): all ``db_pool_size`` connections are opened at start and kept, so a
+    sudden crowd (thousands of devices starting at once) finds them ready. A pool that grows
+    on demand opens one connection at a time, each with its own authentication, and on a
+    saturated machine requests waited past their turn while it did.
     """
     return AsyncConnectionPool(
         settings.database_url,
-        min_size=1,
+        min_size=settings.db_pool_size if fixed else 1,
         max_size=settings.db_pool_size,
         kwargs={**_kwargs(), "row_factory": dict_row, "autocommit": True},
         timeout=CONNECT_TIMEOUT_SECONDS,
@@ -81,6 +88,16 @@ async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
 
 def _mark_down(pool: AsyncConnectionPool) -> None:
     _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
+
+
+def _connecting_fails(pool: AsyncConnectionPool) -> bool:
+    """Whether a pool that had no connection to give has too few because connecting fails
+    (an outage), rather than because all it has are in use."""
+    stats = pool.get_stats()
+    errors = stats.get("connections_errors", 0)
+    new_errors = errors > _connect_errors.get(pool, 0)
+    _connect_errors[pool] = errors
+    return stats.get("pool_size", 0) < (pool.max_size or 0) and new_errors
 
 
 @asynccontextmanager
@@ -126,9 +143,10 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
         _mark_down(pool)
         raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
     except PoolTimeout as exc:
-        if pool.get_stats().get("pool_size", 0) >= (pool.max_size or 0):
-            # Every connection exists and is busy: overload, not an outage. Answer this
-            # request 503 but let the others keep trying (no fail-fast hold).
+        if not _connecting_fails(pool):
+            # Every connection is busy (or the pool is still opening them): overload, not an
+            # outage. Answer this request 503 but let the others keep trying (no fail-fast
+            # hold).
             raise DatabaseBusy("database busy; retry later") from exc
         _mark_down(pool)
         raise DatabaseUnavailable("database unavailable (no connection)") from exc

@@ -207,3 +207,14 @@ def test_first_long_polls_end_spread_over_the_wait_not_all_at_once() -> None:
     per_second = [waits.count(w) for w in range(1, LONG_POLL_WAIT + 1)]
     assert max(per_second) <= 2 * min(per_second)
     assert first_wait(0, 1) == 1
+
+
+def test_cpu_per_request_per_process_and_for_the_stack() -> None:
+    from loadtest.bench import cpu_per_request
+
+    before = {"api-1": 10.0, "nginx": 2.0, "worker-sensors": 5.0}
+    after = {"api-1": 10.5, "nginx": 2.1, "worker-sensors": 4.0, "redis": 1.0}
+    out = cpu_per_request(before, after, 1000)
+    # worker-sensors went backwards (restarted) and redis was not seen before: left out
+    assert out == {"api-1": 0.5, "nginx": 0.1, "stack": 0.6}
+    assert cpu_per_request(before, after, 0) == {}

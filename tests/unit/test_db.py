@@ -42,3 +42,42 @@ def test_an_unreachable_database_fails_once_slowly_then_at_once_until_the_hold_e
     assert first == "database unavailable (no connection)"
     assert second == "database unavailable (failing at once while it is down)"
     assert after_hold == "database unavailable (no connection)"  # it tried the database again
+
+
+class _Pool:
+    """What `db._connecting_fails` reads of a pool: its size, its limit, its failed connects."""
+
+    def __init__(self, size: int, errors: int = 0, max_size: int = 20) -> None:
+        self.size, self.errors, self.max_size = size, errors, max_size
+
+    def get_stats(self) -> dict[str, int]:
+        stats = {"pool_size": self.size}
+        if self.errors:
+            stats["connections_errors"] = self.errors
+        return stats
+
+
+def test_a_full_pool_with_every_connection_in_use_is_busy_not_down() -> None:
+    assert db._connecting_fails(_Pool(size=20, errors=3)) is False  # type: ignore[arg-type]
+
+
+def test_a_pool_still_opening_its_connections_is_busy_not_down() -> None:
+    # thousands of devices at once while the pool opens connections one by one: no failed
+    # connect, so no fail-fast hold that would answer every request 503 for a second
+    assert db._connecting_fails(_Pool(size=7)) is False  # type: ignore[arg-type]
+
+
+def test_a_short_pool_whose_connects_fail_is_an_outage_once_per_new_failure() -> None:
+    pool = _Pool(size=3, errors=1)
+    assert db._connecting_fails(pool) is True  # type: ignore[arg-type]
+    assert db._connecting_fails(pool) is False  # type: ignore[arg-type]  # nothing new failed
+    pool.errors = 2
+    assert db._connecting_fails(pool) is True  # type: ignore[arg-type]
+
+
+def test_the_api_pool_opens_every_connection_other_pools_grow() -> None:
+    from iot.settings import Settings
+
+    s = Settings(db_pool_size=12)
+    assert db.open_pool(s, fixed=True).min_size == 12
+    assert db.open_pool(s).min_size == 1

@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = db.open_pool(settings)
+        pool = db.open_pool(settings, fixed=True)
         await pool.open(wait=False)
         publisher = Publisher(settings.broker_url, settings.publish_timeout_seconds)
         await publisher.start()
