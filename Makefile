@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup up down status test test-unit lint bench chaos chaos-load load compose-test
+.PHONY: setup up down status test test-unit lint bench chaos chaos-load load compose-test \
+	test-containers
 
 setup:
 	bash scripts/setup.sh
@@ -64,3 +65,12 @@ load: setup
 compose-test:
 	IOT_SETUP_DOCKER=1 bash scripts/setup.sh
 	bash scripts/compose.sh test
+
+# The sensor and command flows of the integration tests with Postgres, RabbitMQ and Redis in
+# containers (testcontainers, the Compose bundle's images, built when missing) and the rest of
+# the stack native against them on ports of its own (tests/README.md). Starts dockerd if none
+# answers and stops it after, like compose-test. Not in `make test`.
+test-containers:
+	IOT_SETUP_DOCKER=1 bash scripts/setup.sh
+	bash scripts/compose.sh with-engine env IOT_TEST_BACKEND=containers nice -n 19 \
+		$(VENV)/pytest tests/integration/test_sensor_flow.py tests/integration/test_commands.py

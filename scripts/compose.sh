@@ -6,6 +6,9 @@
 #   scripts/compose.sh up       render, build, start everything but Grafana and wait for health
 #   scripts/compose.sh down     stop and remove the containers and volumes
 #   scripts/compose.sh test     up, a reading and a command through its nginx, down (make compose-test)
+#   scripts/compose.sh build-services   only the images of RabbitMQ, Postgres and Redis (the
+#                               integration tests' IOT_TEST_BACKEND=containers runs them)
+#   scripts/compose.sh with-engine CMD...   CMD with a Docker engine (make test-containers)
 #
 # A Docker engine is used when one answers; otherwise, as root with Debian's docker.io
 # installed, this script starts dockerd (storage driver vfs) itself and stops it again when it
@@ -100,6 +103,19 @@ build() {
   done
 }
 
+# The backing services' images only: no wheels, no toxiproxy, no Python image.
+build_services() {
+  if [[ "$IOT_COMPOSE_BASE" == iot-debian:* ]]; then
+    bash scripts/compose-base.sh "$IOT_COMPOSE_BASE"
+  fi
+  say "building the images of rabbitmq, postgres and redis on $IOT_COMPOSE_BASE (nice 19)"
+  nice -n 19 "${COMPOSE[@]}" build --build-arg BASE="$IOT_COMPOSE_BASE" rabbitmq postgres redis 2>&1 \
+    | grep --line-buffered -E '^(Building [a-z0-9-]+$|Successfully tagged)|rror' || true
+  for image in $("${COMPOSE[@]}" config | awk '/^ +image: iot-(rabbitmq|postgres|redis):/{print $2}' | sort -u); do
+    "$DOCKER" image inspect "$image" >/dev/null 2>&1 || die "image $image was not built"
+  done
+}
+
 wait_healthy() {
   local deadline=$((SECONDS + ${1:-300})) pending
   while :; do
@@ -146,6 +162,14 @@ smoke() {
 case "${1:-}" in
   render) render ;;
   build) need_engine; render; build ;;
+  build-services) need_engine; render; build_services ;;
+  with-engine)
+    shift
+    need_engine  # a dockerd started here stops when this script ends
+    rc=0
+    "$@" || rc=$?
+    exit "$rc"
+    ;;
   up) up ;;
   down) down ;;
   test)
@@ -159,5 +183,5 @@ case "${1:-}" in
     ((rc == 0)) || die "the compose test failed"
     say "compose test passed"
     ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
 esac

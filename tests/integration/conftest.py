@@ -2,10 +2,16 @@
 
 Every test makes its own users and devices with unique names, so tests leave nothing behind
 that another test could trip over.
+
+With ``IOT_TEST_BACKEND=containers`` (``make test-containers``) Postgres, RabbitMQ and Redis
+run in containers and the rest of the stack natively against them, on ports of its own, for
+the whole session (``containers.py``); tests that stop one of those three, and the chaos
+experiments, are skipped then.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,13 +28,62 @@ from iotcore.host import HttpxTransport
 from iot import security
 from iot.settings import Settings, get_settings
 from iot.stack.control import Supervisor, wait_healthy
+from iot.stack.processes import service_of
+from tests.integration import containers
 
 T = TypeVar("T")
 pytestmark = pytest.mark.integration
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    if containers.wanted():
+        return "backing services: containers (IOT_TEST_BACKEND), the rest of the stack native"
+    return f"backing services: native (IOT_TEST_BACKEND={containers.BACKEND})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if containers.wanted():
+        for item in items:
+            if item.get_closest_marker("chaos"):
+                item.add_marker(pytest.mark.skip(reason=containers.CHAOS_SKIP))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backing services of this session: the running stack's own (native), or containers
+    with the rest of the stack started against them, stopped and removed at the end."""
+    if not containers.wanted():
+        yield "native"
+        return
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+
+    def say(line: str) -> None:
+        reporter.write_line(f"[containers] {line}")
+
+    saved = dict(os.environ)
+    run = containers.running_stack(say)
+    refused = ""
+    with capture.global_and_fixture_disabled():  # progress and iotctl's output, as they come
+        try:
+            os.environ.update(run.__enter__())
+        except containers.NoEngine as exc:
+            refused = str(exc)
+    if refused:
+        pytest.fail(refused, pytrace=False)
+    get_settings.cache_clear()
+    try:
+        yield "containers"
+    finally:
+        with capture.global_and_fixture_disabled():
+            run.__exit__(None, None, None)
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
-def settings() -> Settings:
+def settings(backend: str) -> Settings:
     get_settings.cache_clear()
     return get_settings()
 
@@ -198,6 +253,8 @@ def restart_guard(stack: Supervisor, settings: Settings) -> Iterator[Callable[[s
     stopped: list[str] = []
 
     def stop(name: str) -> None:
+        if service_of(name) in settings.external_services:
+            pytest.skip(f"{name} runs elsewhere (IOT_EXTERNAL_SERVICES): not ours to stop")
         stopped.append(name)
         stack.stop_program(name)
 
