@@ -29,22 +29,25 @@ class IotError(Exception):
 
 class Unavailable(IotError):
     status_code = 503
+    cause = "other"  # what could not serve: the label of iot_unavailable_answers_total
 
 
 class BrokerUnavailable(Unavailable):
-    pass
+    cause = "broker"
 
 
 class DatabaseUnavailable(Unavailable):
-    pass
+    cause = "database"
 
 
 class DatabaseBusy(DatabaseUnavailable):
     """Every pooled connection is in use (overload, not an outage)."""
 
+    cause = "database_busy"
+
 
 class CacheUnavailable(Unavailable):
-    pass
+    cause = "cache"
 
 
 class QueueFull(IotError):

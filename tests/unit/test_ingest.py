@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from iot import messages, security
 from iot.api import app as app_module
@@ -227,8 +228,12 @@ async def test_invalid_readings_get_the_full_routes_422_and_nothing_is_published
 async def test_an_unconfirmed_publish_is_503_with_retry_after_on_both_paths(client, ingest):
     _, auth = _device(client)
     ingest.fail = BrokerUnavailable("message broker did not confirm; retry later")
-    for value in (1, "1.5"):
+    broker_503s = REGISTRY.get_sample_value("iot_unavailable_answers_total", {"cause": "broker"})
+    for value in (1, "1.5"):  # the shortcut, then the full route
         reading = {**_now_reading(0), "value": value}
         r = await client.post("/sensors", json={"readings": [reading]}, headers=auth)
         assert r.status_code == 503 and r.headers["retry-after"] == "2"
         assert r.json() == {"detail": "message broker did not confirm; retry later"}
+    # each 503 counted by its cause, on both paths (an operator's first question in a storm)
+    after = REGISTRY.get_sample_value("iot_unavailable_answers_total", {"cause": "broker"})
+    assert after == (broker_503s or 0) + 2

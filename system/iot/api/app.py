@@ -17,7 +17,7 @@ from iot import cache, db
 from iot.api.broker import Publisher
 from iot.api.deps import State, forget_devices
 from iot.api.ingest import Coalescer, IngestShortcut
-from iot.api.metrics import MetricsMiddleware
+from iot.api.metrics import UNAVAILABLE, MetricsMiddleware
 from iot.api.routes import auth, commands, devices, health, sensors
 from iot.api.shortcut import IdlePollShortcut
 from iot.commands.service import Commands
@@ -93,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(IotError)
     async def _iot_error(request: Request, exc: IotError) -> JSONResponse:
         headers: dict[str, str] = {}
+        if isinstance(exc, Unavailable):
+            UNAVAILABLE.labels(exc.cause).inc()
         if isinstance(exc, Unavailable | QueueFull):
             headers["Retry-After"] = str(settings.retry_after_seconds)
         if isinstance(exc, AuthError):

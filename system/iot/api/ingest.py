@@ -195,6 +195,7 @@ class IngestShortcut:
         except IotError as exc:
             headers = []
             if isinstance(exc, Unavailable):
+                metrics.UNAVAILABLE.labels(exc.cause).inc()
                 headers.append((b"retry-after", str(state.settings.retry_after_seconds).encode()))
             await _answer(send, exc.status_code, {"detail": exc.detail}, headers)
             return

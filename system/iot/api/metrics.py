@@ -51,6 +51,14 @@ PUBLISH_SECONDS = Histogram(
     ["queue"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+UNAVAILABLE = Counter(
+    "iot_unavailable_answers_total",
+    "Requests answered 503, by what could not serve them (database_busy: every pooled "
+    "connection in use, an overload; database, broker, cache: an outage or a timeout)",
+    ["cause"],
+)
+for _cause in ("broker", "database", "database_busy", "cache", "other"):
+    UNAVAILABLE.labels(_cause)
 BROKER_CONNECTED = Gauge("iot_broker_connected", "1 while this process holds a broker connection")
 READINGS_ACCEPTED = Counter("iot_readings_accepted_total", "Sensor readings answered with 201")
 SENSOR_READS = Counter("iot_sensor_reads_total", "GET /sensors answers by source", ["source"])
