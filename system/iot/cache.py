@@ -43,7 +43,34 @@ end
 return 1
 """
 
-UPDATE_LATEST_SHA = hashlib.sha1(UPDATE_LATEST.encode()).hexdigest()
+# The sensors worker's update of every device in a message in one call: KEYS[1] is SEEN_KEY,
+# then one latest-readings hash per device batch; ARGV[1] is the time stored (unix ms), then per
+# batch its number of readings and their (sensor, ts ms, payload) triples. The same rules as
+# UPDATE_LATEST, and each device's last-seen entry.
+UPDATE_MANY = f"""
+local seen = ARGV[1]
+local a = 2
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for j = 1, n do
+    local ts = tonumber(ARGV[a + 1])
+    local current = redis.call('HGET', KEYS[k], ARGV[a])
+    local newer = true
+    if current then
+      local current_ts = tonumber(string.match(current, '^(-?%d+)|'))
+      if current_ts and current_ts > ts then newer = false end
+    end
+    if newer then
+      redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 1] .. '|' .. ARGV[a + 2])
+    end
+    a = a + 3
+  end
+  redis.call('HSET', KEYS[1], string.sub(KEYS[k], {len(KEY_PREFIX) + 1}), seen)
+end
+return 1
+"""
+UPDATE_MANY_SHA = hashlib.sha1(UPDATE_MANY.encode()).hexdigest()
 
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -109,31 +136,30 @@ def forget_devices(client: redis.Redis, device_ids: list[str]) -> None:
 
 
 def store_latest_many(client: redis.Redis, batches: list[tuple[str, list[dict[str, Any]]]]) -> None:
-    """Update several devices' latest readings in one round trip.
+    """Update several devices' latest readings and last-seen entries in one call of one script
+    (``UPDATE_MANY``): one command and one reply for a whole message, where a pipeline of one
+    script call per device cost the worker more than its insert into Postgres.
 
-    The script goes by its SHA1 (``EVALSHA``): its text sent with every device's update cost
-    more than the update itself. Redis forgets scripts when it restarts; then the first call
-    loads it and sends the whole pipeline again (every command in it is safe to repeat).
+    The script goes by its SHA1 (``EVALSHA``). Redis forgets scripts when it restarts; then the
+    call loads it and runs again (the update is safe to repeat).
 
     Raises:
         CacheUnavailable: Redis does not answer.
     """
     if not batches:
         return
+    keys = [SEEN_KEY]
+    args = [str(int(time.time() * 1000))]
+    for device_id, readings in batches:
+        keys.append(key(device_id))
+        args.append(str(len(readings)))
+        args += update_args(readings)
     try:
-        for attempt in (1, 2):
-            with client.pipeline(transaction=False) as pipe:
-                for device_id, readings in batches:
-                    pipe.evalsha(UPDATE_LATEST_SHA, 1, key(device_id), *update_args(readings))
-                seen = str(int(time.time() * 1000))
-                pipe.hset(SEEN_KEY, mapping={device_id: seen for device_id, _ in batches})
-                try:
-                    pipe.execute()
-                    return
-                except redis.exceptions.NoScriptError:
-                    if attempt == 2:
-                        raise
-                    client.script_load(UPDATE_LATEST)
+        try:
+            client.evalsha(UPDATE_MANY_SHA, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(UPDATE_MANY)
+            client.evalsha(UPDATE_MANY_SHA, len(keys), *keys, *args)
     except _ERRORS as exc:
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
 

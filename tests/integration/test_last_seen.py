@@ -1,5 +1,5 @@
 """The sensors worker's Redis write against the stack's Redis: the latest readings of every
-device in a message and their `device-last-seen` entries go in one pipeline (one round trip),
+device in a message and their `device-last-seen` entries go in one script call (one round trip),
 so GET /devices can say when each device last reported at no cost to device requests."""
 
 from __future__ import annotations
@@ -25,47 +25,50 @@ def client(settings: Settings) -> Iterator[redis.Redis]:
     r.close()
 
 
-def _record_round_trips(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The commands of each pipeline the client executes; a command sent on its own fails."""
-    sent: list[list[str]] = []
-    make_pipeline = client.pipeline
+def _record_commands(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every command the client sends (a pipeline is recorded as PIPELINE)."""
+    sent: list[str] = []
+    send = client.execute_command
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        sent.append(str(args[0]).upper())
+        return send(*args, **kwargs)
 
     def pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = make_pipeline(*args, **kwargs)
-        execute = pipe.execute
+        sent.append("PIPELINE")
+        raise AssertionError("the update needs no pipeline")
 
-        def recorded(*a: Any, **k: Any) -> Any:
-            sent.append([str(command[0]).upper() for command, _ in pipe.command_stack])
-            return execute(*a, **k)
-
-        pipe.execute = recorded  # type: ignore[method-assign]
-        return pipe
-
-    def alone(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"{args[0]} sent outside the pipeline")
-
+    monkeypatch.setattr(client, "execute_command", recorded)
     monkeypatch.setattr(client, "pipeline", pipeline)
-    monkeypatch.setattr(client, "execute_command", alone)
     return sent
 
 
-def test_latest_readings_and_last_seen_are_written_in_one_pipeline(client, monkeypatch):
+def test_latest_readings_and_last_seen_of_a_message_are_one_command(client, monkeypatch):
     devices = [str(uuid.uuid4()), str(uuid.uuid4())]
     batches = [
         (devices[0], [{"sensor": "t", "value": 21.5, "ts": "2026-11-30T10:00:00+00:00"}]),
         (devices[1], [{"sensor": "rh", "value": 40, "ts": "2026-11-30T10:00:01+00:00"}]),
+        # the first device again (two of its requests shared the message): older, then newer
+        (
+            devices[0],
+            [
+                {"sensor": "t", "value": 20.0, "ts": "2026-11-30T09:59:59+00:00"},
+                {"sensor": "p", "value": 1013, "ts": "2026-11-30T10:00:02+00:00"},
+            ],
+        ),
     ]
     try:
-        client.script_load(cache.UPDATE_LATEST)  # as after the first call since Redis started
-        sent = _record_round_trips(client, monkeypatch)
+        client.script_load(cache.UPDATE_MANY)  # as after the first call since Redis started
+        sent = _record_commands(client, monkeypatch)
         before = int(time.time() * 1000)
         cache.store_latest_many(client, batches)
         after = int(time.time() * 1000)
         monkeypatch.undo()
 
-        assert sent == [["EVALSHA", "EVALSHA", "HSET"]]  # one round trip for both devices
+        assert sent == ["EVALSHA"]  # one command, one round trip, for the whole message
         assert cache.decode(client.hgetall(cache.key(devices[0]))) == {
-            "t": {"value": 21.5, "ts": "2026-11-30T10:00:00+00:00"}
+            "t": {"value": 21.5, "ts": "2026-11-30T10:00:00+00:00"},  # the older did not win
+            "p": {"value": 1013, "ts": "2026-11-30T10:00:02+00:00"},
         }
         assert set(cache.decode(client.hgetall(cache.key(devices[1])))) == {"rh"}
         seen = client.hmget(cache.SEEN_KEY, devices)
