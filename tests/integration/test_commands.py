@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from chaos.toxiproxy import Toxiproxy
+from iot.stack.control import wait_healthy
 from tests.integration.conftest import Device, Person, eventually, status_becomes, statuses
 
 pytestmark = pytest.mark.integration
@@ -276,15 +278,24 @@ def test_history_is_newest_first_and_paginated(alice: Person):
     assert len(queued["commands"]) == 5
 
 
-def test_commands_wait_in_commands_data_while_the_worker_is_down_and_cancel_still_holds(
-    alice: Person, stack, restart_guard
+def test_commands_wait_in_commands_data_while_no_row_can_be_written_and_cancel_still_holds(
+    alice: Person, stack, settings, restart_guard
 ):
-    """201 means durable in `commands.data` even before any row exists; a cancel of such a
-    command writes its row, and the late insert by the worker does not revive it."""
+    """201 means durable in `commands.data` even when no row exists: accepted while the
+    database was unreachable, the commands wait for the worker. A cancel of such a command
+    writes its row, and the late insert by the worker does not revive it."""
     device = alice.new_device()
     restart_guard("worker-commandlog")
-    keep = alice.send(device, "keep").json()["id"]
-    drop = alice.send(device, "drop").json()["id"]
+    proxy = Toxiproxy(f"http://{settings.host}:{settings.toxiproxy_port}")
+    proxy.set_enabled("postgres", False)
+    try:
+        keep = alice.send(device, "keep").json()["id"]
+        drop = alice.send(device, "drop").json()["id"]
+    finally:
+        proxy.set_enabled("postgres", True)
+        proxy.close()
+    replicas = [f"api-{i}" for i in range(1, settings.api_replicas + 1)]
+    assert all(h.ok for h in wait_healthy(settings, replicas, timeout=30).values())
     assert device.poll(wait=1).status_code == 204  # not stored yet: nothing to claim
     r = alice.api.post(f"/commands/{drop}/cancel", headers=alice.headers)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"

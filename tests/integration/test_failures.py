@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from chaos.toxiproxy import Toxiproxy
+from iot.stack.control import wait_healthy
 from tests.integration.conftest import Person, eventually, reading, rows_for, status_becomes
 
 pytestmark = pytest.mark.integration
@@ -118,6 +119,11 @@ def test_with_postgres_black_holed_requests_answer_503_in_time_then_recover(
         timeout=20,
         what="GET /devices answering 200 again",
     )
+    # every replica, not only the one serving this person, has its database back (the next
+    # test's device may be served by another)
+    replicas = [f"api-{i}" for i in range(1, settings.api_replicas + 1)]
+    bad = {n: h.detail for n, h in wait_healthy(settings, replicas, timeout=30).items() if not h.ok}
+    assert not bad, f"replicas without their database: {bad}"
 
 
 def test_a_full_pool_answers_busy_without_failing_every_other_request(settings, monkeypatch):
@@ -148,3 +154,23 @@ def test_a_full_pool_answers_busy_without_failing_every_other_request(settings, 
 
     detail, one = asyncio.run(scenario())
     assert detail == "database busy; retry later" and one == 1
+
+
+def test_with_the_commands_worker_stopped_commands_are_claimable_at_once_in_order(
+    alice: Person, pg: psycopg.Connection, restart_guard
+):
+    # The API writes a confirmed command's row itself, so the device does not wait for the
+    # worker, and each command sent after the previous one's 201 is stored after it (FIFO per
+    # device even when the worker later stores its copies in another order).
+    device = alice.new_device()
+    restart_guard("worker-commandlog")
+    sent = [alice.send(device, f"step-{i}", {"n": i}).json()["id"] for i in range(4)]
+    got = device.commands(wait=5, limit=10)
+    assert [c["id"] for c in got] == sent
+    for c in got:
+        assert device.ack(c["id"]).status_code == 200
+    queued = pg.execute(
+        "SELECT count(*) FROM command_events WHERE device_id = %s AND status = 'queued'",
+        (device.id,),
+    ).fetchone()
+    assert queued == (4,)  # one `queued` event each, whoever stores the command

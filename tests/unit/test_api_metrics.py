@@ -47,3 +47,18 @@ async def test_made_up_methods_and_wrong_methods_do_not_make_new_series(client) 
 async def test_the_exposition_has_no_created_series(client) -> None:
     await client.get("/ping")
     assert b"_created" not in generate_latest()
+
+
+async def test_requests_in_flight_are_counted_while_answered(client) -> None:
+    inside: list[float | None] = []
+    app = client._transport.app  # type: ignore[attr-defined]
+
+    @app.get("/test-in-flight")
+    async def probe() -> dict[str, bool]:
+        inside.append(REGISTRY.get_sample_value("iot_http_requests_in_flight"))
+        return {"ok": True}
+
+    before = REGISTRY.get_sample_value("iot_http_requests_in_flight")
+    assert (await client.get("/test-in-flight")).status_code == 200
+    assert inside == [before + 1]
+    assert REGISTRY.get_sample_value("iot_http_requests_in_flight") == before

@@ -81,3 +81,26 @@ def test_the_api_pool_opens_every_connection_other_pools_grow() -> None:
     s = Settings(db_pool_size=12)
     assert db.open_pool(s, fixed=True).min_size == 12
     assert db.open_pool(s).min_size == 1
+
+
+def test_a_connection_used_within_a_second_skips_the_pools_check(monkeypatch) -> None:
+    checked: list[object] = []
+
+    async def check_connection(conn: object) -> None:
+        checked.append(conn)
+
+    monkeypatch.setattr(AsyncConnectionPool, "check_connection", staticmethod(check_connection))
+
+    class Conn:
+        pass
+
+    async def scenario() -> None:
+        fresh, idle, never = Conn(), Conn(), Conn()
+        now = asyncio.get_running_loop().time()
+        db._last_used[fresh] = now  # type: ignore[index]
+        db._last_used[idle] = now - db.FRESH_SECONDS - 0.1  # type: ignore[index]
+        for conn in (fresh, idle, never):
+            await db._check(conn)  # type: ignore[arg-type]
+        assert checked == [idle, never]  # one round trip saved; idle ones still checked
+
+    asyncio.run(scenario())

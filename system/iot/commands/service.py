@@ -144,6 +144,7 @@ class Commands:
         )
         metrics.COMMANDS_ACCEPTED.inc()
         metrics.COMMAND_EVENTS.labels(lifecycle.QUEUED).inc()
+        await self._store_accepted(command)
         try:
             await self.cache.set(
                 _descriptor_key(command_id), orjson.dumps(command), ex=DESCRIPTOR_TTL_SECONDS
@@ -151,6 +152,18 @@ class Commands:
         except _REDIS_ERRORS:
             pass  # only the minutes before the worker stores the row would miss it
         return command
+
+    async def _store_accepted(self, command: dict[str, Any]) -> None:
+        """Write the confirmed command's row at once when Postgres answers (else the commands
+        worker writes it from `commands data`). A device's next poll can claim it without
+        waiting for the worker, and a command sent after this one was answered is always
+        stored after it: FIFO per device holds even when the worker stores two messages out of
+        order (one of them retried after a database blip while the other went through)."""
+        try:
+            async with db.connection(self.pool) as conn:
+                await store.store_accepted(conn, command)
+        except DatabaseUnavailable:
+            pass
 
     async def _check_cap(self, device_id: uuid.UUID) -> None:
         """While Postgres is down the cap cannot be counted: commands are still accepted

@@ -166,6 +166,13 @@ def descriptor_from_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def store_accepted(conn: psycopg.AsyncConnection[Any], command: dict[str, Any]) -> int:
+    """The API's write of a command RabbitMQ just confirmed: the same idempotent insert as the
+    commands worker's (which then finds the row and does nothing); returns 1 if it was new."""
+    cur = await conn.execute(_INSERT, _insert_params(command))
+    return cur.rowcount
+
+
 # ----- the commands worker -----
 def insert(conn: psycopg.Connection[Any], command: dict[str, Any]) -> int:
     """Store a command from `commands data`; returns 1 if it was new (0: a redelivery, or its
