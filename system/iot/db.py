@@ -33,8 +33,11 @@ OUTAGE_HOLD_SECONDS = 1.0  # after a failure, fail at once this long before tryi
 # longer is checked first.
 FRESH_SECONDS = 1.0
 _outages: weakref.WeakKeyDictionary[AsyncConnectionPool, float] = weakref.WeakKeyDictionary()
-# failed connection attempts of each pool when its last PoolTimeout was looked at
-_connect_errors: weakref.WeakKeyDictionary[AsyncConnectionPool, int] = weakref.WeakKeyDictionary()
+# Each pool's count of failed connection attempts when last looked at, and when it last grew.
+_connect_errors: weakref.WeakKeyDictionary[AsyncConnectionPool, tuple[int, float]] = (
+    weakref.WeakKeyDictionary()
+)
+CONNECT_ERROR_MEMORY_SECONDS = 10.0  # a failed connect this recent makes a short pool an outage
 # event-loop time at which each pooled connection last finished a use (``connection``)
 _last_used: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
     weakref.WeakKeyDictionary()
@@ -104,12 +107,17 @@ def _mark_down(pool: AsyncConnectionPool) -> None:
 
 def _connecting_fails(pool: AsyncConnectionPool) -> bool:
     """Whether a pool that had no connection to give has too few because connecting fails
-    (an outage), rather than because all it has are in use."""
+    (an outage: a connection attempt failed within CONNECT_ERROR_MEMORY_SECONDS), rather than
+    because all it has are in use or it is still opening them."""
     stats = pool.get_stats()
     errors = stats.get("connections_errors", 0)
-    new_errors = errors > _connect_errors.get(pool, 0)
-    _connect_errors[pool] = errors
-    return stats.get("pool_size", 0) < (pool.max_size or 0) and new_errors
+    now = time.monotonic()
+    seen, last_failed = _connect_errors.get(pool, (0, float("-inf")))
+    if errors > seen:
+        last_failed = now
+    _connect_errors[pool] = (errors, last_failed)
+    short = stats.get("pool_size", 0) < (pool.max_size or 0)
+    return short and now - last_failed < CONNECT_ERROR_MEMORY_SECONDS
 
 
 @asynccontextmanager

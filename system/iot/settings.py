@@ -144,7 +144,12 @@ class Settings(BaseSettings):
     device_auth_cache_unwatched_seconds: float = 5.0
     redis_timeout_seconds: float = 0.5
     db_pool_size: int = 20
-    worker_concurrency: int = 4
+    # worker-commandlog's threads: one, so commands it stores (those the API could not write at
+    # once, e.g. accepted while Postgres was away) become rows in the order they were accepted -
+    # a second thread could store a later command of a device while an earlier one is retried,
+    # and a poll in between would break FIFO. Its inserts are mostly no-ops (the API wrote the
+    # row) of about a millisecond.
+    worker_concurrency: int = 1
     worker_task_events: bool = True  # off for the sensors worker (see stack/processes.py)
     # The sensors worker's threads mostly wait for Postgres' commit (fsync): more of them in
     # flight share one WAL flush (group commit). See docs/decisions.md, "Ingest".

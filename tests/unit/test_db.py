@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -67,10 +68,14 @@ def test_a_pool_still_opening_its_connections_is_busy_not_down() -> None:
     assert db._connecting_fails(_Pool(size=7)) is False  # type: ignore[arg-type]
 
 
-def test_a_short_pool_whose_connects_fail_is_an_outage_once_per_new_failure() -> None:
+def test_a_short_pool_whose_connects_failed_lately_is_an_outage(monkeypatch) -> None:
     pool = _Pool(size=3, errors=1)
     assert db._connecting_fails(pool) is True  # type: ignore[arg-type]
-    assert db._connecting_fails(pool) is False  # type: ignore[arg-type]  # nothing new failed
+    # no new failure, but the last one is recent: still an outage (fail fast, no 3 s waits)
+    assert db._connecting_fails(pool) is True  # type: ignore[arg-type]
+    later = time.monotonic() + db.CONNECT_ERROR_MEMORY_SECONDS + 1
+    monkeypatch.setattr(db.time, "monotonic", lambda: later)
+    assert db._connecting_fails(pool) is False  # type: ignore[arg-type]  # long ago: opening
     pool.errors = 2
     assert db._connecting_fails(pool) is True  # type: ignore[arg-type]
 

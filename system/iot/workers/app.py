@@ -6,10 +6,11 @@ Reliability settings, and why:
   mid-task leaves it in RabbitMQ to be delivered again.
 - ``task_reject_on_worker_lost``: if the process running a task dies, the message is requeued
   instead of acked.
-- ``worker_prefetch_multiplier`` = 4 with 4 threads: at most 16 unacked messages per worker.
-  Each message is a batch of up to 1000 readings, so a small prefetch keeps throughput (the
-  round trip is amortised over the batch) while bounding what a crash sends back to the queue
-  and what one busy worker holds away from the others.
+- ``worker_prefetch_multiplier`` = 4: at most 4 unacked messages per thread (the sensors
+  worker: 8 threads, 32 messages; the command worker: one thread, which keeps commands in the
+  order accepted). Each sensors message is a batch of up to 5,000 readings, so a small prefetch
+  keeps throughput (the round trip is amortised over the batch) while bounding what a crash
+  sends back to the queue and what one busy worker holds away from the others.
 - Tasks are idempotent (unique keys in Postgres), so a redelivery is harmless.
 - No publisher confirms on the workers' connections: a worker publishes only task events (for
   Flower), and those may be lost. With confirms on, the event dispatcher's lock was held while
