@@ -48,6 +48,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=containers.CHAOS_SKIP))
 
 
+def _say(config: pytest.Config) -> Callable[[str], None]:
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    return lambda line: reporter.write_line(f"[containers] {line}")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Images missing (a first run builds them for minutes): before any test's timeout starts.
+    if containers.wanted() and session.items:
+        capture = session.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            containers.ensure_images(_say(session.config))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """The backing services of this session: the running stack's own (native), or containers
@@ -56,13 +69,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
         yield "native"
         return
     capture = request.config.pluginmanager.getplugin("capturemanager")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-
-    def say(line: str) -> None:
-        reporter.write_line(f"[containers] {line}")
-
     saved = dict(os.environ)
-    run = containers.running_stack(say)
+    run = containers.running_stack(_say(request.config))
     refused = ""
     with capture.global_and_fixture_disabled():  # progress and iotctl's output, as they come
         try:

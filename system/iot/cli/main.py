@@ -37,7 +37,7 @@ def _print_urls(s: Settings) -> None:
     rows = [
         ("API (HTTP)", f"http://{s.host}:{s.http_port}/  (OpenAPI: /docs)"),
         ("API (HTTPS)", f"https://{s.host}:{s.https_port}/  (self-signed: var/tls/server.crt)"),
-        ("RabbitMQ management", f"http://{s.host}:{s.rabbitmq_management_port}/"),
+        ("RabbitMQ management", f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/"),
         ("Flower", f"http://{s.host}:{s.flower_port}/"),
         ("Prometheus", f"http://{s.host}:{s.prometheus_port}/"),
         ("toxiproxy API", f"http://{s.host}:{s.toxiproxy_port}/proxies"),
