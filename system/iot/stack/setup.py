@@ -283,10 +283,9 @@ def _external_upstreams(s: Settings, text: str) -> str:
     (``IOT_EXTERNAL_SERVICES``); the listeners stay on this machine."""
     proxies = json.loads(text)
     for proxy in proxies:
-        if proxy["name"] in s.external_services:
-            proxy["upstream"] = f"{getattr(s, proxy['name'] + '_host')}:" + str(
-                getattr(s, proxy["name"] + "_port")
-            )
+        name = proxy["name"]
+        if name in s.external_services:
+            proxy["upstream"] = f"{getattr(s, f'{name}_host')}:{getattr(s, f'{name}_port')}"
     return "[\n" + ",\n".join(f"  {json.dumps(p)}" for p in proxies) + "\n]\n"
 
 
