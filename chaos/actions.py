@@ -136,7 +136,7 @@ class Actions:
         anything fails after the take. Only for proving that the checker catches loss."""
         stop = threading.Event()
         url = (
-            f"amqp://{self.s.rabbitmq_user}:{self.s.rabbitmq_password}@{self.s.host}:"
+            f"amqp://{self.s.rabbitmq_user}:{self.s.rabbitmq_password}@{self.s.rabbitmq_host}:"
             f"{self.s.rabbitmq_port}/"
         )
 

@@ -41,13 +41,6 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"backing services: native (IOT_TEST_BACKEND={containers.BACKEND})"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if containers.wanted():
-        for item in items:
-            if item.get_closest_marker("chaos"):
-                item.add_marker(pytest.mark.skip(reason=containers.CHAOS_SKIP))
-
-
 def _say(config: pytest.Config) -> Callable[[str], None]:
     reporter = config.pluginmanager.getplugin("terminalreporter")
     return lambda line: reporter.write_line(f"[containers] {line}")
