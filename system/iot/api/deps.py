@@ -20,7 +20,7 @@ from iot.api.broker import Publisher
 if TYPE_CHECKING:
     from iot.api.ingest import Coalescer
     from iot.commands.service import Commands
-from iot.errors import AuthError, DatabaseUnavailable, Forbidden
+from iot.errors import AuthError, DatabaseBusy, DatabaseUnavailable, Forbidden
 from iot.settings import Settings
 from iot.sql import devices as devices_sql
 from iot.sql import users as users_sql
@@ -90,6 +90,32 @@ def cached_device(state: State, headers: list[tuple[bytes, bytes]]) -> dict[str,
     return hit[1]
 
 
+BUSY_LOOKUP_ATTEMPTS = 2
+
+
+async def _look_up(
+    state: State,
+    lookup: Callable[[psycopg.AsyncConnection[Any]], Awaitable[dict[str, Any] | None]],
+) -> dict[str, Any] | None:
+    """Run ``lookup`` on a pooled connection. A pool whose connections are all in use (thousands
+    of devices starting at once, each one's first request looking its token up) gets a second
+    wait before the request is answered 503: a device told to retry costs more requests than
+    one that waits a little longer.
+
+    Raises:
+        DatabaseUnavailable: Postgres is down, or the pool stayed busy through both waits.
+    """
+    attempt = 1
+    while True:
+        try:
+            async with db.connection(state.pool) as conn:
+                return await lookup(conn)
+        except DatabaseBusy:
+            if attempt >= BUSY_LOOKUP_ATTEMPTS:
+                raise
+            attempt += 1
+
+
 async def _credential(
     state: State,
     key: str,
@@ -111,8 +137,7 @@ async def _credential(
     if hit and hit[0] > now:
         return hit[1]
     try:
-        async with db.connection(state.pool) as conn:
-            found = await lookup(conn)
+        found = await _look_up(state, lookup)
     except DatabaseUnavailable:
         if hit and now - hit[0] < STALE_SECONDS:
             return hit[1]
