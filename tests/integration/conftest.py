@@ -11,7 +11,6 @@ experiments, are skipped then.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,58 +28,9 @@ from iot import security
 from iot.settings import Settings, get_settings
 from iot.stack.control import Supervisor, wait_healthy
 from iot.stack.processes import service_of
-from tests.integration import containers
 
 T = TypeVar("T")
 pytestmark = pytest.mark.integration
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    if containers.wanted():
-        return "backing services: containers (IOT_TEST_BACKEND), the rest of the stack native"
-    return f"backing services: native (IOT_TEST_BACKEND={containers.BACKEND})"
-
-
-def _say(config: pytest.Config) -> Callable[[str], None]:
-    reporter = config.pluginmanager.getplugin("terminalreporter")
-    return lambda line: reporter.write_line(f"[containers] {line}")
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    # Images missing (a first run builds them for minutes): before any test's timeout starts.
-    if containers.wanted() and session.items:
-        capture = session.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled():
-            containers.ensure_images(_say(session.config))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The backing services of this session: the running stack's own (native), or containers
-    with the rest of the stack started against them, stopped and removed at the end."""
-    if not containers.wanted():
-        yield "native"
-        return
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    saved = dict(os.environ)
-    run = containers.running_stack(_say(request.config))
-    refused = ""
-    with capture.global_and_fixture_disabled():  # progress and iotctl's output, as they come
-        try:
-            os.environ.update(run.__enter__())
-        except containers.NoEngine as exc:
-            refused = str(exc)
-    if refused:
-        pytest.fail(refused, pytrace=False)
-    get_settings.cache_clear()
-    try:
-        yield "containers"
-    finally:
-        with capture.global_and_fixture_disabled():
-            run.__exit__(None, None, None)
-        os.environ.clear()
-        os.environ.update(saved)
-        get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +60,26 @@ def pg(settings: Settings) -> Iterator[psycopg.Connection]:
     """A direct (auditor's) connection to Postgres, autocommit."""
     with psycopg.connect(settings.database_direct_url, autocommit=True) as conn:
         yield conn
+
+
+def wait_database_back(settings: Settings, timeout: float = 60) -> None:
+    """After a test faulted Postgres: wait until every API replica reaches it again (its
+    /health says so; /health answers 200 with the database down, so a plain health wait is
+    not enough), so the next test does not meet the fail-fast hold of a replica."""
+    ports = settings.api_ports
+    deadline = time.monotonic() + timeout
+    pending = set(ports)
+    while pending and time.monotonic() < deadline:
+        for port in list(pending):
+            try:
+                r = httpx.get(f"http://{settings.host}:{port}/health", timeout=5)
+                if r.json().get("checks", {}).get("database") == "ok":
+                    pending.discard(port)
+            except (httpx.HTTPError, ValueError):
+                pass
+        if pending:
+            time.sleep(0.5)
+    assert not pending, f"replicas on ports {sorted(pending)} still without their database"
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 20, what: str = "condition") -> T:

@@ -16,7 +16,14 @@ import httpx
 import pytest
 
 from chaos.toxiproxy import Toxiproxy
-from tests.integration.conftest import Device, Person, eventually, status_becomes, statuses
+from tests.integration.conftest import (
+    Device,
+    Person,
+    eventually,
+    status_becomes,
+    statuses,
+    wait_database_back,
+)
 
 pytestmark = pytest.mark.integration
 IOTCTL = str(Path(sys.executable).parent / "iotctl")
@@ -303,6 +310,7 @@ def test_commands_wait_in_commands_data_while_no_row_can_be_written_and_cancel_s
     finally:
         proxy.set_enabled("postgres", True)
         proxy.close()
+        wait_database_back(settings)
     assert _poll_like_a_device(device).status_code == 204  # not stored yet: nothing to claim
     r = alice.api.post(f"/commands/{drop}/cancel", headers=alice.headers)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
@@ -329,6 +337,7 @@ def test_commands_the_worker_stores_after_an_outage_become_rows_in_the_order_acc
     finally:
         proxy.set_enabled("postgres", True)
         proxy.close()
+        wait_database_back(settings)
 
     def stored() -> list[str] | None:
         rows = pg.execute(

@@ -8,8 +8,14 @@ import psycopg
 import pytest
 
 from chaos.toxiproxy import Toxiproxy
-from iot.stack.control import wait_healthy
-from tests.integration.conftest import Person, eventually, reading, rows_for, status_becomes
+from tests.integration.conftest import (
+    Person,
+    eventually,
+    reading,
+    rows_for,
+    status_becomes,
+    wait_database_back,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -121,9 +127,7 @@ def test_with_postgres_black_holed_requests_answer_503_in_time_then_recover(
     )
     # every replica, not only the one serving this person, has its database back (the next
     # test's device may be served by another)
-    replicas = [f"api-{i}" for i in range(1, settings.api_replicas + 1)]
-    bad = {n: h.detail for n, h in wait_healthy(settings, replicas, timeout=30).items() if not h.ok}
-    assert not bad, f"replicas without their database: {bad}"
+    wait_database_back(settings)
 
 
 def test_a_full_pool_answers_busy_without_failing_every_other_request(settings, monkeypatch):

@@ -58,8 +58,9 @@ export function devicesView(main, live) {
     if (!window.confirm(`Delete “${device.name}” with all its readings and commands? This cannot be undone.`)) return;
     try {
       await call('DELETE', `/devices/${device.id}`);
+      notice = `Deleted “${device.name}”.`; // kept by the refreshes that follow
       listStatus.className = 'hint';
-      listStatus.textContent = `Deleted “${device.name}”.`;
+      listStatus.textContent = notice;
       await load();
     } catch (err) {
       listStatus.textContent = explain(err, 'Device not deleted');
@@ -77,6 +78,8 @@ export function devicesView(main, live) {
         h('button', { type: 'button', class: 'secondary', 'data-focus': `rotate-${d.id}`, 'aria-label': `Rotate the token of ${d.name}`, onclick: () => rotate(d) }, 'Rotate token'),
         h('button', { type: 'button', class: 'danger', 'data-focus': `delete-${d.id}`, 'aria-label': `Delete ${d.name}`, onclick: () => remove(d) }, 'Delete')));
   }
+
+  let notice = ''; // the outcome of the last delete, shown until the page is left
 
   async function load() {
     let page;
@@ -96,7 +99,7 @@ export function devicesView(main, live) {
       }
     });
     listStatus.className = 'hint';
-    listStatus.textContent = `Updated ${new Date(now).toLocaleTimeString()}; online means readings stored in the last 2 minutes.`;
+    listStatus.textContent = `${notice ? `${notice} ` : ''}Updated ${new Date(now).toLocaleTimeString()}; online means readings stored in the last 2 minutes.`;
     keepFocus(paging, () => replace(paging,
       offset > 0 && h('button', { type: 'button', class: 'secondary', 'data-focus': 'previous', onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }, 'Previous page'),
       page.devices.length === PAGE && h('button', { type: 'button', class: 'secondary', 'data-focus': 'next', onclick: () => { offset += PAGE; load(); } }, 'Next page')));
