@@ -28,25 +28,10 @@ OWNERS_KEY = "device-owners"  # hash device id -> owner id: authorise reads with
 # same round trip as the readings, read by GET /devices (one HMGET per page)
 SEEN_KEY = "device-last-seen"
 
-UPDATE_LATEST = """
-for i = 1, #ARGV, 3 do
-  local current = redis.call('HGET', KEYS[1], ARGV[i])
-  local newer = true
-  if current then
-    local current_ts = tonumber(string.match(current, '^(-?%d+)|'))
-    if current_ts and current_ts > tonumber(ARGV[i + 1]) then newer = false end
-  end
-  if newer then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
-  end
-end
-return 1
-"""
-
-# The sensors worker's update of every device in a message in one call: KEYS[1] is SEEN_KEY,
-# then one latest-readings hash per device batch; ARGV[1] is the time stored (unix ms), then per
-# batch its number of readings and their (sensor, ts ms, payload) triples. The same rules as
-# UPDATE_LATEST, and each device's last-seen entry.
+# One script for every update of latest readings: KEYS[1] is SEEN_KEY, then one latest-readings
+# hash per device batch; ARGV[1] is the time stored (unix ms; empty: last-seen is not touched, as
+# when readings are copied back from Postgres), then per batch its number of readings and their
+# (sensor, ts ms, payload) triples. An older reading never replaces a newer one.
 UPDATE_MANY = f"""
 local seen = ARGV[1]
 local a = 2
@@ -66,7 +51,9 @@ for k = 2, #KEYS do
     end
     a = a + 3
   end
-  redis.call('HSET', KEYS[1], string.sub(KEYS[k], {len(KEY_PREFIX) + 1}), seen)
+  if seen ~= '' then
+    redis.call('HSET', KEYS[1], string.sub(KEYS[k], {len(KEY_PREFIX) + 1}), seen)
+  end
 end
 return 1
 """
@@ -101,6 +88,18 @@ def decode(raw: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _update_many(
+    batches: Iterable[tuple[str | uuid.UUID, list[dict[str, Any]]]], seen: str
+) -> tuple[list[str], list[str]]:
+    """The keys and arguments of ``UPDATE_MANY`` for these device batches."""
+    keys, args = [SEEN_KEY], [seen]
+    for device_id, readings in batches:
+        keys.append(key(device_id))
+        args.append(str(len(readings)))
+        args += update_args(readings)
+    return keys, args
+
+
 def sync_client(url: str, timeout: float) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
@@ -112,7 +111,8 @@ def async_client(url: str, timeout: float) -> aioredis.Redis:
 def store_latest(client: redis.Redis, device_id: str, readings: list[dict[str, Any]]) -> None:
     """Raises CacheUnavailable when Redis does not answer."""
     try:
-        client.eval(UPDATE_LATEST, 1, key(device_id), *update_args(readings))
+        keys, args = _update_many([(device_id, readings)], seen="")
+        client.eval(UPDATE_MANY, len(keys), *keys, *args)
     except _ERRORS as exc:
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
 
@@ -148,12 +148,7 @@ def store_latest_many(client: redis.Redis, batches: list[tuple[str, list[dict[st
     """
     if not batches:
         return
-    keys = [SEEN_KEY]
-    args = [str(int(time.time() * 1000))]
-    for device_id, readings in batches:
-        keys.append(key(device_id))
-        args.append(str(len(readings)))
-        args += update_args(readings)
+    keys, args = _update_many(batches, seen=str(int(time.time() * 1000)))
     try:
         try:
             client.evalsha(UPDATE_MANY_SHA, len(keys), *keys, *args)
@@ -169,7 +164,8 @@ async def astore_latest(
 ) -> None:
     """Raises CacheUnavailable when Redis does not answer."""
     try:
-        await client.eval(UPDATE_LATEST, 1, key(device_id), *update_args(readings))
+        keys, args = _update_many([(device_id, readings)], seen="")
+        await client.eval(UPDATE_MANY, len(keys), *keys, *args)
     except _ERRORS as exc:
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
 

@@ -330,7 +330,7 @@ async def cancel(
     async with conn.transaction():
         row = await (await conn.execute(_LOCK, (command_id,))).fetchone()
         if row is None and unstored is not None:
-            await conn.execute(_INSERT, _insert_params(unstored))
+            await store_accepted(conn, unstored)
             row = await (await conn.execute(_LOCK, (command_id,))).fetchone()
         if row is None:
             return None
