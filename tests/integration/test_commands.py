@@ -292,6 +292,9 @@ def test_history_is_newest_first_and_paginated(alice: Person):
     assert seen == list(reversed(ids))
     queued = alice.api.get(url, params={"status": "queued"}, headers=alice.headers).json()
     assert len(queued["commands"]) == 5
+    typo = alice.api.get(url, params={"status": "queud"}, headers=alice.headers)
+    assert typo.status_code == 422, typo.text
+    assert "queued" in typo.text  # the answer names the statuses there are
 
 
 def test_commands_wait_in_commands_data_while_no_row_can_be_written_and_cancel_still_holds(

@@ -319,3 +319,11 @@ async def test_the_requeue_route_declares_its_answers(client):
     spec = (await client.get("/openapi.json")).json()
     answers = spec["paths"]["/commands/{command_id}/requeue"]["post"]["responses"]
     assert {"200", "403", "404", "409", "503"} <= set(answers)
+
+
+def test_the_history_filter_accepts_exactly_the_statuses_a_command_can_have() -> None:
+    from typing import get_args
+
+    from iot.commands import lifecycle
+
+    assert set(get_args(command_routes.StatusName)) == set(lifecycle.PENDING) | lifecycle.TERMINAL

@@ -11,6 +11,7 @@ Sync functions serve the commands worker and ``iotctl``; async ones the API.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -376,7 +377,7 @@ async def device_history(
     device_id: uuid.UUID,
     limit: int,
     before: tuple[datetime, uuid.UUID] | None,
-    statuses: list[str] | None,
+    statuses: Sequence[str] | None,
 ) -> list[Any]:
     """A device's commands, newest first; ``before`` is the (created_at, id) cursor."""
     cur = await conn.execute(
@@ -386,7 +387,7 @@ async def device_history(
         " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
         {
             "d": device_id,
-            "statuses": statuses,
+            "statuses": list(statuses) if statuses is not None else None,
             "b_at": before[0] if before else None,
             "b_id": before[1] if before else None,
             "limit": limit,
