@@ -131,6 +131,22 @@ def test_cancelled_before_delivery_is_never_delivered(alice: Person):
     ]
 
 
+def test_deleting_a_device_deletes_its_commands_even_one_sent_moments_before(alice: Person, pg):
+    device = alice.new_device()
+    sent = alice.send(device, "reboot")
+    assert sent.status_code == 201
+    cid = sent.json()["id"]
+    assert alice.api.get(f"/commands/{cid}", headers=alice.headers).status_code == 200
+    assert alice.api.delete(f"/devices/{device.id}", headers=alice.headers).status_code == 204
+    for method, path in (("GET", f"/commands/{cid}"), ("POST", f"/commands/{cid}/cancel")):
+        r = alice.api.request(method, path, headers=alice.headers)
+        assert r.status_code == 404, (method, path, r.text)
+    # Nor does the commands worker bring it back when it reaches the accepted message.
+    time.sleep(2)
+    rows = pg.execute("SELECT count(*) FROM commands WHERE id = %s", (cid,)).fetchone()
+    assert rows == (0,)
+
+
 def _requeued_runs_once_more(alice: Person, device: Device, cid: str) -> dict:
     """A requeued dead command is delivered again as attempt 1; acked, it succeeds, and its
     timeline holds both lives. Returns the command."""
