@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDERS = {"", "change-me", "changeme", "secret", "password", "placeholder"}
+Role = Literal["edge", "api", "sensors", "commandlog", "monitoring"]
+ROLES: tuple[Role, ...] = ("edge", "api", "sensors", "commandlog", "monitoring")
 
 
 STACK_ENV = PROJECT_ROOT / "var" / "stack.env"  # the shape `iotctl up --api-replicas ...` chose
@@ -76,6 +78,19 @@ class Settings(BaseSettings):
     proxy_postgres_port: int = 5542
     proxy_redis_port: int = 6489
 
+    # What this machine runs of the product's own processes (docs/scaling.md, "A
+    # multi-machine deployment"), any of: edge (nginx and its exporter), api (the replicas),
+    # sensors (the sensors workers), commandlog (the command-log worker: one in a deployment,
+    # it keeps each device's commands in order), monitoring (Prometheus, Alertmanager, Flower,
+    # the Postgres and Redis exporters). Default: all of them. The backing services follow
+    # IOT_EXTERNAL_SERVICES; toxiproxy runs with IOT_VIA_TOXIPROXY or all roles.
+    roles: Annotated[list[Role], NoDecode] = Field(default_factory=lambda: list(ROLES))
+    # Processes on other machines, as host:port, comma-separated: API replicas (nginx's upstream
+    # and Prometheus' api job include them) and the workers' metrics addresses (Prometheus).
+    api_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sensors_worker_metrics: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    commandlog_worker_metrics: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # Backing services that run elsewhere (docs/scaling.md, "A multi-machine deployment").
     # IOT_EXTERNAL_SERVICES=postgres,rabbitmq,redis (any of them): `iotctl up` neither
     # initialises nor supervises those; our processes (or toxiproxy, in the toxiproxy profile)
@@ -91,6 +106,7 @@ class Settings(BaseSettings):
     # Postgres: a role that may create roles and databases (a superuser), as a URL, e.g.
     # postgresql://postgres:PASSWORD@db.example:5432/postgres. It creates (or sets the
     # passwords of) the owner, the database and each process's role, as on the native stack.
+    # Not needed on a further machine: when those roles log in already, nothing is created.
     postgres_superuser_url: str = ""
     # RabbitMQ: an administrator of its management API, who creates our user
     # (IOT_RABBITMQ_USER, IOT_RABBITMQ_PASSWORD) and its permissions on the vhost "/". Empty:
@@ -186,6 +202,26 @@ class Settings(BaseSettings):
     def _split_ports(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [int(p) for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator(
+        "api_servers", "sensors_worker_metrics", "commandlog_worker_metrics", mode="before"
+    )
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        for address in value if isinstance(value, list) else []:
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address!r} is not host:port (e.g. 10.0.0.5:8101)")
         return value
 
     @field_validator("external_services", mode="before")

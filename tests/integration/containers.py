@@ -102,16 +102,16 @@ def wanted() -> bool:
     return BACKEND != "native"
 
 
-def stack_ports() -> dict[str, str]:
-    """Every port setting of our own processes, moved by PORT_OFFSET."""
+def stack_ports(offset: int = PORT_OFFSET) -> dict[str, str]:
+    """Every port setting of our own processes, moved by ``offset``."""
     fields = Settings.model_fields
     moved = {
-        f"IOT_{name.upper()}": str(int(field.default) + PORT_OFFSET)
+        f"IOT_{name.upper()}": str(int(field.default) + offset)
         for name, field in fields.items()
         if name.endswith("_port") and name not in SERVICE_PORTS
     }
     base = int(fields["api_replicas"].default)
-    moved["IOT_API_PORTS"] = ",".join(str(8101 + PORT_OFFSET + i) for i in range(base))
+    moved["IOT_API_PORTS"] = ",".join(str(8101 + offset + i) for i in range(base))
     return moved
 
 

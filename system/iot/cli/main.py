@@ -13,13 +13,13 @@ import typer
 from iot import db, security
 from iot.cli.common import fail, settings
 from iot.errors import Conflict
-from iot.settings import Settings
+from iot.settings import ROLES, Settings
 from iot.sql import users as users_sql
 from iot.stack import cluster as rabbit_cluster
 from iot.stack import external
 from iot.stack import setup as stack_setup
 from iot.stack.control import ControlError, Supervisor, probe, wait_healthy
-from iot.stack.processes import external_programs, programs, service_of
+from iot.stack.processes import external_programs, programs, runs_here, service_of
 
 app = typer.Typer(
     help="Run and operate the IoT remote-control stack: RabbitMQ, Postgres, Redis, nginx, "
@@ -33,17 +33,38 @@ app.add_typer(users_app, name="users")
 
 
 def _print_urls(s: Settings) -> None:
-    typer.echo("\nThe stack is up:")
+    here = {p.name for p in programs(s)}
+    if set(s.roles) == set(ROLES):
+        typer.echo("\nThe stack is up:")
+    else:
+        typer.echo(
+            f"\nThis machine's part is up (IOT_ROLES={','.join(s.roles)}): "
+            + ", ".join(sorted(here))
+        )
     rows = [
-        ("API (HTTP)", f"http://{s.host}:{s.http_port}/  (OpenAPI: /docs)"),
-        ("API (HTTPS)", f"https://{s.host}:{s.https_port}/  (self-signed: var/tls/server.crt)"),
-        ("RabbitMQ management", f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/"),
-        ("Flower", f"http://{s.host}:{s.flower_port}/"),
-        ("Prometheus", f"http://{s.host}:{s.prometheus_port}/"),
-        ("toxiproxy API", f"http://{s.host}:{s.toxiproxy_port}/proxies"),
+        ("API (HTTP)", f"http://{s.host}:{s.http_port}/  (OpenAPI: /docs)", "nginx"),
+        (
+            "API (HTTPS)",
+            f"https://{s.host}:{s.https_port}/  (self-signed: var/tls/server.crt)",
+            "nginx",
+        ),
+        (
+            "API replicas",
+            ", ".join(f"http://{s.host}:{p}/" for p in s.api_ports),
+            "api-1",
+        ),
+        (
+            "RabbitMQ management",
+            f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/",
+            "",
+        ),
+        ("Flower", f"http://{s.host}:{s.flower_port}/", "flower"),
+        ("Prometheus", f"http://{s.host}:{s.prometheus_port}/", "prometheus"),
+        ("toxiproxy API", f"http://{s.host}:{s.toxiproxy_port}/proxies", "toxiproxy"),
     ]
-    for label, url in rows:
-        typer.echo(f"  {label:<22} {url}")
+    for label, url, program in rows:
+        if not program or program in here:
+            typer.echo(f"  {label:<22} {url}")
     typer.echo("  Credentials of the services: var/secrets.env   Logs: iotctl logs NAME")
     typer.echo(
         "  First user: echo 'a-long-password' | iotctl users create alice --admin --password-stdin"
@@ -99,7 +120,7 @@ def up(
     s = settings()
     if created:
         typer.echo("wrote new secrets to var/secrets.env")
-    if not s.toxiproxy_bin.exists():
+    if runs_here(s, "toxiproxy") and not s.toxiproxy_bin.exists():
         fail(f"{s.toxiproxy_bin} is missing: run `make up` (it builds toxiproxy)")
     try:
         external.prepare(s, say=typer.echo)  # before anything of ours starts to use them

@@ -78,6 +78,8 @@ def prepare_postgres(s: Settings) -> None:
     """The owner, the database and each process's role, with the passwords of
     var/secrets.env, as the superuser of ``IOT_POSTGRES_SUPERUSER_URL``."""
     host, port = address(s, "postgres")
+    if not s.postgres_superuser_url and _roles_log_in(s):
+        return  # prepared by the deployment's first machine (the same var/secrets.env)
     try:
         setup.bootstrap_database(s)
     except psycopg.Error as exc:
@@ -86,6 +88,18 @@ def prepare_postgres(s: Settings) -> None:
             f"IOT_POSTGRES_SUPERUSER_URL: {str(exc).strip()}. It needs a role that may create "
             f"roles and databases; check {HINTS['postgres']}."
         ) from exc
+
+
+def _roles_log_in(s: Settings) -> bool:
+    """Whether the owner and each process's role log in with the passwords of
+    var/secrets.env: then the database was prepared already and needs no superuser."""
+    for role in ("owner", "api", "sensors", "commandlog"):
+        try:
+            with psycopg.connect(s.database_url_as(role), connect_timeout=10):
+                pass
+        except psycopg.Error:
+            return False
+    return True
 
 
 def prepare_rabbitmq(s: Settings) -> None:
@@ -201,6 +215,8 @@ def prepare(s: Settings, say: Callable[[str], object] = print) -> None:
         if service == "postgres":
             prepare_postgres(s)
             done = "owner, database and roles ready"
+            if not s.postgres_superuser_url:
+                done += " (prepared before: they log in with var/secrets.env)"
         elif service == "rabbitmq":
             prepare_rabbitmq(s)
             done = f"user {s.rabbitmq_user} ready"

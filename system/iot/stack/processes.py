@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iot.settings import RabbitNode, Settings
+from iot.settings import ROLES, RabbitNode, Settings
 
 
 @dataclass
@@ -291,8 +291,39 @@ def programs(s: Settings) -> list[Program]:
             f"http:http://{h}:{s.nginx_exporter_port}/metrics",
         ),
     ]
-    # Backing services that run elsewhere are neither started nor stopped here.
-    return [p for p in progs if service_of(p.name) not in s.external_services]
+    # Backing services that run elsewhere are neither started nor stopped here, nor are the
+    # processes of roles other machines run (IOT_ROLES).
+    return [
+        p for p in progs if service_of(p.name) not in s.external_services and runs_here(s, p.name)
+    ]
+
+
+def role_of(program: str) -> str | None:
+    """The role (IOT_ROLES) a program belongs to; None for the backing services and
+    toxiproxy, which IOT_EXTERNAL_SERVICES and IOT_VIA_TOXIPROXY decide."""
+    if program.startswith("api-"):
+        return "api"
+    if program.startswith("worker-sensors"):
+        return "sensors"
+    if program == "worker-commandlog":
+        return "commandlog"
+    if program in ("nginx", "nginx-exporter"):
+        return "edge"
+    if program in ("prometheus", "alertmanager", "flower", "postgres-exporter", "redis-exporter"):
+        return "monitoring"
+    return None
+
+
+def runs_here(s: Settings, program: str) -> bool:
+    """Whether this machine runs the program, by its roles. toxiproxy runs when our
+    processes reach the services through it, or (as always before roles) on a machine of
+    every role."""
+    role = role_of(program)
+    if role is not None:
+        return role in s.roles
+    if program == "toxiproxy":
+        return s.via_toxiproxy or set(s.roles) == set(ROLES)
+    return True
 
 
 def service_of(program: str) -> str:

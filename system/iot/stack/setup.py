@@ -212,6 +212,21 @@ def save_stack_shape(values: dict[str, int | str]) -> None:
     STACK_ENV.write_text("\n".join([*kept, *(f"{k}={v}" for k, v in values.items())]) + "\n")
 
 
+def metrics_targets(s: Settings) -> tuple[list[str], list[str], list[str]]:
+    """host:port of every API replica, sensors worker and command-log worker of the
+    deployment: this machine's (by its roles) and those of other machines named in
+    IOT_API_SERVERS, IOT_SENSORS_WORKER_METRICS and IOT_COMMANDLOG_WORKER_METRICS."""
+    here = set(s.roles)
+    api = [f"{s.host}:{p}" for p in s.api_ports] if "api" in here else []
+    sensors = [f"{s.host}:{p}" for _, p in s.sensors_workers] if "sensors" in here else []
+    commandlog = [f"{s.host}:{s.worker_commandlog_metrics_port}"] if "commandlog" in here else []
+    return (
+        api + s.api_servers,
+        sensors + s.sensors_worker_metrics,
+        commandlog + s.commandlog_worker_metrics,
+    )
+
+
 def render_configs(s: Settings) -> list[str]:
     """Write every config under var/conf; returns the names of the files that changed."""
     conf = s.var / "conf"
@@ -221,11 +236,19 @@ def render_configs(s: Settings) -> list[str]:
     values["var"] = s.var
     values["monitoring"] = PROJECT_ROOT / "monitoring"
     values["webui"] = PROJECT_ROOT / "webui"
+    api, sensors, commandlog = metrics_targets(s)
+    if "edge" in s.roles and not api:
+        raise SetupError(
+            "nginx (role edge) has no API replica to send requests to: run replicas here "
+            "(IOT_ROLES with api) or name those of other machines in IOT_API_SERVERS "
+            "(host:port, comma-separated)"
+        )
     values["upstream_servers"] = "\n".join(
-        f"        server {s.host}:{p} max_fails=1 fail_timeout=3s;" for p in s.api_ports
+        f"        server {a} max_fails=1 fail_timeout=3s;" for a in api
     )
-    values["api_targets"] = ", ".join(f'"{s.host}:{p}"' for p in s.api_ports)
-    values["worker_sensors_targets"] = ", ".join(f'"{s.host}:{p}"' for _, p in s.sensors_workers)
+    values["api_targets"] = ", ".join(f'"{a}"' for a in api)
+    values["worker_sensors_targets"] = ", ".join(f'"{a}"' for a in sensors)
+    values["worker_commandlog_targets"] = ", ".join(f'"{a}"' for a in commandlog)
     nodes = s.rabbitmq_nodes
     values["rabbitmq_targets"] = ", ".join(
         f'"{s.rabbitmq_host}:{n.prometheus_port}"' for n in nodes
