@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,20 +38,21 @@ def _run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Comp
     return result
 
 
-@pytest.fixture(scope="module")
-def second_machine(stack, settings: Settings) -> Iterator[dict[str, str]]:
-    home = settings.var / "machine-test"
+def _machine_env(settings: Settings, name: str, offset: int, **more: str) -> dict[str, str]:
+    """The environment of one more machine: a home of its own under var/, the deployment's
+    secrets copied into it (what an operator copies), its own ports, the development stack's
+    Postgres, RabbitMQ and Redis as external services, reached directly."""
+    home = settings.var / name
     (home / "var").mkdir(parents=True, exist_ok=True)
-    # What an operator copies to a new machine: the deployment's secrets.
     secrets = (settings.var / "secrets.env").read_text()
     (home / "var" / "secrets.env").write_text(secrets)
     env = {
         **os.environ,
         **dict(ln.split("=", 1) for ln in secrets.splitlines() if "=" in ln and ln[0] != "#"),
-        **stack_ports(OFFSET),
+        **stack_ports(offset),
         "IOT_HOME": str(home),
-        "IOT_ROLES": "api,sensors",
-        "IOT_API_PORTS": str(8101 + OFFSET),
+        "IOT_MACHINE_NAME": name,  # one host name for every "machine" here
+        "IOT_API_PORTS": str(8101 + offset),
         "IOT_SENSOR_WORKERS": "1",
         "IOT_RABBITMQ_CLUSTER": "false",
         "IOT_VIA_TOXIPROXY": "false",
@@ -64,14 +68,40 @@ def second_machine(stack, settings: Settings) -> Iterator[dict[str, str]]:
         "IOT_POSTGRES_SUPERUSER_URL": "",
         "IOT_RABBITMQ_ADMIN_USER": "",
         "IOT_REDIS_ADMIN_PASSWORD": "",
+        **more,
     }
     env.pop("IOT_API_REPLICAS", None)
+    return env
+
+
+@contextmanager
+def _running(env: dict[str, str]) -> Iterator[dict[str, str]]:
     try:
         up = _run(env, "up", "--timeout", "120")
-        assert "This machine's part is up (IOT_ROLES=api,sensors)" in up.stdout, up.stdout
+        assert f"This machine's part is up (IOT_ROLES={env['IOT_ROLES']})" in up.stdout, up.stdout
         yield env
     finally:
         _run(env, "down", check=False)
+
+
+@pytest.fixture(scope="module")
+def second_machine(stack, settings: Settings) -> Iterator[dict[str, str]]:
+    """An API and sensors-worker machine."""
+    env = _machine_env(settings, "machine-test", OFFSET, IOT_ROLES="api,sensors")
+    with _running(env):
+        yield env
+
+
+@pytest.fixture(scope="module")
+def edge_machine(second_machine: dict[str, str], settings: Settings) -> Iterator[str]:
+    """An edge machine (nginx only) whose upstream is the second machine's replica; yields
+    its base URL."""
+    replica = f"{settings.host}:{second_machine['IOT_API_PORTS']}"
+    env = _machine_env(
+        settings, "machine-test-edge", OFFSET + 1000, IOT_ROLES="edge", IOT_API_SERVERS=replica
+    )
+    with _running(env):
+        yield f"http://{settings.host}:{env['IOT_HTTP_PORT']}"
 
 
 def test_a_second_machine_supervises_only_its_roles_and_the_services_stay_external(
@@ -129,3 +159,25 @@ def test_its_sensors_worker_stores_readings_while_the_first_machines_are_stopped
     assert device.post([reading(value=float(i), age_s=i) for i in range(20)]).status_code == 201
     eventually(lambda: rows_for(pg, device.id) == 20, timeout=30, what="20 rows")
     assert _tasks_done(settings, port) > before  # the second machine's worker stored them
+
+
+def test_an_edge_machine_serves_devices_through_another_machines_replica(
+    edge_machine: str, alice: Person, pg: psycopg.Connection
+) -> None:
+    device = alice.new_device("behind-the-edge-machine")
+    with httpx.Client(base_url=edge_machine, headers=device.headers, timeout=20) as edge:
+        r = edge.post("/sensors", json={"readings": [reading(value=3.25)]})
+        assert r.status_code == 201, r.text
+        eventually(lambda: rows_for(pg, device.id) == 1, what="the reading stored")
+        # A command sent by a person through the first machine reaches the device's long poll
+        # on the second machine's replica (it hears the new row from Postgres).
+        poll: dict = {}
+        waiter = threading.Thread(
+            target=lambda: poll.update(r=edge.get("/commands", params={"wait": 10}))
+        )
+        waiter.start()
+        time.sleep(1)
+        cid = alice.send(device, "blink").json()["id"]
+        waiter.join(15)
+    assert poll["r"].status_code == 200, poll["r"].text
+    assert [c["id"] for c in poll["r"].json()["commands"]] == [cid]

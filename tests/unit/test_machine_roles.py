@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from iot.settings import ROLES
 from iot.stack import setup
+from iot.stack.processes import programs
 from iot.stack.setup import SetupError
 from tests.unit.test_external_services import make, rendered, supervised
 
@@ -111,3 +112,16 @@ def test_a_wrong_role_or_address_is_refused_naming_it(
 ) -> None:
     with pytest.raises(ValidationError, match=says):
         make(tmp_path, **{setting: value})
+
+
+def test_workers_carry_the_machine_name_so_two_machines_with_one_host_name_do_not_clash(
+    tmp_path: Path,
+) -> None:
+    def node(s) -> str:
+        (worker,) = [p for p in programs(s) if p.name == "worker-sensors"]
+        return worker.command[worker.command.index("-n") + 1]
+
+    assert node(make(tmp_path / "a")) == "worker-sensors@%%h"  # the host name, as before
+    assert node(make(tmp_path / "b", machine_name="workers-2")) == "worker-sensors@workers-2"
+    with pytest.raises(ValidationError):
+        make(tmp_path / "c", machine_name="two words")

@@ -152,7 +152,7 @@ def programs(s: Settings) -> list[Program]:
                     "-Q",
                     queue,
                     "-n",
-                    f"{name}@%%h",
+                    f"{name}@{s.machine_name or '%%h'}",
                     "--pool",
                     "threads",
                     "-c",
