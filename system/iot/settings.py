@@ -208,13 +208,6 @@ class Settings(BaseSettings):
             return [int(p) for p in value.split(",") if p.strip()]
         return value
 
-    @field_validator("roles", mode="before")
-    @classmethod
-    def _split_roles(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
-
     @field_validator(
         "api_servers", "sensors_worker_metrics", "commandlog_worker_metrics", mode="before"
     )
@@ -228,9 +221,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{address!r} is not host:port (e.g. 10.0.0.5:8101)")
         return value
 
-    @field_validator("external_services", mode="before")
+    @field_validator("external_services", "roles", mode="before")
     @classmethod
-    def _split_services(cls, value: object) -> object:
+    def _split_names(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
