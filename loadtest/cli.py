@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from loadtest import fleet as fleet_module
 from loadtest import plan as planning
 from loadtest import plots as plotting
 from loadtest import profiles, render, runner
@@ -193,6 +194,47 @@ def plan(
         _fail(f"cannot use the report: {exc}")
         return
     typer.echo(json.dumps(result, indent=1) if json_out else planning.render(result))
+
+
+@app.command("clean")
+def clean(
+    keep: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Keep the fleets of the N newest runs (--reuse takes the newest)."
+        ),
+    ] = 1,
+    prefix: Annotated[
+        str, typer.Option(help="Only the load-test people whose name starts with this.")
+    ] = fleet_module.PERSON_PREFIX,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete the fleets that earlier runs registered: each run's person (`loadtest-<time>`)
+    with every device they own and those devices' readings and commands. Runs without --reuse
+    register a new fleet each time; this takes them away again, keeping the newest --keep."""
+    if not prefix.startswith(fleet_module.PERSON_PREFIX):
+        _fail(f"--prefix must start with {fleet_module.PERSON_PREFIX!r}: only load-test people")
+    try:
+        found = fleet_module.fleets(prefix)
+    except fleet_module.FleetError as exc:
+        _fail(str(exc))
+        return
+    doomed = found[keep:]
+    for person in found[:keep]:
+        typer.echo(f"keeping  {person['username']} ({person['devices']:,} devices)")
+    if not doomed:
+        typer.echo("nothing to delete")
+        return
+    devices = sum(p["devices"] for p in doomed)
+    typer.echo(f"to delete: {len(doomed)} load-test people with {devices:,} devices")
+    if not yes:
+        typer.confirm("Delete them with their devices, readings and commands?", abort=True)
+    for n, person in enumerate(doomed, start=1):
+        seconds = fleet_module.delete_fleet(person["username"])
+        typer.echo(
+            f"[{n}/{len(doomed)}] deleted {person['username']} and {person['devices']:,} "
+            f"devices ({seconds:.1f} s)"
+        )
 
 
 @app.command("scenarios")

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 DEVICES_FILE = "devices.json"
+PERSON_PREFIX = "loadtest-"  # each run's person: loadtest-<UTC time>
 RETRY_STATUSES = {429, 502, 503, 504}
 
 
@@ -229,7 +230,7 @@ def prepare(
             progress(f"cannot reuse {reuse} ({exc}); registering a new fleet")
     if fleet is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        fleet = Fleet(base_url, f"loadtest-{stamp}", secrets.token_urlsafe(18))
+        fleet = Fleet(base_url, f"{PERSON_PREFIX}{stamp}", secrets.token_urlsafe(18))
         create_user(fleet.username, fleet.password)
         progress(f"created user {fleet.username}")
     missing = count - len(fleet.devices)
@@ -290,3 +291,45 @@ def cancel_pending(
     people = load(run_dir / DEVICES_FILE)
     token = login(base_url, people.username, people.password)
     return asyncio.run(_cancel(base_url, token, ids, concurrency))
+
+
+def fleets(prefix: str = PERSON_PREFIX) -> list[dict[str, Any]]:
+    """The load-test people (name starting with ``prefix``), newest first, each with the
+    number of devices they own.
+
+    Raises:
+        FleetError: Postgres cannot be asked.
+    """
+    from iot.cli.people import with_connection
+
+    async def query(conn: Any) -> list[dict[str, Any]]:
+        cur = await conn.execute(
+            "SELECT u.username, u.created_at, count(d.id) AS devices FROM users u"
+            " LEFT JOIN devices d ON d.owner_id = u.id WHERE starts_with(u.username, %s)"
+            " GROUP BY u.id ORDER BY u.created_at DESC, u.username DESC",
+            (prefix,),
+        )
+        return [dict(r) for r in await cur.fetchall()]
+
+    try:
+        return with_connection(query)
+    except Exception as exc:  # psycopg's and the pool's errors alike
+        raise FleetError(f"cannot list the load-test people: {exc}") from exc
+
+
+def delete_fleet(username: str) -> float:
+    """Delete one load-test person with their devices (and the devices' readings, commands
+    and latest readings in Redis); returns the seconds it took."""
+    from iot import cache
+    from iot.cli.common import settings
+    from iot.cli.people import with_connection
+    from iot.errors import CacheUnavailable
+    from iot.sql import users as users_sql
+
+    started = time.monotonic()
+    devices = with_connection(lambda conn: users_sql.delete_user(conn, username)) or []
+    try:
+        cache.forget_devices(cache.sync_client(settings().redis_direct_url, 5), devices)
+    except CacheUnavailable:
+        pass  # derived data of devices that no longer exist: evicted in time
+    return time.monotonic() - started
