@@ -88,12 +88,12 @@ class Settings(BaseSettings):
     # Processes on other machines, as host:port, comma-separated: API replicas (nginx's upstream
     # and Prometheus' api job include them) and the workers' metrics addresses (Prometheus).
     api_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sensors_worker_metrics: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    commandlog_worker_metrics: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # The machine's name in the workers' Celery node names (worker-sensors@NAME: Flower and
     # the broker tell machines apart by it). Default: the host name; set it where two machines
     # share one (cloned images).
     machine_name: str = Field(default="", pattern=r"^[A-Za-z0-9._-]{0,63}$")
-    sensors_worker_metrics: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    commandlog_worker_metrics: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Backing services that run elsewhere (docs/scaling.md, "A multi-machine deployment").
     # IOT_EXTERNAL_SERVICES=postgres,rabbitmq,redis (any of them): `iotctl up` neither
