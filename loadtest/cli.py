@@ -6,11 +6,13 @@ locust runs as a subprocess, so importing this module never patches iotctl with 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from iot.cli.people import delete_person
 from loadtest import fleet as fleet_module
 from loadtest import plan as planning
 from loadtest import plots as plotting
@@ -230,10 +232,13 @@ def clean(
     if not yes:
         typer.confirm("Delete them with their devices, readings and commands?", abort=True)
     for n, person in enumerate(doomed, start=1):
-        seconds = fleet_module.delete_fleet(person["username"])
+        started = time.monotonic()
+        deleted = delete_person(person["username"])
+        if deleted and deleted[1]:
+            typer.secho(f"warning: {deleted[1]}", err=True)
         typer.echo(
             f"[{n}/{len(doomed)}] deleted {person['username']} and {person['devices']:,} "
-            f"devices ({seconds:.1f} s)"
+            f"devices ({time.monotonic() - started:.1f} s)"
         )
 
 

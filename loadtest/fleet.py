@@ -315,21 +315,3 @@ def fleets(prefix: str = PERSON_PREFIX) -> list[dict[str, Any]]:
         return with_connection(query)
     except Exception as exc:  # psycopg's and the pool's errors alike
         raise FleetError(f"cannot list the load-test people: {exc}") from exc
-
-
-def delete_fleet(username: str) -> float:
-    """Delete one load-test person with their devices (and the devices' readings, commands
-    and latest readings in Redis); returns the seconds it took."""
-    from iot import cache
-    from iot.cli.common import settings
-    from iot.cli.people import with_connection
-    from iot.errors import CacheUnavailable
-    from iot.sql import users as users_sql
-
-    started = time.monotonic()
-    devices = with_connection(lambda conn: users_sql.delete_user(conn, username)) or []
-    try:
-        cache.forget_devices(cache.sync_client(settings().redis_direct_url, 5), devices)
-    except CacheUnavailable:
-        pass  # derived data of devices that no longer exist: evicted in time
-    return time.monotonic() - started

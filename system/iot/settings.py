@@ -254,6 +254,11 @@ class Settings(BaseSettings):
         ]
 
     @property
+    def every_role(self) -> bool:
+        """This machine runs all of the product's own processes (the default IOT_ROLES)."""
+        return set(self.roles) == set(ROLES)
+
+    @property
     def var(self) -> Path:
         return self.home / "var"
 

@@ -13,7 +13,7 @@ import typer
 from iot import db, security
 from iot.cli.common import fail, settings
 from iot.errors import Conflict
-from iot.settings import ROLES, Settings
+from iot.settings import Settings
 from iot.sql import users as users_sql
 from iot.stack import cluster as rabbit_cluster
 from iot.stack import external
@@ -34,7 +34,7 @@ app.add_typer(users_app, name="users")
 
 def _print_urls(s: Settings) -> None:
     here = {p.name for p in programs(s)}
-    if set(s.roles) == set(ROLES):
+    if s.every_role:
         typer.echo("\nThe stack is up:")
     else:
         typer.echo(

@@ -67,6 +67,20 @@ def set_user(
     typer.echo(f"{name}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
 
 
+def delete_person(name: str) -> tuple[list[str], str | None] | None:
+    """Delete a person with their devices (and the devices' readings and commands) and the
+    devices' latest readings in Redis. Returns the ids of the devices deleted and a warning
+    when Redis did not answer (their derived data stays until evicted); None: no such person."""
+    devices = with_connection(lambda conn: users_sql.delete_user(conn, name))
+    if devices is None:
+        return None
+    try:
+        cache.forget_devices(cache.sync_client(settings().redis_direct_url, 5), devices)
+    except CacheUnavailable as exc:
+        return devices, f"{exc}; their latest readings stay in Redis until evicted"
+    return devices, None
+
+
 def delete_user(
     name: Annotated[str, typer.Argument(help="User name.")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
@@ -75,13 +89,12 @@ def delete_user(
     Their access tokens and their devices' tokens are refused at once on every replica."""
     if not yes:
         typer.confirm(f"Delete {name} and every device they own?", abort=True)
-    devices = with_connection(lambda conn: users_sql.delete_user(conn, name))
-    if devices is None:
+    deleted = delete_person(name)
+    if deleted is None:
         fail(f"no user {name!r}")
-    try:
-        cache.forget_devices(cache.sync_client(settings().redis_direct_url, 5), devices)
-    except CacheUnavailable as exc:  # derived data of devices that no longer exist
-        typer.echo(f"warning: {exc}; their latest readings stay in Redis until evicted", err=True)
+    devices, warning = deleted
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"deleted {name} and {len(devices)} device(s)")
 
 

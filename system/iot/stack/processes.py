@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iot.settings import ROLES, RabbitNode, Settings
+from iot.settings import RabbitNode, Settings
 
 
 @dataclass
@@ -322,7 +322,7 @@ def runs_here(s: Settings, program: str) -> bool:
     if role is not None:
         return role in s.roles
     if program == "toxiproxy":
-        return s.via_toxiproxy or set(s.roles) == set(ROLES)
+        return s.via_toxiproxy or s.every_role
     return True
 
 
