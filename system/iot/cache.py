@@ -159,15 +159,36 @@ def store_latest_many(client: redis.Redis, batches: list[tuple[str, list[dict[st
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
 
 
-async def astore_latest(
-    client: aioredis.Redis, device_id: uuid.UUID, readings: list[dict[str, Any]]
+async def astore_latest_many(
+    client: aioredis.Redis, batches: list[tuple[uuid.UUID, list[dict[str, Any]]]]
 ) -> None:
-    """Raises CacheUnavailable when Redis does not answer."""
+    """Copy several devices' latest readings (read from Postgres) back into Redis in one call
+    of ``UPDATE_MANY``, without touching their last-seen entries; a newer cached reading is
+    kept.
+
+    Raises:
+        CacheUnavailable: Redis does not answer.
+    """
+    if not batches:
+        return
+    keys, args = _update_many(batches, seen="")
     try:
-        keys, args = _update_many([(device_id, readings)], seen="")
         await client.eval(UPDATE_MANY, len(keys), *keys, *args)
     except _ERRORS as exc:
         raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
+
+
+async def asensor_names(client: aioredis.Redis, device_id: uuid.UUID | str) -> set[str]:
+    """The sensor names in a device's latest-readings hash (empty: none cached).
+
+    Raises:
+        CacheUnavailable: Redis does not answer, or answers with an error.
+    """
+    try:
+        names = await client.hkeys(key(device_id))
+    except (redis.RedisError, OSError) as exc:
+        raise CacheUnavailable(f"cache unavailable: {exc.__class__.__name__}") from exc
+    return {n.decode() if isinstance(n, bytes) else n for n in names}
 
 
 async def aget_latest(

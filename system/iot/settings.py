@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     # Devices a person may register (admins: no limit); `iotctl users set NAME --max-devices N`
     # gives one person another limit.
     max_devices_per_user: int = Field(default=1000, ge=0)
+    # Distinct sensor names one device may create: a reading with a new name beyond it is
+    # answered 422 before anything is accepted (api/sensor_names.py, per replica, in memory).
+    max_sensors_per_device: int = Field(default=64, ge=1)
 
     # Binaries that do not come from the virtualenv.
     toxiproxy_bin: Path = PROJECT_ROOT / "var" / "bin" / "toxiproxy-server"

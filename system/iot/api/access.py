@@ -42,23 +42,34 @@ async def _owner_from_cache(state: State, device_id: uuid.UUID) -> uuid.UUID | N
     return uuid.UUID(raw.decode() if isinstance(raw, bytes) else raw) if raw else None
 
 
-async def visible_devices(
-    state: State, who: Principal, device_id: uuid.UUID | None
+async def visible_page(
+    state: State, who: Principal, after: uuid.UUID | None, limit: int
 ) -> list[uuid.UUID]:
-    """The devices the caller may read, narrowed to ``device_id`` when given.
+    """A page of the devices the caller may read: at most ``limit`` ids greater than ``after``
+    (None: from the first), ascending. A device sees only itself, a person their own devices,
+    an admin every device.
+
+    Raises:
+        DatabaseUnavailable: Postgres is down (a person's page needs it).
+    """
+    if who.kind == "device":
+        assert who.device_id is not None
+        return [who.device_id] if after is None or who.device_id > after else []
+    async with db.connection(state.pool) as conn:
+        return await devices_sql.device_ids_page(conn, who.owner_filter, after, limit)
+
+
+async def visible_devices(state: State, who: Principal, device_id: uuid.UUID) -> list[uuid.UUID]:
+    """``[device_id]`` when the caller may read that device.
 
     Raises:
         NotFound: the device is unknown or not the caller's.
         DatabaseUnavailable: Postgres is needed to answer and is down.
     """
     if who.kind == "device":
-        if device_id is not None and device_id != who.device_id:
+        if device_id != who.device_id:
             raise NotFound("no such device")
-        assert who.device_id is not None
-        return [who.device_id]
-    if device_id is None:
-        async with db.connection(state.pool) as conn:
-            return await devices_sql.device_ids(conn, who.owner_filter)
+        return [device_id]
     try:
         async with db.connection(state.pool) as conn:
             row = await devices_sql.get_device(conn, device_id, who.owner_filter)

@@ -15,10 +15,11 @@ from starlette.types import Receive, Scope, Send
 
 from iot import cache, db
 from iot.api.broker import Publisher
-from iot.api.deps import State, forget_devices
+from iot.api.deps import DEVICE_CACHE_MAX, State, forget_devices
 from iot.api.ingest import Coalescer, IngestShortcut
 from iot.api.metrics import UNAVAILABLE, MetricsMiddleware
 from iot.api.routes import auth, commands, devices, health, sensors
+from iot.api.sensor_names import SensorNames
 from iot.api.shortcut import IdlePollShortcut
 from iot.commands.service import Commands
 from iot.commands.wakeups import Wakeups
@@ -63,6 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = cache.async_client(settings.redis_url, settings.redis_timeout_seconds)
         state = State(settings, pool, publisher, redis, {})
         state.ingest = Coalescer(publisher.publish_task, linger=settings.ingest_linger_ms / 1000)
+        state.sensor_names = SensorNames(
+            lambda device_id: cache.asensor_names(redis, device_id),
+            cap=settings.max_sensors_per_device,
+            max_devices=DEVICE_CACHE_MAX,
+        )
         state.commands = Commands(
             pool,
             publisher.publish_task,

@@ -19,6 +19,7 @@ from iot.api.broker import Publisher
 
 if TYPE_CHECKING:
     from iot.api.ingest import Coalescer
+    from iot.api.sensor_names import SensorNames
     from iot.commands.service import Commands
 from iot.errors import AuthError, DatabaseBusy, DatabaseUnavailable, Forbidden
 from iot.settings import Settings
@@ -45,6 +46,7 @@ class State:
     device_cache: dict[str, tuple[float, dict[str, Any]]]
     commands: Commands | None = None
     ingest: Coalescer | None = None
+    sensor_names: SensorNames | None = None  # the cap on sensors per device; None: no cap
 
 
 @dataclass(frozen=True)

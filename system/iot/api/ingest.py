@@ -191,6 +191,8 @@ class IngestShortcut:
             "readings": readings,
         }
         try:
+            if state.sensor_names is not None:
+                await state.sensor_names.admit(batch["device_id"], {r["sensor"] for r in readings})
             await state.ingest.submit(batch)
         except IotError as exc:
             headers = []

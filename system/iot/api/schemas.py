@@ -184,9 +184,27 @@ class LatestReading(BaseModel):
     ts: datetime
 
 
+# GET /sensors without device_id answers a page of devices (GET /devices' limit: the same
+# default and maximum).
+PAGE_DEFAULT = 100
+PAGE_MAX = 1000
+
+
 class LatestReadings(BaseModel):
-    source: Literal["cache", "database"]
+    source: Literal["cache", "database"] = Field(
+        description="cache: every device's readings came from Redis; database: at least one "
+        "device's from Postgres (Redis down, or cold for it)"
+    )
     readings: list[LatestReading]
+    devices: list[uuid.UUID] = Field(
+        default_factory=list,
+        description="the devices this answer covers, ascending; one without readings has none "
+        "in `readings`",
+    )
+    limit: int = Field(PAGE_DEFAULT, description="devices per page (with device_id: one device)")
+    next: str | None = Field(
+        None, description="pass as `after` to get the next page; null: this is the last"
+    )
 
 
 class HistoryPoint(BaseModel):

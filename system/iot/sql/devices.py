@@ -81,13 +81,28 @@ async def list_devices(
     return [dict(r) for r in await cur.fetchall()]
 
 
-async def device_ids(
-    conn: psycopg.AsyncConnection[Any], owner_id: uuid.UUID | None
+# A page of device ids by id: the primary key (every owner's) or the (owner_id, id) index
+# (one owner's, migration 0007) walks from the cursor and stops after ``limit`` rows, so a page
+# costs its own size whatever the fleet's. Two statements, not one with "owner IS NULL OR":
+# a generic plan of that could not use the owner's index.
+_PAGE_ALL = "SELECT id FROM devices WHERE id > %(after)s ORDER BY id LIMIT %(limit)s"
+_PAGE_OWNER = (
+    "SELECT id FROM devices WHERE owner_id = %(owner)s AND id > %(after)s"
+    " ORDER BY id LIMIT %(limit)s"
+)
+_BEFORE_EVERY_ID = uuid.UUID(int=0)  # the nil uuid: below every id we issue (uuid4)
+
+
+async def device_ids_page(
+    conn: psycopg.AsyncConnection[Any],
+    owner_id: uuid.UUID | None,
+    after: uuid.UUID | None,
+    limit: int,
 ) -> list[uuid.UUID]:
-    cur = await conn.execute(
-        "SELECT id FROM devices WHERE (%s::uuid IS NULL OR owner_id = %s) ORDER BY created_at",
-        (owner_id, owner_id),
-    )
+    """At most ``limit`` device ids greater than ``after`` (None: from the first), ascending;
+    one owner's devices, or every owner's when ``owner_id`` is None (admins)."""
+    params = {"owner": owner_id, "after": after or _BEFORE_EVERY_ID, "limit": limit}
+    cur = await conn.execute(_PAGE_ALL if owner_id is None else _PAGE_OWNER, params)
     return [r["id"] for r in await cur.fetchall()]
 
 

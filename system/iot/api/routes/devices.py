@@ -20,6 +20,8 @@ from iot.api.access import forget_owner, remember_owner
 from iot.api.deps import AppState, CurrentUser, State
 from iot.api.schemas import (
     EVERY_ROUTE,
+    PAGE_DEFAULT,
+    PAGE_MAX,
     Device,
     DeviceCreate,
     DeviceList,
@@ -89,7 +91,7 @@ async def create_device(body: DeviceCreate, user: CurrentUser, state: AppState) 
 async def list_devices(
     user: CurrentUser,
     state: AppState,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DeviceList:
     async with db.connection(state.pool) as conn:

@@ -6,20 +6,23 @@ import logging
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
 from iot import cache, db
 from iot.api import metrics
-from iot.api.access import visible_devices
-from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal
+from iot.api.access import visible_devices, visible_page
+from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal, State
 from iot.api.schemas import (
     EVERY_ROUTE,
+    PAGE_DEFAULT,
+    PAGE_MAX,
     History,
     HistoryPoint,
     LatestReading,
     LatestReadings,
+    Problem,
     ReadingsAccepted,
     ReadingsIn,
     SensorName,
@@ -32,14 +35,33 @@ router = APIRouter(tags=["sensors"], responses=EVERY_ROUTE | problems(401, 422))
 log = logging.getLogger(__name__)
 
 
+_TOO_MANY_SENSORS: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": Problem,
+        "description": "input refused: out of range, malformed, or unknown fields; or a new "
+        "sensor name beyond the device's cap (IOT_MAX_SENSORS_PER_DEVICE, default 64): the "
+        "request is refused whole",
+    }
+}
+
+
 @router.post(
-    "/sensors", status_code=201, response_model=ReadingsAccepted, responses=problems(400, 403, 413)
+    "/sensors",
+    status_code=201,
+    response_model=ReadingsAccepted,
+    responses=problems(400, 403, 413) | _TOO_MANY_SENSORS,
 )
 async def post_readings(
     body: ReadingsIn, device: CurrentDevice, state: AppState
 ) -> ReadingsAccepted:
-    """Accept 1 to 1000 readings. 201 only after RabbitMQ confirmed them; 503 means retry."""
+    """Accept 1 to 1000 readings. 201 only after RabbitMQ confirmed them; 503 means retry.
+
+    A device may have at most ``IOT_MAX_SENSORS_PER_DEVICE`` (default 64) distinct sensor
+    names: a request that brings a new name beyond that is answered 422 naming the cap, and
+    nothing of it is accepted; readings of the device's existing sensors still are."""
     assert device.device_id is not None
+    if state.sensor_names is not None:
+        await state.sensor_names.admit(str(device.device_id), {r.sensor for r in body.readings})
     batch = {
         "device_id": str(device.device_id),
         "received_at": datetime.now(UTC).isoformat(),
@@ -57,9 +79,17 @@ async def post_readings(
 def _flatten(latest: dict[uuid.UUID, dict[str, dict]]) -> list[LatestReading]:
     return [
         LatestReading(device_id=d, sensor=s, value=v["value"], ts=v["ts"])
-        for d, sensors in latest.items()
+        for d, sensors in sorted(latest.items())
         for s, v in sorted(sensors.items())
     ]
+
+
+def parse_after(after: str) -> uuid.UUID:
+    """The device id a ``next`` cursor names. Raises InvalidInput for anything else."""
+    try:
+        return uuid.UUID(after)
+    except ValueError as exc:
+        raise InvalidInput("after: not a cursor from a previous page") from exc
 
 
 @router.get("/sensors", response_model=LatestReadings, responses=problems(404))
@@ -67,17 +97,51 @@ async def latest_readings(
     who: CurrentPrincipal,
     state: AppState,
     device_id: uuid.UUID | None = None,
+    limit: Annotated[
+        int, Query(ge=1, le=PAGE_MAX, description="devices per page (ignored with device_id)")
+    ] = PAGE_DEFAULT,
+    after: Annotated[
+        str | None, Query(max_length=64, description="cursor: `next` of the previous page")
+    ] = None,
 ) -> LatestReadings:
-    """The latest value of each sensor: from Redis, or from Postgres when Redis is down or cold."""
-    ids = await visible_devices(state, who, device_id)
+    """The latest value of each sensor of one device (``device_id``), or of a page of the
+    caller's devices: at most ``limit`` devices (default 100, at most 1000) by id, each with
+    all its sensors; ``next`` is the cursor of the following page (null on the last). A
+    device sees only itself, a person their own devices, an admin every device.
+
+    The values come from Redis (the page's devices in one round trip); devices Redis does not
+    hold (cold, or Redis down) are read from Postgres, only those of the page, and Redis is
+    warmed with them: ``source`` is then ``database``."""
+    if device_id is not None:
+        ids = await visible_devices(state, who, device_id)
+        nxt = None
+    else:
+        ids = await visible_page(state, who, parse_after(after) if after else None, limit)
+        nxt = str(ids[-1]) if len(ids) == limit else None
+    latest, source = await _latest_of(state, ids)
+    return LatestReadings(
+        source=source, readings=_flatten(latest), devices=ids, limit=limit, next=nxt
+    )
+
+
+async def _latest_of(
+    state: State, ids: list[uuid.UUID]
+) -> tuple[dict[uuid.UUID, dict[str, dict]], Literal["cache", "database"]]:
+    """The latest readings of these devices (a page at most) and where they came from: Redis
+    in one pipelined round trip; devices it lacks from Postgres in one query, then copied
+    back into Redis in one call. A device without any reading is absent.
+
+    Raises:
+        DatabaseUnavailable: some devices are not in Redis and Postgres is down.
+    """
     try:
-        cached = await cache.aget_latest(state.redis, ids)
+        cached = await cache.aget_latest(state.redis, ids) if ids else {}
     except CacheUnavailable:
         metrics.CACHE_ERRORS.inc()
         cached = None
     if cached is not None and len(cached) == len(ids):
         metrics.SENSOR_READS.labels("cache").inc()
-        return LatestReadings(source="cache", readings=_flatten(cached))
+        return cached, "cache"
 
     missing = ids if cached is None else [d for d in ids if d not in cached]
     async with db.connection(state.pool) as conn:
@@ -85,16 +149,16 @@ async def latest_readings(
     from_db: dict[uuid.UUID, dict[str, dict]] = {}
     for r in rows:
         from_db.setdefault(r["device_id"], {})[r["sensor"]] = {"value": r["value"], "ts": r["ts"]}
-    if cached is not None:  # Redis is up but cold for these devices: warm it
-        for d, sensors in from_db.items():
-            readings = [{"sensor": s, **v} for s, v in sensors.items()]
-            try:
-                await cache.astore_latest(state.redis, d, readings)
-            except CacheUnavailable:
-                metrics.CACHE_ERRORS.inc()
-                break
+    if cached is not None and from_db:  # Redis is up but cold for these devices: warm it
+        batches = [
+            (d, [{"sensor": s, **v} for s, v in sensors.items()]) for d, sensors in from_db.items()
+        ]
+        try:
+            await cache.astore_latest_many(state.redis, batches)
+        except CacheUnavailable:
+            metrics.CACHE_ERRORS.inc()
     metrics.SENSOR_READS.labels("database").inc()
-    return LatestReadings(source="database", readings=_flatten({**(cached or {}), **from_db}))
+    return {**(cached or {}), **from_db}, "database"
 
 
 _STEP = re.compile(r"^(\d{1,9})(s|m|h|d)?$")
