@@ -1,31 +1,24 @@
-"""What an emulated device keeps between requests, without locust: its readings buffer,
-timestamps, the command ids it already ran, its backoff, and what the API accepted from it.
-
-The locust users in ``loadtest/locustfiles/`` drive these; unit tests drive them directly.
+"""The load test's devices, without locust: each runs the firmware's protocol core
+(``iotcore.Device``: buffer, run-once ids, acks, backoff, the one copy of the device protocol)
+and keeps a ledger of what the API accepted from it; a pool hands them out to the locust users
+of one process. The locust users in ``loadtest/locustfiles/`` drive these over
+``loadtest/rawhttp.py``; unit tests drive them directly.
 """
 
 from __future__ import annotations
 
 import random
-from collections import OrderedDict, deque
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from iotcore.core import Device, Registry
+
 SENSORS = ("temperature", "humidity", "pressure", "co2", "battery", "light", "voltage", "rssi")
-MAX_READINGS_PER_POST = 1000  # the API's limit per request
-
-
-_second: list[Any] = [None, ""]  # the last second formatted, shared by every device
-
-
-def rfc3339_ms(ms: int) -> str:
-    """Milliseconds since the epoch as RFC 3339 in UTC with a ``Z``: 2026-11-29T12:00:00.123Z.
-    (The second is formatted once and reused: thousands of devices stamp readings each second.)"""
-    second = ms // 1000
-    if _second[0] != second:
-        _second[0], _second[1] = second, f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}"
-    return f"{_second[1]}.{ms % 1000:03d}Z"
+COMMAND_NAMES = ("open_valve", "close_valve", "set_interval", "reboot", "blink")
 
 
 def parse_time(value: str) -> float:
@@ -79,23 +72,14 @@ def retry_after_seconds(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-class RecentIds:
-    """The last ``size`` command ids a device ran: it runs each id once (delivery is at least
-    once, so the same command may come back after a lost ack or a lapsed lease)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def first_time(self, command_id: str) -> bool:
-        """True (and remember it) if ``command_id`` was not seen recently."""
-        if command_id in self._ids:
-            self._ids.move_to_end(command_id)
-            return False
-        self._ids[command_id] = None
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
-        return True
+def load_registry() -> Registry:
+    """The emulated devices' command handlers: every command the operator sends succeeds and
+    changes nothing (``set_interval`` included: the load's shape must not change under it);
+    any other name is rejected, as on a board."""
+    registry = Registry()
+    for name in COMMAND_NAMES:
+        registry.add(name, lambda device, args: None)
+    return registry
 
 
 @dataclass
@@ -122,68 +106,81 @@ class Accepted:
 
 @dataclass
 class DeviceState:
-    """One registered device and everything it keeps across requests (and across the locust
-    users that emulate it one after the other, e.g. when a spike ends and starts again)."""
+    """One registered device: the firmware's protocol core (``iotcore.Device``: its readings
+    buffer, run-once ids, acks, backoff) and the load test's ledger of what the API accepted.
+    It outlives the locust users that emulate it one after the other (e.g. when a spike ends
+    and starts again).
+
+    The core sends readings oldest first, so the timestamps of readings not yet accepted wait
+    in ``pending`` in the same order: a batch answered 201 takes as many from its front."""
 
     index: int
     id: str
     token: str
     buffer_limit: int = 10_000
-    buffer: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
     last_ms: int = 0
     dropped: int = 0
-    seen: RecentIds = field(default_factory=RecentIds)
     accepted: Accepted = field(default_factory=Accepted)
+    pending: deque[int] = field(default_factory=deque)
+    core: Device | None = None
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+    def device(
+        self,
+        registry: Registry,
+        config: dict[str, Any],
+        events: Callable[..., None] | None = None,
+        batch: int = 5,
+        rng: random.Random | None = None,
+    ) -> Device:
+        """The protocol core, made on first use: it samples ``batch`` readings every
+        ``config["reading_interval_s"]``, the first at a random point of the first interval
+        (so that a fleet started at once spreads its requests)."""
+        if self.core is None:
+            rng = rng or random.Random()
+            cfg = {"buffer_max": self.buffer_limit, **config}
+            self.core = Device(
+                self.token,
+                registry,
+                config=cfg,
+                sample=lambda core: self.measure(time.time(), batch, rng),
+                events=events,
+            )
+            interval_ms = int(cfg.get("reading_interval_s", 10) * 1000)
+            self.core.due["sample"] += int(rng.uniform(0, interval_ms))
+        return self.core
 
     def next_ms(self, now: float) -> int:
         """A timestamp (ms) later than every earlier one of this device."""
         self.last_ms = max(int(now * 1000), self.last_ms + 1)
         return self.last_ms
 
-    def measure(self, now: float, count: int, rng: random.Random) -> int:
+    def measure(self, now: float, count: int, rng: random.Random) -> None:
         """Take ``count`` readings now (one sensor each, each with its own timestamp) into the
-        buffer; the oldest are dropped past ``buffer_limit``. Returns how many were dropped."""
-        dropped = 0
+        core's buffer; what the buffer drops past its limit is counted as dropped."""
+        core = self.core
+        assert core is not None
+        before = core.buffer.dropped
         for i in range(count):
             ms = self.next_ms(now)
-            reading = {
-                "sensor": SENSORS[i % len(SENSORS)],
-                "value": round(rng.uniform(0, 100), 3),
-                "ts": rfc3339_ms(ms),
-            }
-            self.buffer.append((ms, reading))
-            if len(self.buffer) > self.buffer_limit:
-                self.buffer.popleft()
-                dropped += 1
-        self.dropped += dropped
-        return dropped
-
-    def batch(self) -> list[tuple[int, dict[str, Any]]]:
-        """The oldest buffered readings, at most what one request may carry (left in place)."""
-        n = min(len(self.buffer), MAX_READINGS_PER_POST)
-        return [self.buffer[i] for i in range(n)]
-
-    def sent(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
-        """The API answered 201 for ``batch`` (taken by :meth:`batch`): forget and count it."""
-        if not batch:
-            return
-        newest = batch[-1][0]
-        while self.buffer and self.buffer[0][0] <= newest:
-            self.buffer.popleft()
-        self.accepted.add([ms for ms, _ in batch])
-
-    def discard(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
-        """The API refused ``batch`` for good (not retryable): forget it, count it dropped."""
-        if not batch:
-            return
-        newest = batch[-1][0]
-        while self.buffer and self.buffer[0][0] <= newest:
-            self.buffer.popleft()
+            core.add_reading(SENSORS[i % len(SENSORS)], round(rng.uniform(0, 100), 3), ms)
+            self.pending.append(ms)
+        for _ in range(core.buffer.dropped - before):
+            self.pending.popleft()
             self.dropped += 1
+
+    def sent(self, n: int) -> None:
+        """The API answered 201 for the ``n`` oldest readings not yet accepted."""
+        self.accepted.add([self.pending.popleft() for _ in range(min(n, len(self.pending)))])
+
+    def refused(self, n: int) -> None:
+        """The API refused the ``n`` oldest for good (not retryable): count them dropped."""
+        for _ in range(min(n, len(self.pending))):
+            self.pending.popleft()
+            self.dropped += 1
+
+    @property
+    def unsent(self) -> int:
+        return len(self.pending)
 
 
 class PoolExhausted(RuntimeError):

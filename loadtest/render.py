@@ -37,7 +37,15 @@ def _conclusion(report: dict[str, Any]) -> list[str]:
     a = report["analysis"]
     lines = []
     knee = a.get("knee")
-    if knee:
+    if knee and knee.get("at_least"):
+        g = a["generator_bound"]
+        lines.append(
+            f"- **Knee**: at least {knee['devices']:,} devices (step {knee['index']}): the "
+            "product held all SLOs and checks up to there; from "
+            f"{g['devices']:,} devices the generator, not the product, was the limit "
+            "(generator-bound), so the product's knee lies beyond what this run measured."
+        )
+    elif knee:
         lines.append(
             f"- **Knee**: {knee['devices']:,} devices (step {knee['index']}): the largest step "
             "that, with every smaller one, held all SLOs and checks."
@@ -46,7 +54,10 @@ def _conclusion(report: dict[str, Any]) -> list[str]:
         lines.append("- **Knee**: none: the first step already broke a check.")
     if a.get("first_break"):
         b = a["first_break"]
-        lines.append(f"- First broken at {b['devices']:,} devices: {', '.join(b['broken'])}.")
+        bound = " (generator-bound: not the product's)" if b.get("generator_bound") else ""
+        lines.append(
+            f"- First broken at {b['devices']:,} devices{bound}: {', '.join(b['broken'])}."
+        )
     else:
         lines.append("- No step broke an SLO or check.")
     if a.get("first_saturated"):
@@ -84,11 +95,27 @@ def _conclusion(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cost_line(report: dict[str, Any]) -> list[str]:
+    """The CPU per request of the generator and of the product at the largest step."""
+    steps = [s for s in report["steps"] if s.get("cpu_ms_per_request")]
+    if not steps:
+        return []
+    s = max(steps, key=lambda s: s["devices"])
+    c = s["cpu_ms_per_request"]
+    ratio = c["product"] / c["generator"] if c.get("generator") else None
+    return [
+        f"- CPU per request at {s['devices']:,} devices: **generator {c['generator']:.3f} ms**, "
+        f"**product {c['product']:.3f} ms** (monitoring {c['monitoring']:.3f} ms)"
+        + (f"; the product costs {ratio:.1f}x the generator" if ratio else "")
+        + "."
+    ]
+
+
 def _summary_table(steps: list[dict[str, Any]]) -> list[str]:
     head = (
         "| step | devices | req/s | failures | POST /sensors p50/p99 ms | GET /commands p99 ms "
-        "| command e2e p50/p99 ms | ingest lag p99 s | machine cores | generator cores/1k "
-        "| checks |"
+        "| command e2e p50/p99 ms | ingest lag p99 s | machine cores | CPU ms/request: "
+        "product / generator | checks |"
     )
     lines = [head, "|" + "---|" * 11]
     for s in steps:
@@ -98,14 +125,34 @@ def _summary_table(steps: list[dict[str, Any]]) -> list[str]:
         e2e = r.get("COMMAND end-to-end", {})
         lag = ((s.get("prometheus") or {}).get("ingest_lag_s") or {}).get("p99")
         broken = [n for n, ok in s["checks"].items() if ok is False]
+        verdict = "all held" if not broken else "broken: " + ", ".join(broken)
+        if s.get("generator_bound"):
+            verdict += "; **generator-bound**"
+        cost = s.get("cpu_ms_per_request") or {}
         lines.append(
             f"| {s['index']} | {s['devices']:,} | {_n(s['requests_per_s'], 1)} | "
             f"{s['failures']} | {_ms(sensors.get('p50'))} / {_ms(sensors.get('p99'))} | "
             f"{_ms(polls.get('p99'))} | {_ms(e2e.get('p50'))} / {_ms(e2e.get('p99'))} | "
             f"{_n(lag, 2)} | {_n(s['cpu'].get('machine'), 2)} | "
-            f"{_n(s.get('generator_cores_per_1000_devices'), 3)} | "
-            f"{'all held' if not broken else 'broken: ' + ', '.join(broken)} |"
+            f"{_n(cost.get('product'), 3)} / {_n(cost.get('generator'), 3)} | {verdict} |"
         )
+    return lines
+
+
+def _cost_table(steps: list[dict[str, Any]]) -> list[str]:
+    """ms of CPU per request served: the product's components, then the sums per role."""
+    costed = [s for s in steps if s.get("cpu_ms_per_request")]
+    if not costed:
+        return ["No requests were served."]
+    names = sorted({n for s in costed for n in s["cpu_ms_per_request"]["components"]})
+    head = "| ms of CPU per request | " + " | ".join(f"{s['devices']:,} dev" for s in costed)
+    lines = [head + " |", "|" + "---|" * (len(costed) + 1)]
+    for name in names:
+        cells = " | ".join(_n(s["cpu_ms_per_request"]["components"].get(name), 3) for s in costed)
+        lines.append(f"| {name} | {cells} |")
+    for role in ("product", "generator", "monitoring", "unaccounted", "machine"):
+        cells = " | ".join(_n(s["cpu_ms_per_request"].get(role), 3) for s in costed)
+        lines.append(f"| **{role}** | {cells} |")
     return lines
 
 
@@ -182,6 +229,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         "## Conclusion",
         "",
         *_conclusion(report),
+        *_cost_line(report),
         "",
         f"Readings answered 201: {r.get('accepted', 0):,} from {r.get('devices', 0):,} devices; "
         f"dropped {r.get('dropped', 0):,}; still unsent at the end {r.get('unsent', 0):,}.",
@@ -192,6 +240,18 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         "## Steps",
         "",
         *_summary_table(steps),
+        "",
+        "## CPU per request, product and generator apart",
+        "",
+        "Milliseconds of CPU per request served (all routes), per component of the product, "
+        "then summed: the product (nginx, API replicas, workers, Postgres, RabbitMQ, Redis, "
+        "toxiproxy when in the path), the generator (the locust processes), monitoring "
+        "(Prometheus, Alertmanager, Flower, exporters) and what none of them explains (the "
+        "kernel's network work, other processes). A step is **generator-bound** when the "
+        "generator's own processes reached 85 % of their cores, or the machine reached 85 % "
+        "and would not have without the generator: such a step does not measure the product.",
+        "",
+        *_cost_table(steps),
         "",
         "## CPU per component (cores; generator = the locust processes)",
         "",

@@ -27,6 +27,55 @@ LOAD_CHECKS = ("no-failed-requests", "backlog-stable")
 BACKLOG_GROWTH = 1.0  # messages/s a queue may grow by on average over a step and still be stable
 
 
+# The product's own processes on the data path of a request (toxiproxy only in the default
+# profile); monitoring is the operations bundle beside it.
+PRODUCT = ("nginx", "api-", "worker-", "postgres", "rabbitmq", "redis", "toxiproxy")
+MONITORING = ("prometheus", "alertmanager", "flower")
+
+
+def role_of(component: str) -> str:
+    """``generator``, ``product``, ``monitoring`` or ``machine`` (anything else: ``other``)."""
+    if component in (GENERATOR, "machine"):
+        return component
+    if component.endswith("-exporter") or component.startswith(MONITORING):
+        return "monitoring"
+    if component.startswith(PRODUCT):
+        return "product"
+    return "other"
+
+
+def cost_per_request(used: dict[str, float], rps: float) -> dict[str, Any] | None:
+    """Milliseconds of CPU per request served: of every component, and summed per role
+    (generator, product, monitoring); ``unaccounted`` is the machine's busy time that none of
+    them explains (the kernel's network work, other processes). None without requests."""
+    if rps <= 0 or not used:
+        return None
+    per = {name: round(cores * 1000 / rps, 4) for name, cores in used.items()}
+    roles: dict[str, float] = {"generator": 0.0, "product": 0.0, "monitoring": 0.0}
+    for name, ms in per.items():
+        role = role_of(name)
+        if role in roles:
+            roles[role] += ms
+    out: dict[str, Any] = {k: round(v, 4) for k, v in roles.items()}
+    if "machine" in per:
+        out["machine"] = per["machine"]
+        out["unaccounted"] = round(max(0.0, per["machine"] - sum(roles.values())), 4)
+    out["components"] = {n: ms for n, ms in sorted(per.items()) if role_of(n) == "product"}
+    return out
+
+
+def generator_bound(step: dict[str, Any], cpus: int, generator_processes: int) -> bool:
+    """True when the generator, not the product, ran out: its own processes at ``SATURATED``
+    of their cores, or the machine at ``SATURATED`` and below it without the generator's
+    share. Such a step says nothing about the product's capacity."""
+    used = step.get("cpu") or {}
+    gen = used.get(GENERATOR, 0.0)
+    if gen >= SATURATED * capacity(GENERATOR, cpus, generator_processes):
+        return True
+    machine = used.get("machine", 0.0)
+    return machine >= SATURATED * cpus and machine - gen < SATURATED * cpus
+
+
 def capacity(component: str, cpus: int, generator_processes: int = 1) -> float:
     """How many cores a component can use: one for a single Python process or Redis, the
     number of locust processes for the generator, else the whole machine."""
@@ -114,16 +163,22 @@ def analyse(steps: list[dict[str, Any]], cpus: int, generator_processes: int = 1
     """
     ordered = sorted(steps, key=lambda s: (s["devices"], s["index"]))
     knee = first_break = first_saturated = None
-    generator_saturated = None
+    generator_saturated = first_generator_bound = None
     for step in ordered:
         checks = step.get("checks") or checks_of(step)
         broken = sorted(name for name, ok in checks.items() if ok is False)
+        bound = step.get("generator_bound")
+        if bound is None:
+            bound = generator_bound(step, cpus, generator_processes)
+        if bound and first_generator_bound is None:
+            first_generator_bound = {"index": step["index"], "devices": step["devices"]}
         if first_break is None:
             if broken:
                 first_break = {
                     "index": step["index"],
                     "devices": step["devices"],
                     "broken": broken,
+                    "generator_bound": bool(bound),
                 }
             else:
                 knee = {"index": step["index"], "devices": step["devices"]}
@@ -137,7 +192,18 @@ def analyse(steps: list[dict[str, Any]], cpus: int, generator_processes: int = 1
         if generator_saturated is None and any(h["component"] == GENERATOR for h in hot):
             generator_saturated = {"index": step["index"], "devices": step["devices"]}
     bottleneck = None
-    if first_saturated and (
+    limited = first_break if first_break is not None else first_generator_bound
+    if limited is not None and (first_break is None or first_break["generator_bound"]):
+        # the generator, not the product, ran out: the product held up to the knee, and what
+        # lies beyond it was not measured
+        if knee is not None:
+            knee["at_least"] = True
+        bottleneck = {
+            "component": GENERATOR,
+            "reason": f"the generator, not the product, saturated with {limited['devices']} "
+            "devices: the product was not measured beyond",
+        }
+    elif first_saturated and (
         first_break is None or first_saturated["devices"] <= first_break["devices"]
     ):
         name = first_saturated.get("largest_user") or first_saturated["component"]
@@ -159,6 +225,7 @@ def analyse(steps: list[dict[str, Any]], cpus: int, generator_processes: int = 1
         "first_saturated": first_saturated,
         "bottleneck": bottleneck,
         "generator_saturated": generator_saturated,
+        "generator_bound": first_generator_bound,
     }
 
 
@@ -201,6 +268,7 @@ def build_step(
         "generator_cores_per_1000_devices": (
             round(used[GENERATOR] / devices * 1000, 3) if GENERATOR in used and devices else None
         ),
+        "cpu_ms_per_request": cost_per_request(used, total["rps"]),
     }
     if prom is not None:
         try:
@@ -210,6 +278,12 @@ def build_step(
     out["checks"] = checks_of(out)
     out["held"] = all(ok is not False for ok in out["checks"].values())
     return out
+
+
+def mark_generator_bound(steps: list[dict[str, Any]], cpus: int, processes: int) -> None:
+    """Flag every step where the generator, not the product, ran out (``generator_bound``)."""
+    for step in steps:
+        step["generator_bound"] = generator_bound(step, cpus, processes)
 
 
 def build(
@@ -242,6 +316,7 @@ def build(
     built = [build_step(s, rows, cpu_rows, prom, slos, settle) for s in steps]
     cpus = max((r.get("cpus", 1) for r in cpu_rows), default=1)
     processes = max(1, int(meta.get("processes") or 1))
+    mark_generator_bound(built, cpus, processes)
     report: dict[str, Any] = {
         "meta": meta,
         "cpus": cpus,

@@ -1,12 +1,14 @@
 """Scenario "devices": emulated devices, an operator and web viewers over the real HTTP API.
 
-- ``DeviceUser``: one user = one registered device with its own token. Every
-  ``LOAD_READING_INTERVAL`` s (10) it measures ``LOAD_BATCH`` readings (5) and sends them with
-  ``POST /sensors``; in between it long-polls ``GET /commands?wait=`` (up to ``LOAD_POLL_WAIT``
-  s, 10), runs each command id once and acks every command it gets. 429/503 (and no answer)
-  are retried with capped exponential backoff and jitter, honouring ``Retry-After``; unsent
-  readings stay in a bounded buffer and are sent later. Each command's end-to-end latency
-  (receipt - ``created_at``) is reported as request type ``COMMAND``, name ``end-to-end``.
+- ``DeviceUser``: one user = one registered device with its own token, running the firmware's
+  protocol core (``iotcore``, the code the boards run) over one raw keep-alive connection
+  (``loadtest/rawhttp.py``). Every ``LOAD_READING_INTERVAL`` s (10) it measures ``LOAD_BATCH``
+  readings (5) and sends them with ``POST /sensors``; in between it long-polls
+  ``GET /commands?wait=`` (up to ``LOAD_POLL_WAIT`` s, 10), runs each command id once and acks
+  every command it gets. 429/503 (and no answer) are retried with the core's backoff,
+  honouring ``Retry-After``; unsent readings stay in its buffer. Each command's end-to-end
+  latency (receipt - ``created_at``) is reported as request type ``COMMAND``, name
+  ``end-to-end``.
 - ``OperatorUser`` (one): sends ``LOAD_COMMANDS_PER_DEVICE_HOUR`` (6) commands per running
   device per hour to random running devices, a quarter with an ``Idempotency-Key``; reads
   latest readings, history and command timelines.
@@ -36,21 +38,25 @@ from typing import Any
 import gevent
 import locust.runners
 from gevent.pool import Pool
-from locust import FastHttpUser, constant, events, task
+from iotcore.core import Sleep
+from locust import FastHttpUser, User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 
 from loadtest import shapes
 from loadtest.collect import Collector
 from loadtest.device import (
+    COMMAND_NAMES,
     SENSORS,
     Backoff,
     DevicePool,
     DeviceState,
     PoolExhausted,
+    load_registry,
     parse_time,
     retry_after_seconds,
 )
+from loadtest.rawhttp import KeepAliveTransport, split_host
 
 log = logging.getLogger("loadtest")
 
@@ -85,7 +91,19 @@ DEVICES_FILE = os.environ.get("LOAD_DEVICES_FILE") or (
     str(Path(RUN_DIR) / "devices.json") if RUN_DIR else ""
 )
 RETRY_STATUSES = {0, 429, 502, 503, 504}
-COMMAND_NAMES = ("open_valve", "close_valve", "set_interval", "reboot", "blink")
+# The firmware core's settings for an emulated device (the board's defaults otherwise).
+CORE_CONFIG = {
+    "reading_interval_s": READING_INTERVAL,
+    "poll_wait_s": POLL_WAIT,
+    "backoff_cap_ms": int(BACKOFF_CAP * 1000),
+    "retry_after_cap_ms": int(BACKOFF_CAP * 1000),
+    "request_timeout_s": 30,
+    "recent_ids": 256,
+}
+# Local addresses the devices connect from, in turn (LOAD_SOURCE_ADDRESSES, comma separated;
+# default none: the kernel's choice). One source address reaches one nginx port with at most
+# the ephemeral port range (about 28,000 here): fleets larger than that need several.
+SOURCES = [a.strip() for a in os.environ.get("LOAD_SOURCE_ADDRESSES", "").split(",") if a.strip()]
 
 # The only shape class locust sees: the one LOAD_SHAPE names (None: --users/--spawn-rate).
 LoadShape = shapes.selected()
@@ -97,6 +115,9 @@ class _Process:
     fleet: dict[str, Any] | None = None
     pool: DevicePool | None = None
     commands: list[tuple[str, float]] = []  # (id, time) of every command answered 201
+    connections = 0
+    transports: set[KeepAliveTransport] = set()
+    watchdog: gevent.Greenlet | None = None
 
 
 COLLECTOR = Collector(RUN_DIR)
@@ -129,6 +150,22 @@ def _pool(environment: Environment) -> DevicePool:
     return _Process.pool
 
 
+def _watchdog() -> None:
+    """Once a second: end the requests past their deadline (the devices' timeouts)."""
+    while True:
+        gevent.sleep(1)
+        now = time.monotonic()
+        for transport in list(_Process.transports):
+            transport.expire(now)
+
+
+def _source_address() -> str | None:
+    if not SOURCES:
+        return None
+    _Process.connections += 1
+    return SOURCES[_Process.connections % len(SOURCES)]
+
+
 def running_devices(environment: Environment) -> int:
     """How many DeviceUsers run in the whole test (all processes)."""
     return COLLECTOR.running_devices(environment)
@@ -143,14 +180,32 @@ def _retry_after(response: Any) -> float | None:
     return retry_after_seconds(headers.get("Retry-After") if headers else None)
 
 
-class DeviceUser(FastHttpUser):
-    """One device: readings every interval, long polls in between, acks, retries."""
+# What each request of the core is called in locust's statistics.
+ROUTES = {"readings": ("POST", "/sensors"), "polls": ("GET", "/commands"),
+          "acks": ("POST", "/commands/[id]/ack")}  # fmt: skip
+
+
+class _Answer:
+    """What locust's listeners read of an answer (the collector reads ``status_code``)."""
+
+    __slots__ = ("status_code",)
+
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+
+
+class _Refused(Exception):
+    """A request answered outside 2xx (or not at all): a failure in locust's statistics."""
+
+
+class DeviceUser(User):
+    """One device running the firmware's protocol core (``iotcore``) over one raw keep-alive
+    connection (``loadtest/rawhttp.py``): readings every interval, long polls in between, each
+    command run once and acked, retries with backoff and ``Retry-After``. No locust HTTP session:
+    the device side of the generator must cost far less than the product it measures."""
 
     weight = 1
     wait_time = constant(0)
-    concurrency = 1  # a device has one connection
-    network_timeout = max(60.0, POLL_WAIT + 30.0)
-    connection_timeout = 30.0
 
     def on_start(self) -> None:
         try:
@@ -158,20 +213,21 @@ class DeviceUser(FastHttpUser):
         except (PoolExhausted, ValueError) as exc:  # ValueError: LOAD_WORKERS is wrong
             log.error("%s", exc)
             raise StopUser() from exc
-        # A device sends no cookies: skipping the cookie jar saves generator CPU per request.
-        self.client.client.cookiejar = None
-        now = time.time()
-        self.rng = random.Random()
-        self.next_measure = now + self.rng.uniform(0, READING_INTERVAL)  # spread the fleet
-        self.next_send = self.next_measure
-        self.next_poll = now
-        self.acks: deque[str] = deque()
-        self.next_ack = now
-        self.send_backoff = Backoff(cap=BACKOFF_CAP)
-        self.poll_backoff = Backoff(cap=BACKOFF_CAP)
-        self.ack_backoff = Backoff(cap=BACKOFF_CAP)
+        host, port = split_host(self.host or _fleet()["base_url"])
+        self.fire = self.environment.events.request.fire
+        self.transport = KeepAliveTransport(
+            host, port, self.state.token, observe=self._observe, source=_source_address()
+        )
+        _Process.transports.add(self.transport)
+        self.core = self.state.device(load_registry(), CORE_CONFIG, self._event, BATCH)
+        if _Process.watchdog is None:
+            _Process.watchdog = gevent.spawn(_watchdog)
 
     def on_stop(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.close()
+            _Process.transports.discard(transport)
         state = getattr(self, "state", None)
         if state is not None and _Process.pool is not None:
             _Process.pool.give_back(state)
@@ -180,78 +236,55 @@ class DeviceUser(FastHttpUser):
                 COLLECTOR.send_ledger(self.environment)
 
     @task
-    def step(self) -> None:
-        """Do whatever is due (measure, ack, send, poll), else wait for the next thing due."""
-        now = time.time()
-        if now >= self.next_measure:
-            self.state.measure(now, BATCH, self.rng)
-            self.next_measure += READING_INTERVAL
-            if self.next_measure < now:  # fell far behind (e.g. a long backoff): catch up
-                self.next_measure = now + READING_INTERVAL
-        if self.acks and now >= self.next_ack:
-            self._ack_all()
-            return
-        if self.state.buffer and now >= self.next_send:
-            self._send()
-            return
-        due = [self.next_measure]
-        if self.acks:
-            due.append(self.next_ack)
-        if self.state.buffer:
-            due.append(self.next_send)
-        until = min(due) - now
-        if now >= self.next_poll and until >= 1:
-            self._poll(min(POLL_WAIT, int(until)))
-            return
-        if now < self.next_poll:  # polls are backing off
-            due.append(self.next_poll)
-        gevent.sleep(max(0.05, min(due) - now))
+    def live(self) -> None:
+        """Run the core's loop until locust stops this user (it kills the greenlet)."""
+        loop = self.core.run()
+        request = self.transport.request
+        answer = None
+        while True:
+            effect = loop.send(answer)
+            if isinstance(effect, Sleep):
+                gevent.sleep(effect.ms / 1000)
+                answer = None
+            else:
+                answer = request(effect)
 
-    def _send(self) -> None:
-        batch = self.state.batch()
-        r = self.client.post(
-            "/sensors",
-            json={"readings": [reading for _, reading in batch]},
-            headers=self.state.headers,
-            name="/sensors",
+    def _observe(self, req: Any, response: Any, ms: float, started: float) -> None:
+        method, name = ROUTES[req.kind]
+        status = response.status
+        self.fire(
+            request_type=method,
+            name=name,
+            response_time=ms,
+            response_length=len(response.body),
+            response=_Answer(status),
+            context=None,
+            exception=None if 200 <= status < 300 else _Refused(status or response.error),
+            start_time=started,
         )
-        status = _status(r)
-        if status == 201:
-            self.state.sent(batch)
-            self.send_backoff.reset()
-            self.next_send = self.next_measure
-        elif status in RETRY_STATUSES:
-            self.next_send = time.time() + self.send_backoff.next_delay(_retry_after(r))
-        else:  # refused for good (a bug in this emulator, or a revoked token): drop the batch
-            log.error("POST /sensors answered %s: dropping %d readings", status, len(batch))
-            self.state.discard(batch)
 
-    def _poll(self, wait: int) -> None:
-        r = self.client.get(f"/commands?wait={wait}", headers=self.state.headers, name="/commands")
-        status = _status(r)
-        if status == 200:
-            self.poll_backoff.reset()
+    def _event(self, what: str, *args: Any) -> None:
+        """The core's events: readings accepted or refused (the ledger), a command's first
+        delivery (its end-to-end latency)."""
+        if what == "sent":
+            self.state.sent(len(args[0]))
+        elif what == "refused":
+            req, response = args
+            if req.kind == "readings":
+                log.error("POST /sensors answered %s: dropping %d readings", response.status,
+                          len(req.body["readings"]))  # fmt: skip
+                self.state.refused(len(req.body["readings"]))
+            else:
+                log.error("%s %s answered %s", req.method, req.path, response.status)
+        elif what == "delivered" and args[1]:
+            command = args[0]
             received = time.time()
-            for command in r.json().get("commands", []):
-                self._receive(command, received)
-            if self.acks:
-                self._ack_all()
-        elif status == 204:
-            self.poll_backoff.reset()
-        else:
-            self.next_poll = time.time() + self.poll_backoff.next_delay(_retry_after(r))
-
-    def _receive(self, command: dict[str, Any], received: float) -> None:
-        """Run a command the first time its id comes (a no-op here) and report its latency;
-        ack it every time."""
-        command_id = str(command["id"])
-        if self.state.seen.first_time(command_id):
             try:
                 created = parse_time(command["created_at"])
             except (KeyError, ValueError):
                 created = received
             name = "end-to-end" if created >= RUN_STARTED else "end-to-end (earlier run)"
-            self.environment.events.request.fire(
+            self.fire(
                 request_type="COMMAND",
                 name=name,
                 response_time=max(0.0, (received - created) * 1000),
@@ -259,25 +292,6 @@ class DeviceUser(FastHttpUser):
                 exception=None,
                 context={},
             )
-        self.acks.append(command_id)
-
-    def _ack_all(self) -> None:
-        while self.acks:
-            command_id = self.acks[0]
-            r = self.client.post(
-                f"/commands/{command_id}/ack",
-                json={"status": "succeeded", "result": {}},
-                headers=self.state.headers,
-                name="/commands/[id]/ack",
-            )
-            status = _status(r)
-            if status in RETRY_STATUSES:
-                self.next_ack = time.time() + self.ack_backoff.next_delay(_retry_after(r))
-                return
-            self.ack_backoff.reset()
-            self.acks.popleft()
-            if status != 200:
-                log.error("ack of %s answered %s: not retried", command_id, status)
 
 
 class _Person(FastHttpUser):
@@ -437,9 +451,9 @@ def _ledger() -> dict[str, dict[str, Any]]:
     if _Process.pool is None:
         return {}
     return {
-        s.id: {**s.accepted.as_dict(), "dropped": s.dropped, "unsent": len(s.buffer)}
+        s.id: {**s.accepted.as_dict(), "dropped": s.dropped, "unsent": s.unsent}
         for s in _Process.pool.states.values()
-        if s.accepted.count or s.dropped or s.buffer
+        if s.accepted.count or s.dropped or s.unsent
     }
 
 
