@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     rate_limit_per_second: int = 200
     rate_limit_burst: int = 400
+    # Device connections the edge must hold at once (each device keeps one, a long poll waiting
+    # on it most of the time: 2 connections in nginx, 1 in a replica). `iotctl up` derives from
+    # it nginx's worker processes, worker_connections, worker_rlimit_nofile, upstream keepalive
+    # and listen backlog, the replicas' backlog and supervisord's minfds, and warns when the API
+    # replicas are too few (stack/connections.py; docs/decisions.md, "Connections").
+    max_device_connections: int = Field(default=20_000, ge=1, le=1_000_000)
+    # Open files one process may have. The hard limit (`ulimit -Hn`) of the shell running
+    # `iotctl up` caps it (a process cannot raise it); the lower of the two is used.
+    process_fd_limit: int = Field(default=20_000, ge=1024)
 
     # Our own processes. API replicas listen on api_ports (by default api_replicas ports from
     # 8101); sensors workers export metrics on worker_sensors_metrics_port, then from

@@ -16,7 +16,7 @@ from iot.errors import Conflict
 from iot.settings import Settings
 from iot.sql import users as users_sql
 from iot.stack import cluster as rabbit_cluster
-from iot.stack import external
+from iot.stack import connections, external
 from iot.stack import setup as stack_setup
 from iot.stack.control import ControlError, Supervisor, probe, wait_healthy
 from iot.stack.processes import external_programs, programs, runs_here, service_of
@@ -149,6 +149,9 @@ def up(
     node_names = " ".join(n.nodename for n in s.rabbitmq_nodes) + "\n"
     last = known.read_text() if known.exists() else s.rabbitmq_nodes[0].nodename + "\n"
     nodes_changed = was_running and last != node_names
+    limits = connections.for_settings(s)
+    if {"edge", "api"} & set(s.roles):
+        typer.echo(connections.summary(limits))
     typer.echo("supervisor running; waiting for Postgres ...")
     started = time.monotonic()
     if "postgres" not in s.external_services:  # external: prepared above
@@ -182,6 +185,8 @@ def up(
     except (stack_setup.SetupError, ControlError) as exc:
         fail(str(exc))
     _print_urls(s)
+    for warning in connections.warnings(s, limits):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 def _apply_changes(sup: Supervisor, changed: list[str], running: set[str]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iot.settings import RabbitNode, Settings
+from iot.stack import connections
 
 
 @dataclass
@@ -44,6 +45,7 @@ def programs(s: Settings) -> list[Program]:
         "IOT_VIA_TOXIPROXY": "true" if s.via_toxiproxy else "false",
     }
     celery = _venv_bin("celery")
+    limits = connections.for_settings(s)
     progs = [
         *(rabbitmq_program(s, node) for node in s.rabbitmq_nodes),
         Program(
@@ -112,6 +114,9 @@ def programs(s: Settings) -> list[Program]:
                     h,
                     "--port",
                     str(port),
+                    # within net.core.somaxconn (stack/connections.py)
+                    "--backlog",
+                    str(limits.api_backlog),
                 ],
                 "app",
                 30,
@@ -432,7 +437,9 @@ def supervisord_conf(s: Settings, progs: list[Program]) -> str:
         f"pidfile={var / 'run' / 'supervisord.pid'}",
         f"childlogdir={var / 'log'}",
         "identifier=iot",
-        "minfds=20000",
+        # supervisord raises its open-files limit to this and every program inherits it: the
+        # replicas hold one file per waiting poll (stack/connections.py)
+        f"minfds={connections.for_settings(s).supervisor_minfds}",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "[supervisorctl]",

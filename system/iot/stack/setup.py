@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from iot.settings import PROJECT_ROOT, STACK_ENV, Settings
-from iot.stack import roles
+from iot.stack import connections, roles
 from iot.stack.processes import programs, supervisord_conf
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -259,6 +259,13 @@ def render_configs(s: Settings) -> list[str]:
         for n in nodes[1:]
     )
     values["rabbitmq_cluster_formation"] = ""
+    limits = connections.for_settings(s)
+    values["nginx_worker_processes"] = limits.nginx_workers
+    values["nginx_worker_connections"] = limits.nginx_worker_connections
+    values["nginx_worker_rlimit_nofile"] = limits.nginx_rlimit_nofile
+    values["nginx_keepalive"] = limits.nginx_keepalive
+    values["nginx_backlog"] = limits.nginx_backlog
+    values["nginx_limits_metrics"] = connections.nginx_limits_metrics(limits)
     outputs = {
         "nginx.conf": render((TEMPLATES / "nginx.conf").read_text(), values),
         "redis.conf": render((TEMPLATES / "redis.conf").read_text(), values),
