@@ -1,5 +1,7 @@
 """Sizing from a step ramp: the CPU each component cost per 1,000 devices at each step, fitted
-and scaled to another fleet size, reading interval and command rate.
+and scaled to another fleet size, reading interval and command rate; and the processes the
+fleet's connections need (each device holds a long poll most of the time, every process has a
+limited number of open files), the larger of the two deciding.
 
 Pure arithmetic on a ``report.json`` (see :func:`plan`), so it is tested without a stack.
 """
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iot.stack import connections as conn
 from loadtest.report import GENERATOR
 
 # Part of this test stack only: the fault-injection proxy every product connection crosses.
@@ -84,6 +87,39 @@ def _group(name: str) -> str:
     return "api" if name.startswith("api-") else name
 
 
+def connection_needs(
+    devices: int,
+    nginx_cores: float | None,
+    api_replicas_by_cpu: int,
+    target_utilisation: float,
+    fd_limit: int = conn.PROCESS_FD_LIMIT,
+) -> dict[str, Any]:
+    """nginx workers and API replicas by connections next to those by CPU: ``devices`` long
+    polls waiting at once, ``NGINX_CONNECTIONS_PER_DEVICE`` connections each in nginx and
+    ``API_CONNECTIONS_PER_DEVICE`` in a replica, every process under ``fd_limit`` open files
+    (iot/stack/connections.py: the arithmetic `iotctl up` renders nginx with)."""
+    workers = conn.nginx_workers_needed(devices, fd_limit)
+    by_cpu = None if nginx_cores is None else max(1, math.ceil(nginx_cores / target_utilisation))
+    replicas = conn.api_replicas_needed(devices, fd_limit)
+    api = max(replicas, api_replicas_by_cpu)
+    per_replica = math.ceil(devices * conn.API_CONNECTIONS_PER_DEVICE / api)
+    return {
+        "fd_limit_per_process": fd_limit,
+        "nginx_connections_per_device": conn.NGINX_CONNECTIONS_PER_DEVICE,
+        "api_connections_per_device": conn.API_CONNECTIONS_PER_DEVICE,
+        "nginx_connections": devices * conn.NGINX_CONNECTIONS_PER_DEVICE,
+        "nginx_workers_by_connections": workers,
+        "nginx_workers_by_cpu": by_cpu,
+        "nginx_workers": max(workers, by_cpu or 0),
+        "api_replicas_by_connections": replicas,
+        "api_replicas_by_cpu": api_replicas_by_cpu,
+        "api_replicas": api,
+        "upstream_connections_per_replica": per_replica,
+        # an edge machine reaches each replica from one address: its source ports bound them
+        "edge_machines": max(1, math.ceil(per_replica / conn.EPHEMERAL_PORTS)),
+    }
+
+
 def plan(
     report: dict[str, Any],
     devices: int,
@@ -145,6 +181,12 @@ def plan(
     system = [c for c in components if c["component"] not in (GENERATOR, *NOT_DEPLOYED)]
     total = sum(c["predicted_cores"] for c in system)
     by_name = {c["component"]: c for c in components}
+    connections = connection_needs(
+        devices,
+        by_name["nginx"]["predicted_cores"] if "nginx" in by_name else None,
+        by_name.get("api", {}).get("processes", 1),
+        target_utilisation,
+    )
     largest = max(s["devices"] for s in steps)
     warnings = []
     if devices > 4 * largest:
@@ -173,7 +215,9 @@ def plan(
         "components": components,
         "total_cores": round(total, 2),
         "cores_to_buy": max(1, math.ceil(total / target_utilisation)),
-        "api_replicas": by_name.get("api", {}).get("processes", 1),
+        "api_replicas": connections["api_replicas"],
+        "nginx_workers": connections["nginx_workers"],
+        "connections": connections,
         "workers": {
             c["component"]: c["processes"]
             for c in components
@@ -192,6 +236,13 @@ def plan(
             "worker process uses at most one core (one Python process each)",
             "RabbitMQ, Postgres and Redis are sized as single nodes by CPU only; memory, disk "
             "and network are not measured here",
+            f"connections: every device holds a long poll at once, "
+            f"{conn.NGINX_CONNECTIONS_PER_DEVICE} connections in nginx (its own and the "
+            f"upstream one) and {conn.API_CONNECTIONS_PER_DEVICE} in a replica; each process "
+            f"has at most {connections['fd_limit_per_process']:,} open files, an nginx worker "
+            f"is planned at {conn.NGINX_PLANNED_SHARE:.0%} of them and a replica at "
+            f"{conn.API_PLANNED_SHARE:.0%}; nginx workers and replicas are the larger of the "
+            "counts by CPU and by connections",
             "the load generator is not part of the deployment (shown separately); neither is "
             "toxiproxy (the chaos tests' fault proxy, shown but not counted)",
         ],
@@ -223,9 +274,29 @@ def render(p: dict[str, Any]) -> str:
         f"API replicas: {p['api_replicas']}   workers: "
         + ", ".join(f"{k} {v}" for k, v in p["workers"].items()),
     ]
+    if "connections" in p:
+        lines += _render_connections(p["connections"])
     if p.get("generator_cores") is not None:
         lines.append(f"Load generator (locust) for this fleet: {p['generator_cores']:.1f} cores")
     lines += ["", "Assumptions:"] + [f"  - {a}" for a in p["assumptions"]]
     if p["warnings"]:
         lines += ["", "Warnings:"] + [f"  ! {w}" for w in p["warnings"]]
     return "\n".join(lines)
+
+
+def _render_connections(c: dict[str, Any]) -> list[str]:
+    by_cpu = c["nginx_workers_by_cpu"]
+    return [
+        "",
+        f"Connections ({c['fd_limit_per_process']:,} open files per process; a waiting poll "
+        f"holds {c['nginx_connections_per_device']} in nginx, {c['api_connections_per_device']} "
+        "in a replica):",
+        f"  nginx worker processes: {c['nginx_workers_by_connections']} by connections, "
+        + (f"{by_cpu} by CPU" if by_cpu is not None else "CPU not measured")
+        + f" -> {c['nginx_workers']} ({c['nginx_connections']:,} connections)",
+        f"  API replicas: {c['api_replicas_by_connections']} by connections, "
+        f"{c['api_replicas_by_cpu']} by CPU -> {c['api_replicas']} "
+        f"(~{c['upstream_connections_per_replica']:,} connections each)",
+        f"  edge machines: {c['edge_machines']} (an edge reaches each replica from one address, "
+        f"{conn.EPHEMERAL_PORTS:,} source ports)",
+    ]
