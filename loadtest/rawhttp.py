@@ -234,3 +234,40 @@ def _unchunk(sock: socket.socket, data: bytes) -> bytes:
             return out
         out += data[:size]
         data = data[size + 2 :]
+
+
+class GeventHttpClientTransport:
+    """The same contract over geventhttpclient's low-level ``HTTPClient`` (the library under
+    locust's ``FastHttpUser``, without locust's session around it): one kept-alive connection
+    per device. Kept to compare generators (``LOAD_DEVICE_TRANSPORT=geventhttpclient``); the
+    raw transport above is the default because it costs less (docs/decisions.md)."""
+
+    def __init__(self, host: str, port: int, token: str, observe: Observer | None = None) -> None:
+        from geventhttpclient import HTTPClient
+
+        self.client = HTTPClient(host, port, concurrency=1, network_timeout=60)
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.observe = observe
+        self.deadline: float | None = None
+        self.timed_out = False
+
+    def expire(self, now: float) -> bool:
+        return False  # the client's own network timeout applies
+
+    def close(self) -> None:
+        self.client.close()
+
+    def request(self, req: Request) -> Response:
+        body = orjson.dumps(req.body) if req.body is not None else b""
+        started, t0 = time.time(), time.perf_counter()
+        try:
+            r = self.client.request(req.method, req.url(""), body=body, headers=self.headers)
+            data = r.read()
+            after = r.get("retry-after")
+            response = Response(r.status_code, {"retry-after": after} if after else {}, data)
+            r.release()
+        except (OSError, ValueError) as exc:
+            response = Response(0, error=f"{type(exc).__name__}: {exc}")
+        if self.observe is not None:
+            self.observe(req, response, (time.perf_counter() - t0) * 1000, started)
+        return response

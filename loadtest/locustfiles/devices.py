@@ -56,7 +56,7 @@ from loadtest.device import (
     parse_time,
     retry_after_seconds,
 )
-from loadtest.rawhttp import KeepAliveTransport, split_host
+from loadtest.rawhttp import GeventHttpClientTransport, KeepAliveTransport, split_host
 
 log = logging.getLogger("loadtest")
 
@@ -103,6 +103,11 @@ CORE_CONFIG = {
 # Local addresses the devices connect from, in turn (LOAD_SOURCE_ADDRESSES, comma separated;
 # default none: the kernel's choice). One source address reaches one nginx port with at most
 # the ephemeral port range (about 28,000 here): fleets larger than that need several.
+# The device side's HTTP client: "raw" (loadtest/rawhttp.py, the default) or
+# "geventhttpclient" (its low-level client, kept to compare the two's cost per request).
+TRANSPORT = os.environ.get("LOAD_DEVICE_TRANSPORT", "raw").strip() or "raw"
+if TRANSPORT not in ("raw", "geventhttpclient"):
+    raise SystemExit(f"LOAD_DEVICE_TRANSPORT={TRANSPORT!r}: choose raw or geventhttpclient")
 SOURCES = [a.strip() for a in os.environ.get("LOAD_SOURCE_ADDRESSES", "").split(",") if a.strip()]
 
 # The only shape class locust sees: the one LOAD_SHAPE names (None: --users/--spawn-rate).
@@ -116,7 +121,7 @@ class _Process:
     pool: DevicePool | None = None
     commands: list[tuple[str, float]] = []  # (id, time) of every command answered 201
     connections = 0
-    transports: set[KeepAliveTransport] = set()
+    transports: set[Any] = set()
     watchdog: gevent.Greenlet | None = None
 
 
@@ -215,9 +220,13 @@ class DeviceUser(User):
             raise StopUser() from exc
         host, port = split_host(self.host or _fleet()["base_url"])
         self.fire = self.environment.events.request.fire
-        self.transport = KeepAliveTransport(
-            host, port, self.state.token, observe=self._observe, source=_source_address()
-        )
+        self.transport: Any
+        if TRANSPORT == "geventhttpclient":
+            self.transport = GeventHttpClientTransport(host, port, self.state.token, self._observe)
+        else:
+            self.transport = KeepAliveTransport(
+                host, port, self.state.token, observe=self._observe, source=_source_address()
+            )
         _Process.transports.add(self.transport)
         self.core = self.state.device(load_registry(), CORE_CONFIG, self._event, BATCH)
         if _Process.watchdog is None:

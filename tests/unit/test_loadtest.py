@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from iotcore.core import Response
 
 from iot.stack import connections
 from loadtest import cpu, plan, profiles, render, report, samples
@@ -21,10 +22,9 @@ from loadtest.device import (
     DevicePool,
     DeviceState,
     PoolExhausted,
-    RecentIds,
+    load_registry,
     parse_time,
     retry_after_seconds,
-    rfc3339_ms,
 )
 from loadtest.prom import load_slos
 from loadtest.runner import cut_short, progress_line
@@ -156,35 +156,44 @@ def test_backoff_grows_with_jitter_is_capped_and_honours_retry_after():
     assert retry_after_seconds(None) is None
 
 
-def test_recent_ids_run_each_command_once_and_forget_old_ones():
-    seen = RecentIds(size=2)
-    assert seen.first_time("a") and seen.first_time("b")
-    assert not seen.first_time("a")
-    assert seen.first_time("c")  # evicts b, the least recently seen
-    assert seen.first_time("b") and not seen.first_time("c")
-
-
-def test_readings_have_unique_increasing_timestamps_and_survive_refusals():
+def test_emulated_devices_run_the_firmware_core_and_keep_a_ledger_of_what_was_accepted():
     d = DeviceState(0, "dev", "tok", buffer_limit=12)
+    core = d.device(load_registry(), {"reading_interval_s": 10}, batch=5)
+    assert d.device(load_registry(), {}) is core  # one core per device, kept across users
     rng = random.Random(0)
     d.measure(1_800_000_000.0, 5, rng)
     d.measure(1_800_000_000.0, 5, rng)  # same instant: still unique
-    stamps = [ms for ms, _ in d.buffer]
+    stamps = list(d.pending)
     assert stamps == sorted(set(stamps)) and len(stamps) == 10
-    assert d.buffer[0][1]["ts"] == "2027-01-15T08:00:00.000Z"
-    batch = d.batch()
+    assert core.buffer.items[0][1]["ts"] == "2027-01-15T08:00:00.000Z"
+    request = core.upload_request()  # the core sends what it buffered, oldest first
+    assert [r["ts"] for r in request.body["readings"]][:1] == ["2027-01-15T08:00:00.000Z"]
     d.measure(1_800_000_010.0, 5, rng)  # while the POST is in flight; 3 oldest dropped
-    assert d.dropped == 3
-    d.sent(batch)  # 201: the batch leaves the buffer, newer readings stay
-    assert len(d.buffer) == 5 and all(ms > stamps[-1] for ms, _ in d.buffer)
-    assert d.accepted.count == 10
-    assert (d.accepted.first_ms, d.accepted.last_ms) == (stamps[0], stamps[-1])
-    d.discard(d.batch())
-    assert not d.buffer and d.dropped == 8
+    assert d.dropped == 3 and len(d.pending) == 12
+    d.sent(7)  # 201 for what is left of the batch: the ledger takes their timestamps
+    assert d.accepted.count == 7 and d.accepted.last_ms == stamps[-1]
+    assert d.accepted.first_ms == stamps[3]
+    d.refused(5)
+    assert d.unsent == 0 and d.dropped == 8
+
+
+def test_emulated_devices_run_each_command_once_and_ack_it_every_time():
+    d = DeviceState(0, "dev", "tok")
+    core = d.device(load_registry(), {})
+    command = {"id": "c1", "name": "set_interval", "args": {"seconds": 1}}
+    core.deliver(command)
+    core.deliver(command)  # redelivered (a lost ack): acked again, not run again
+    assert core.executed == 1 and core.duplicates == 1
+    assert core.config["reading_interval_s"] == 10  # the load's shape does not change
+    core.deliver({"id": "c2", "name": "self_destruct", "args": {}})
+    assert [a[1] for a in core.acks] == ["succeeded", "rejected"]
+    request = core.ack_request()
+    assert request is not None and request.path == "/commands/c1/ack"
+    core.done(request, Response(200))
+    assert [a[0] for a in core.acks] == ["c2"]
 
 
 def test_time_formats():
-    assert rfc3339_ms(1_796_000_000_123) == "2026-11-30T00:53:20.123Z"
     assert parse_time("2026-11-30T00:53:20.123Z") == pytest.approx(1_796_000_000.123)
     assert parse_time("2026-11-30T01:53:20.123+01:00") == pytest.approx(1_796_000_000.123)
     with pytest.raises(ValueError):
@@ -326,11 +335,42 @@ def test_knee_is_the_last_step_before_the_first_broken_one_and_names_the_saturat
     ]
     a = report.analyse(steps, cpus=2)
     assert a["knee"] == {"index": 2, "devices": 3000}
-    assert a["first_break"] == {"index": 3, "devices": 4000, "broken": ["ingest-lag"]}
+    assert a["first_break"] == {
+        "index": 3,
+        "devices": 4000,
+        "broken": ["ingest-lag"],
+        "generator_bound": False,
+    }
     assert a["first_saturated"]["component"] == "api-1"  # 0.9 of its one core
     assert a["first_saturated"]["devices"] == 3000
     assert a["bottleneck"]["component"] == "api-1"
     assert a["generator_saturated"] is None
+
+
+def test_a_break_when_the_generator_filled_the_machine_is_not_the_products_knee():
+    steps = [
+        _step(0, 1000, {"api-1": 0.3, "machine": 0.8, "generator": 0.2}),
+        _step(1, 2000, {"api-1": 0.5, "machine": 1.9, "generator": 0.9}, slos_ok=False),
+    ]
+    a = report.analyse(steps, cpus=2)
+    assert a["knee"] == {"index": 0, "devices": 1000, "at_least": True}
+    assert a["first_break"]["generator_bound"] is True
+    assert a["generator_bound"] == {"index": 1, "devices": 2000}
+    assert a["bottleneck"]["component"] == "generator"
+    # its own processes full is generator-bound too, whatever the machine
+    assert report.generator_bound({"cpu": {"generator": 0.9, "machine": 1.0}}, 2, 1)
+    assert not report.generator_bound({"cpu": {"generator": 0.1, "machine": 1.9}}, 2, 1)
+
+
+def test_cost_per_request_separates_the_product_from_the_generator():
+    used = {"api-1": 0.2, "nginx": 0.1, "redis-exporter": 0.01, "prometheus": 0.03,
+            "generator": 0.1, "machine": 0.6}  # fmt: skip
+    c = report.cost_per_request(used, rps=500)
+    assert c["product"] == pytest.approx(0.6) and c["generator"] == pytest.approx(0.2)
+    assert c["monitoring"] == pytest.approx(0.08)
+    assert c["unaccounted"] == pytest.approx(0.32)
+    assert set(c["components"]) == {"api-1", "nginx"}
+    assert report.cost_per_request(used, rps=0) is None
 
 
 def test_without_saturation_the_fullest_component_at_the_first_break_is_named():
