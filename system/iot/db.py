@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import time
 import weakref
@@ -28,6 +29,9 @@ API_TIMEOUT_SECONDS = 5.0
 CHECK_TIMEOUT_SECONDS = 2.0
 POOL_WAIT_SECONDS = 3.0  # for a free pooled connection; longer under overload is a 503
 OUTAGE_HOLD_SECONDS = 1.0  # after a failure, fail at once this long before trying again
+# At the deadline, a query whose answer already came (unread: the replica's loop was busy) is
+# given this much longer, again and again, up to the outer limit (three deadlines).
+LATE_READ_GRACE_SECONDS = 0.5
 # A pooled connection that finished a use this recently is handed out without the pool's check
 # (one round trip to Postgres on every use, a few percent of a busy replica's CPU); one idle
 # longer is checked first.
@@ -88,6 +92,16 @@ def sever(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
         pass
 
 
+def answered(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server's answer (or its end of the connection) waits unread on the
+    connection's socket."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return bool(readable)
+
+
 async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
     """The pool's check of an idle connection before handing it out, bounded in time; skipped
     for one that finished a use within FRESH_SECONDS."""
@@ -131,7 +145,8 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
     At the deadline the connection's socket is cut rather than the task cancelled: a cancelled
     query makes psycopg ask the server to cancel it and wait for that too, which against a
     database that does not answer holds the request (and its pooled connection) ten seconds
-    more.
+    more. A query whose answer already waits unread at the deadline (the replica's own loop
+    was too busy to read it) is not cut: an overloaded replica answers late, not 503.
 
     Raises:
         DatabaseUnavailable: Postgres cannot be reached or stopped answering.
@@ -142,9 +157,16 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
     deadline = loop.time() + API_TIMEOUT_SECONDS
     timed_out = False
     used: psycopg.AsyncConnection[Any] | None = None
+    watchdogs: list[asyncio.TimerHandle] = []
 
     def expire(conn: psycopg.AsyncConnection[Any]) -> None:
         nonlocal timed_out
+        if answered(conn):
+            # Postgres did answer: this replica's own event loop, busy with other requests,
+            # has not read it yet. Cutting the connection would turn an overloaded replica
+            # into an "outage" (503s for everyone, reconnections on a starved loop).
+            watchdogs.append(loop.call_later(LATE_READ_GRACE_SECONDS, expire, conn))
+            return
         timed_out = True
         sever(conn)
 
@@ -154,11 +176,12 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
             wait = min(POOL_WAIT_SECONDS, API_TIMEOUT_SECONDS)
             async with pool.connection(timeout=wait) as conn:
                 used = conn
-                watchdog = loop.call_at(deadline, expire, conn)
+                watchdogs.append(loop.call_at(deadline, expire, conn))
                 try:
                     yield conn
                 finally:
-                    watchdog.cancel()
+                    for watchdog in watchdogs:
+                        watchdog.cancel()
                     if not conn.broken and not timed_out:
                         _last_used[conn] = loop.time()
     except TimeoutError as exc:

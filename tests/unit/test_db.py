@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -109,3 +110,16 @@ def test_a_connection_used_within_a_second_skips_the_pools_check(monkeypatch) ->
         assert checked == [idle, never]  # one round trip saved; idle ones still checked
 
     asyncio.run(scenario())
+
+
+def test_an_answer_waiting_unread_is_told_apart_from_a_silent_database() -> None:
+    """At a query's deadline the connection is cut only when nothing came back: an answer that
+    waits unread means the replica's own loop was late (overload), not Postgres silent."""
+    ours, server = socket.socketpair()
+    with ours, server:
+        conn = SimpleNamespace(pgconn=SimpleNamespace(socket=ours.fileno()))
+        assert not db.answered(conn)  # type: ignore[arg-type]
+        server.sendall(b"an answer")
+        assert db.answered(conn)  # type: ignore[arg-type]
+    closed = SimpleNamespace(pgconn=SimpleNamespace(socket=-1))
+    assert not db.answered(closed)  # type: ignore[arg-type]

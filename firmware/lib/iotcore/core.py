@@ -493,8 +493,10 @@ class Device:
             request = self.upload_request() or self.ack_request()
             if request is None and not self.acks and now >= self.due["polls"]:
                 wait = self.config["poll_wait_s"]
-                if self.sample is not None:  # at least 1 s: a sample may come up to 1 s late
-                    wait = min(wait, max(1, (self.due["sample"] - now) // 1000))
+                if self.sample is not None:
+                    # until the next sample, rounded up (at least 1 s): the sample may come
+                    # up to 1 s late; rounding down cost a second, short poll per interval
+                    wait = min(wait, max(1, (self.due["sample"] - now + 999) // 1000))
                 request = self.poll_request(wait)
             if request is not None:
                 response = yield request
