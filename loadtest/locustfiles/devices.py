@@ -42,6 +42,7 @@ from iotcore.core import Sleep
 from locust import FastHttpUser, User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
+from locust.user.task import LOCUST_STATE_STOPPING
 
 from loadtest import shapes
 from loadtest.collect import Collector
@@ -246,7 +247,9 @@ class DeviceUser(User):
 
     @task
     def live(self) -> None:
-        """Run the core's loop until locust stops this user (it kills the greenlet)."""
+        """Run the core's loop until locust asks this user to stop; then end after the request
+        in flight has its answer (locust's --stop-timeout bounds the wait), so that nothing
+        sent goes unrecorded."""
         loop = self.core.run()
         request = self.transport.request
         answer = None
@@ -257,6 +260,9 @@ class DeviceUser(User):
                 answer = None
             else:
                 answer = request(effect)
+            if self._state == LOCUST_STATE_STOPPING:
+                loop.send(answer)  # the core takes the answer in (the ledger counts it)
+                return
 
     def _observe(self, req: Any, response: Any, ms: float, started: float) -> None:
         method, name = ROUTES[req.kind]

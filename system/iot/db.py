@@ -30,8 +30,9 @@ CHECK_TIMEOUT_SECONDS = 2.0
 POOL_WAIT_SECONDS = 3.0  # for a free pooled connection; longer under overload is a 503
 OUTAGE_HOLD_SECONDS = 1.0  # after a failure, fail at once this long before trying again
 # At the deadline, a query whose answer already came (unread: the replica's loop was busy) is
-# given this much longer, again and again, up to the outer limit (three deadlines).
+# given this much longer, at most LATE_READ_GRACES times; then it is cut like any other.
 LATE_READ_GRACE_SECONDS = 0.5
+LATE_READ_GRACES = 4
 # A pooled connection that finished a use this recently is handed out without the pool's check
 # (one round trip to Postgres on every use, a few percent of a busy replica's CPU); one idle
 # longer is checked first.
@@ -161,7 +162,7 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
 
     def expire(conn: psycopg.AsyncConnection[Any]) -> None:
         nonlocal timed_out
-        if answered(conn):
+        if len(watchdogs) <= LATE_READ_GRACES and answered(conn):
             # Postgres did answer: this replica's own event loop, busy with other requests,
             # has not read it yet. Cutting the connection would turn an overloaded replica
             # into an "outage" (503s for everyone, reconnections on a starved loop).
