@@ -200,6 +200,9 @@ class _Answer:
         self.status_code = status
 
 
+_ANSWERS = {status: _Answer(status) for status in (200, 201, 204)}
+
+
 class _Refused(Exception):
     """A request answered outside 2xx (or not at all): a failure in locust's statistics."""
 
@@ -272,7 +275,7 @@ class DeviceUser(User):
             name=name,
             response_time=ms,
             response_length=len(response.body),
-            response=_Answer(status),
+            response=_ANSWERS.get(status) or _Answer(status),
             context=None,
             exception=None if 200 <= status < 300 else _Refused(status or response.error),
             start_time=started,

@@ -112,9 +112,16 @@ def uniform(low, high):
     return low + (high - low) * (random.getrandbits(16) / 65536)
 
 
+_second = [None, ""]  # the last second formatted: a device stamps several readings in one
+
+
 def rfc3339(ms):
-    t = time.gmtime(ms // 1000)
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t[0], t[1], t[2], t[3], t[4], t[5], ms % 1000)
+    s = ms // 1000
+    if _second[0] != s:
+        t = time.gmtime(s)
+        _second[1] = "%04d-%02d-%02dT%02d:%02d:%02d" % (t[0], t[1], t[2], t[3], t[4], t[5])
+        _second[0] = s
+    return "%s.%03dZ" % (_second[1], ms % 1000)
 
 
 class MemoryStore:
