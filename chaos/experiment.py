@@ -47,7 +47,8 @@ CHECK_TIMEOUT = 60
 ALERT_CLEAR_SECONDS = 90  # before the fault, how long to wait for expected alerts to clear
 ALERT_GRACE_SECONDS = 45
 # Alerts that stay firing long after their cause (ComponentRestarted: ten minutes after any
-# restart) are not waited out; the sampler's baseline tells them apart by instance and count.
+# restart) are not waited out; the sampler's baseline tells them apart by instance and value
+# (ComponentRestarted's value is the newest restart's time, new with every restart).
 STICKY_ALERTS = frozenset(
     {"ComponentRestarted"}
 )  # after the fault ends, how long an expected alert may still take

@@ -44,8 +44,9 @@ def _alerts(settings: Settings) -> list[dict[str, Any]] | None:
 
 def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
     """The alerts Prometheus has firing now, as (name, labels and value) pairs (None if it does
-    not answer). The same alert on another instance, or with another value (say, a restart
-    count that went up while the alert was already firing), is another pair."""
+    not answer). The same alert on another instance, or with another value (say,
+    ComponentRestarted's newest restart time, new with every restart while the alert was
+    already firing), is another pair."""
     alerts = _alerts(settings)
     if alerts is None:
         return None
