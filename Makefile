@@ -39,14 +39,14 @@ chaos: setup
 	$(VENV)/iotctl up
 	$(VENV)/iotctl chaos run --all --long
 
-# Chaos under load: rabbitmq-down and kill-api-1 (short forms) while 2,000 emulated devices
+# Chaos under load: rabbitmq-down and kill-api-1 (short forms) while 5,000 emulated devices
 # (locust, the fleet of the newest load run reused) load the system, one after the other; both
 # run even if the first fails. `iotctl chaos summary` prints their table (chaos/README.md).
 chaos-load: setup
 	$(VENV)/iotctl up
 	rc=0; \
-	$(VENV)/iotctl chaos run rabbitmq-down --load 2000 || rc=1; \
-	$(VENV)/iotctl chaos run kill-api-1 --load 2000 || rc=1; \
+	$(VENV)/iotctl chaos run rabbitmq-down --load 5000 || rc=1; \
+	$(VENV)/iotctl chaos run kill-api-1 --load 5000 || rc=1; \
 	exit $$rc
 
 # Capacity planning: a step ramp to 10,000 emulated devices (locust, one generator process:
