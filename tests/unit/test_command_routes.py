@@ -42,6 +42,7 @@ class FakeCore:
         self.fail: Exception | None = None
         self.idle = False
         self.statuses: dict[uuid.UUID, str] = {}
+        self.device_pending: int | None = 0  # what the visibility statement counts
         self.wakeups = Wakeups("postgresql://never-connected")  # waiters only
 
     def _record(self, name: str, *args: Any) -> None:
@@ -63,8 +64,8 @@ class FakeCore:
             raise NotFound("no such command")
         return self.statuses.setdefault(command_id, outcome)
 
-    async def send(self, owner, device_id, name, args, ttl, key=None) -> dict[str, Any]:
-        self._record("send", owner, device_id, name, args, ttl, key)
+    async def send(self, owner, device_id, name, args, ttl, key=None, *, pending) -> dict[str, Any]:
+        self._record("send", owner, device_id, name, args, ttl, key, pending)
         return _command(name=name, args=args)
 
     async def descriptor(self, command_id: uuid.UUID) -> dict[str, Any] | None:
@@ -113,11 +114,16 @@ def client(settings: Settings, core: FakeCore, monkeypatch: pytest.MonkeyPatch):
             raise NotFound("no such device")
         return [DEVICE]
 
+    async def owns_pending(state: Any, who: Any, device_id: Any) -> int | None:
+        await owns(state, who, device_id)
+        return core.device_pending
+
     async def person(state: Any, claims: security.UserClaims) -> dict[str, Any]:
         # who the token names, as the database would say (no database here)
         return {"id": claims.user_id, "username": claims.username, "is_admin": claims.is_admin}
 
     monkeypatch.setattr(command_routes, "visible_devices", owns)
+    monkeypatch.setattr(command_routes, "visible_device_pending", owns_pending)
     monkeypatch.setattr(deps, "_person", person)
     app = app_module.create_app(settings)
     device = {"id": DEVICE, "owner_id": OWNER}
@@ -233,7 +239,20 @@ async def test_send_passes_the_idempotency_key_and_answers_queued(client, core, 
         "/commands", json=body, headers={**_person(settings), "Idempotency-Key": "k-1"}
     )
     assert r.status_code == 201 and r.json()["status"] == "queued"
-    assert core.calls == [("send", (OWNER, DEVICE, "open", {"s": 3}, 60, "k-1"))]
+    assert core.calls == [("send", (OWNER, DEVICE, "open", {"s": 3}, 60, "k-1", 0))]
+
+
+@pytest.mark.parametrize("pending", [7, None])
+async def test_send_hands_the_count_of_the_visibility_statement_to_the_core(
+    client, core, settings, pending
+):
+    """One statement answers both "is it the caller's" and "how many pending" (None: Postgres
+    was down, nothing counted); the core applies the cap to that count."""
+    core.device_pending = pending
+    body = {"device_id": str(DEVICE), "name": "open"}
+    r = await client.post("/commands", json=body, headers=_person(settings))
+    assert r.status_code == 201
+    assert core.calls == [("send", (OWNER, DEVICE, "open", {}, 3600, None, pending))]
 
 
 @pytest.mark.parametrize(

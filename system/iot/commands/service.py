@@ -95,8 +95,14 @@ class Commands:
         args: dict[str, Any],
         ttl: int,
         idempotency_key: str | None = None,
+        *,
+        pending: int | None,
     ) -> dict[str, Any]:
         """Accept a command; returns its descriptor once RabbitMQ confirmed it.
+
+        ``pending`` is the device's count of commands not yet final, taken by the caller with
+        its check that the device is the sender's (:func:`store.owner_and_pending`): None when
+        Postgres could not be asked, and then the cap is not applied.
 
         With an ``idempotency_key`` the id is derived from (owner, key): a retry finds the
         command it already sent and is answered with it, and the worker's insert would ignore
@@ -127,7 +133,7 @@ class Commands:
                 return existing
         else:
             command_id = uuid.uuid4()
-        await self._check_cap(device_id)
+        self._check_cap(pending)
         now = datetime.now(UTC)
         command = {
             "id": str(command_id),
@@ -165,15 +171,15 @@ class Commands:
         except DatabaseUnavailable:
             pass
 
-    async def _check_cap(self, device_id: uuid.UUID) -> None:
-        """While Postgres is down the cap cannot be counted: commands are still accepted
-        (they wait in `commands data`)."""
-        try:
-            async with db.connection(self.pool) as conn:
-                pending = await store.pending_count(conn, device_id)
-        except DatabaseUnavailable:
-            return
-        if pending >= self.queue_cap:
+    def _check_cap(self, pending: int | None) -> None:
+        """Refuse a command for a device that has ``pending`` commands not yet final, at or
+        over the cap. None (Postgres was down, the cap could not be counted): accepted, the
+        command waits in `commands data`.
+
+        Raises:
+            QueueFull: ``pending`` reached ``queue_cap``.
+        """
+        if pending is not None and pending >= self.queue_cap:
             raise QueueFull(f"the device's command queue is full ({pending} pending); retry later")
 
     async def descriptor(self, command_id: uuid.UUID) -> dict[str, Any] | None:

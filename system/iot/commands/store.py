@@ -129,6 +129,17 @@ SELECT gen_random_uuid(), id, device_id, 'dead', attempt, now(),
 FROM done
 """
 
+# What POST /commands asks before the publish, in one round trip: the device's owner (no row:
+# unknown, or not the caller's: ``owner`` NULL means any owner, for admins) and its commands not
+# yet final, which the per-device cap counts (the partial index on pending rows answers it).
+_OWNER_AND_PENDING = """
+SELECT d.owner_id,
+       (SELECT count(*) FROM commands c
+        WHERE c.device_id = d.id AND c.status IN ('queued', 'delivered')) AS pending
+FROM devices d
+WHERE d.id = %(device)s AND (%(owner)s::uuid IS NULL OR d.owner_id = %(owner)s)
+"""
+
 _EVENT = (
     "INSERT INTO command_events (event_id, command_id, device_id, status, attempt, at, detail)"
     " VALUES (gen_random_uuid(), %s, %s, %s, %s, now(), %s::jsonb)"
@@ -347,15 +358,15 @@ async def cancel(
         return change.status
 
 
-async def pending_count(conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID) -> int:
-    """Commands of the device not yet final (the per-device cap counts these)."""
-    cur = await conn.execute(
-        "SELECT count(*) AS n FROM commands WHERE device_id = %s"
-        " AND status IN ('queued', 'delivered')",
-        (device_id,),
-    )
+async def owner_and_pending(
+    conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID, owner_id: uuid.UUID | None
+) -> dict[str, Any] | None:
+    """The device's ``owner_id`` and ``pending``, how many of its commands are not yet final
+    (the per-device cap counts these), in one statement (:data:`_OWNER_AND_PENDING`); None
+    when there is no such device or ``owner_id`` does not own it (None: any owner, admins)."""
+    cur = await conn.execute(_OWNER_AND_PENDING, {"device": device_id, "owner": owner_id})
     row = await cur.fetchone()
-    return int(row["n"]) if row else 0
+    return dict(row) if row else None
 
 
 async def get_command(conn: psycopg.AsyncConnection[Any], command_id: uuid.UUID) -> Any:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Response
 
 from iot import db
-from iot.api.access import visible_devices
+from iot.api.access import visible_device_pending, visible_devices
 from iot.api.deps import AppState, CurrentDevice, CurrentPrincipal, CurrentUser, State
 from iot.api.schemas import (
     EVERY_ROUTE,
@@ -71,9 +71,17 @@ async def send_command(
     """Queue a command for a device. 201 only after RabbitMQ confirmed it; 429 when the device
     has too many commands not yet final; 503 (with Retry-After) when the broker is unavailable:
     retry then, with the same Idempotency-Key to be sure the device gets it once."""
-    await visible_devices(state, user, body.device_id)
+    # One statement before the publish (the device is the caller's, and its pending count);
+    # the row's insert comes after RabbitMQ's confirm (Commands.send).
+    pending = await visible_device_pending(state, user, body.device_id)
     command = await _core(state).send(
-        user.user_id, body.device_id, body.name, body.args, body.ttl, idempotency_key
+        user.user_id,
+        body.device_id,
+        body.name,
+        body.args,
+        body.ttl,
+        idempotency_key,
+        pending=pending,
     )
     return _view(command, "queued")
 
