@@ -57,8 +57,8 @@ chaos-load: setup
 # `make test` runs only a short locust run.
 load: setup
 	$(VENV)/iotctl up
-	-$(VENV)/iotctl load run devices --shape step --devices 10000 --step-devices 2000 \
-		--step-seconds 90 --spawn-rate 100 --reuse
+	-$(VENV)/iotctl load run devices --shape step --devices 10000 --step-devices 1000 \
+		--step-seconds 60 --spawn-rate 100 --reuse
 	$(VENV)/iotctl load plan --devices 100000 --interval 10
 
 # The Compose bundle for real (compose/README.md): installs Docker's packages, starts dockerd if
