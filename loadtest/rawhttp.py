@@ -248,8 +248,6 @@ class GeventHttpClientTransport:
         self.client = HTTPClient(host, port, concurrency=1, network_timeout=60)
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.observe = observe
-        self.deadline: float | None = None
-        self.timed_out = False
 
     def expire(self, now: float) -> bool:
         return False  # the client's own network timeout applies

@@ -277,12 +277,19 @@ def test_a_garbled_poll_answer_backs_off_instead_of_stopping_the_device():
     assert d.due["polls"] > d.clock.now and d.executed == 0
 
 
-def test_one_long_poll_spans_the_time_to_the_next_sample():
+def _sampling_loop(interval_s):
+    """A device sampling every ``interval_s`` that has just sent its first readings: its
+    clock and its loop, waiting for the POST's answer."""
     clock = FakeClock(wall=1764504000000)
-    d = device(clock=clock, reading_interval_s=10, poll_wait_s=20)
+    d = device(clock=clock, reading_interval_s=interval_s, poll_wait_s=20)
     d.sample = lambda dev: dev.add_reading("t", 1.0)
     loop = d.run()
     assert loop.send(None).kind == "readings"
+    return clock, loop
+
+
+def test_one_long_poll_spans_the_time_to_the_next_sample():
+    clock, loop = _sampling_loop(10)
     clock.now += 60  # the POST took 60 ms: the poll still waits until the next sample
     step = loop.send(ok(201))
     assert step.kind == "polls" and step.query["wait"] == 10
@@ -291,11 +298,7 @@ def test_one_long_poll_spans_the_time_to_the_next_sample():
 
 
 def test_frequent_samples_do_not_starve_the_long_poll():
-    clock = FakeClock(wall=1764504000000)
-    d = device(clock=clock, reading_interval_s=1, poll_wait_s=20)
-    d.sample = lambda dev: dev.add_reading("t", 1.0)
-    loop = d.run()
-    assert loop.send(None).kind == "readings"
+    clock, loop = _sampling_loop(1)
     clock.now += 300
     step = loop.send(ok(201))
     assert step.kind == "polls" and step.query["wait"] == 1
