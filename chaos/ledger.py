@@ -1,4 +1,5 @@
-"""The ledger of everything the system accepted (every 2xx), and the checker (DESIGN §6).
+"""The ledger of everything the system accepted (every 2xx), and the checker (docs/design.md
+§6 Failure behaviour).
 
 After the fault is removed and the system has drained, the checker compares the ledger with
 what the simulated devices executed and what Postgres holds:

@@ -65,9 +65,9 @@ def celery_message(
 
 # ----- commands data: the durable hand-off of POST /commands -----
 #
-# One quorum queue for every device (DESIGN §4: a device costs rows, not queues). The commands
-# worker stores each command as a row and wakes its device's long polls; from then on the row is
-# the command's state. Declared with the same arguments by the API and the workers.
+# One quorum queue for every device (docs/design.md §5 Commands: a device costs rows, not queues).
+# The commands worker stores each command as a row and wakes its device's long polls; from then on
+# the row is the command's state. Declared with the same arguments by the API and the workers.
 COMMANDS_DATA_QUEUE = "commands.data"
 COMMANDS_STORE_TASK = "iot.commands.store"
 COMMANDS_DATA_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}

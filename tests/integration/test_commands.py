@@ -213,7 +213,7 @@ def test_killing_the_replica_holding_a_lease_redelivers_from_the_other(
     device = alice.new_device()
     cid = alice.send(device, "survive").json()["id"]
     # The lease lives in Postgres, not in the replica: when it lapses, any replica hands the
-    # command out again (DESIGN §5).
+    # command out again (docs/design.md §6 Failure behaviour).
     r = device.poll(wait=5, lease=5)
     assert r.status_code == 200 and r.json()["commands"][0]["id"] == cid
     holder = r.headers["x-replica"]

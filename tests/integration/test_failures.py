@@ -1,4 +1,5 @@
-"""Failure behaviour of DESIGN §5 for scenario 1: stop a real component, watch the API."""
+"""Failure behaviour (docs/design.md §6 Failure behaviour) for scenario 1: stop a real
+component, watch the API."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def test_queues_lists_the_product_queues_and_no_queue_per_device(alice: Person):
     assert out.returncode == 0, out.stderr
     for queue in ("sensors.data", "commands.data", "commands.log"):
         assert queue in out.stdout
-    # A device costs rows, not broker queues (DESIGN §4).
+    # A device costs rows, not broker queues (docs/design.md §5 Commands).
     assert str(device.id) not in out.stdout and "commands.dev." not in out.stdout
     assert "celery_delayed" not in out.stdout  # no ETA queues: we never send ETA tasks
 

@@ -4,7 +4,7 @@ and the sweep that expires and kills what nobody claims.
 It takes its collaborators explicitly (a Postgres pool, a confirmed-publish function, a Redis
 client for descriptors, the wake-ups listener) and knows nothing of HTTP: the routes translate.
 
-How a command travels (DESIGN §4):
+How a command travels (docs/design.md §5 Commands):
 
 1. ``send`` publishes it to `commands data` and returns after RabbitMQ confirmed it (the 201).
 2. The commands worker stores its row (idempotent insert) and notifies its device id.

@@ -50,13 +50,13 @@ SELECT pg_notify('"""
 """
 )
 
-# A poll's claim, in one statement (DESIGN §4): the device's claimable commands oldest first,
-# locked without waiting for another poll's locks; each becomes expired, dead or delivered
-# (lifecycle.claim_outcome), with its event. The last column tells a poll that got nothing
-# when to look again: when the next lease of this device lapses (its command is claimable
-# again then), or in a second when a pending command was skipped because a concurrent claim
-# of the same device holds it (that claim's lease is not visible yet: without this, the poll
-# took the device for idle and its replica answered polls from memory past the lease's end).
+# A poll's claim, in one statement (docs/design.md §5 Commands): the device's claimable commands
+# oldest first, locked without waiting for another poll's locks; each becomes expired, dead or
+# delivered (lifecycle.claim_outcome), with its event. The last column tells a poll that got nothing
+# when to look again: when the next lease of this device lapses (its command is claimable again
+# then), or in a second when a pending command was skipped because a concurrent claim of the same
+# device holds it (that claim's lease is not visible yet: without this, the poll took the device for
+# idle and its replica answered polls from memory past the lease's end).
 _CLAIM = """
 WITH picked AS (
     SELECT id FROM commands

@@ -1,6 +1,6 @@
--- Commands live as rows (DESIGN §4): a device costs rows, not a broker queue. The row is the
--- command's state (status, attempt, lease); command_events holds its timeline, written in the
--- same transaction as each change.
+-- Commands live as rows (docs/design.md §5 Commands): a device costs rows, not a broker
+-- queue. The row is the command's state (status, attempt, lease); command_events holds its
+-- timeline, written in the same transaction as each change.
 
 ALTER TABLE commands ADD COLUMN leased_until timestamptz;
 ALTER TABLE commands ADD COLUMN requeues integer NOT NULL DEFAULT 0;

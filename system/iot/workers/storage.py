@@ -1,8 +1,8 @@
 """Per-thread Postgres connections and a write loop that outlasts a database outage.
 
 When Postgres is down the task keeps its message unacked and retries with backoff, so the
-worker stops taking new messages and the backlog stays in RabbitMQ (DESIGN §5), instead of
-republishing retries or holding countless delayed tasks in memory.
+worker stops taking new messages and the backlog stays in RabbitMQ (docs/design.md §6 Failure
+behaviour), instead of republishing retries or holding countless delayed tasks in memory.
 """
 
 from __future__ import annotations

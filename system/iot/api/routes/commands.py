@@ -1,4 +1,5 @@
-"""Commands: people send and follow them; devices poll, run and ack them (DESIGN §3-§4)."""
+"""Commands: people send and follow them; devices poll, run and ack them (docs/design.md
+§4 HTTP API and §5 Commands)."""
 
 from __future__ import annotations
 
