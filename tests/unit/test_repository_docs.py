@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DESIGN = ROOT / "docs" / "design.md"
+DOC = ROOT / "docs" / "design.md"
 THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 # Built from pieces so that this file does not match its own patterns (nor a grep for them).
+OLD_NAME = "design".upper()  # the outside document's name, matched case-sensitively
 OUTSIDE = [
     re.compile(re.escape(".." + "/shared")),
-    re.compile(re.escape("shared/" + "DESIGN.md")),
-    re.compile(re.escape("DESIGN" + " §")),
-    re.compile(r"\b" + "DES" + r"IGN\b"),  # the old document's name, case-sensitive
+    re.compile(re.escape(f"shared/{OLD_NAME}.md")),
+    re.compile(re.escape(f"{OLD_NAME} §")),
+    re.compile(rf"\b{OLD_NAME}\b"),
 ]
 ANCHOR_LINK = re.compile(r"design\.md#([A-Za-z0-9_-]+)")
 MD_LINK = re.compile(r"\]\(([^)\s#]*design\.md)#[^)\s]*\)")
@@ -103,7 +104,7 @@ def test_no_tracked_file_points_outside_the_repository_for_its_design():
 
 def test_the_design_document_is_tracked_and_numbered():
     assert "docs/design.md" in tracked()
-    numbered = sections(DESIGN.read_text())
+    numbered = sections(DOC.read_text())
     assert {"1", "2", "3", "4", "5", "6", "7", "8", "9"} <= set(numbered), numbered
     assert any("Rollouts" in title for title in numbered.values())
 
@@ -114,7 +115,7 @@ def test_the_readme_points_at_the_openapi_document_and_the_design():
 
 
 def test_every_link_to_a_heading_of_the_design_resolves():
-    known = anchors(DESIGN.read_text())
+    known = anchors(DOC.read_text())
     broken = []
     for path in tracked():
         text = text_of(path)
@@ -132,13 +133,13 @@ def test_every_relative_link_to_the_design_reaches_it():
         if path.endswith(".md")
         for target in MD_LINK.findall(text_of(path))
         if not target.startswith(("http:", "https:"))
-        and ((ROOT / path).parent / target).resolve() != DESIGN
+        and ((ROOT / path).parent / target).resolve() != DOC
     ]
     assert not wrong, wrong
 
 
 def test_every_section_cited_by_number_exists_with_that_title():
-    numbered = sections(DESIGN.read_text())
+    numbered = sections(DOC.read_text())
     wrong = []
     for path in tracked():
         for number, rest in citations(flowing(text_of(path))):
