@@ -32,7 +32,7 @@ lint:
 
 # The quick loop, no services needed (after `make setup` or `make up` once): lint and types, the
 # unit tests and the firmware tests that need no stack (the protocol core under CPython and under
-# MicroPython through node, mpy-cross over every firmware file). 1-2 minutes here.
+# MicroPython through node, mpy-cross over every firmware file). Under 2 minutes here.
 .PHONY: check
 check: lint
 	$(VENV)/pytest tests/unit tests/firmware -m "not integration"
