@@ -44,6 +44,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.user.task import LOCUST_STATE_STOPPING
 
+from iot import heap
 from loadtest import shapes
 from loadtest.collect import Collector
 from loadtest.device import (
@@ -477,6 +478,7 @@ def _ledger() -> dict[str, dict[str, Any]]:
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
+    heap.settle()  # locust, gevent and the scenario are loaded: out of the collector's walk
     if isinstance(environment.shape_class, shapes.FleetShape):
         environment.shape_class.extra_users = sum(
             c.fixed_count for c in environment.user_classes if c.fixed_count

@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from iot import heap
 from iot.api.app import create_app
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -81,6 +82,10 @@ class Replica(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self.app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        heap.settle()  # the app and its connections are up: what exists now lives for good
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         state = getattr(self.app.state, "iot", None)

@@ -25,10 +25,11 @@ import functools
 import random
 
 from celery import Celery
+from celery.signals import worker_ready
 from celery.worker.consumer import Consumer
 from kombu import Exchange, Queue
 
-from iot import messages
+from iot import heap, messages
 from iot.settings import get_settings
 
 settings = get_settings()
@@ -106,3 +107,9 @@ class QuickReconnectConsumer(Consumer):
 
 
 app.conf.worker_consumer = "iot.workers.app:QuickReconnectConsumer"
+
+
+@worker_ready.connect
+def _settle_heap(**_: object) -> None:
+    # consuming: Celery, kombu and the task modules are loaded and stay (iot/heap.py)
+    heap.settle()
