@@ -13,7 +13,11 @@ API turns these into HTTP answers in one exception handler (``iot.api.app``)::
     ├── Forbidden                403: authenticated, but not allowed
     ├── NotFound                 404: unknown, or belongs to someone else
     ├── Conflict                 409: e.g. a user name already taken
+    │   └── TransitionRefused    a command's status does not allow the change asked for
     └── InvalidInput             422: input the schema could not catch
+
+Raised outside the API too (the command core, ``iotctl``), where ``detail`` is what the
+operator reads.
 """
 
 from __future__ import annotations
@@ -68,6 +72,15 @@ class NotFound(IotError):
 
 class Conflict(IotError):
     status_code = 409
+
+
+class TransitionRefused(Conflict):
+    """The requested change is not allowed from the command's current ``status``
+    (``iot.commands.lifecycle``: a cancel of a final command, a requeue of one not dead)."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
 class InvalidInput(IotError):

@@ -11,7 +11,8 @@ one (migration 0004). :func:`maintain` runs as the owner role (it creates and dr
    day with many such rows waits until it is over);
 3. drops the partitions whose whole day is older than the retention, and deletes default rows
    that old once they have been stored for a day (a late reading is seen to land first);
-4. deletes finished commands (and their events) not updated within their retention.
+4. deletes finished commands (and their events) not updated within their retention, through
+   the command core (:func:`iot.commands.store.delete_finished`).
 
 A partition is created as a plain table, filled, then attached: ``ATTACH PARTITION`` locks the
 parent only against other DDL, while ``CREATE TABLE ... PARTITION OF`` would block every reader
@@ -37,6 +38,7 @@ from prometheus_client import Counter, Gauge
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from iot.commands import store as commands_store
 from iot.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,6 @@ LATE_GRACE = timedelta(days=1)  # a default row past the retention is kept this 
 # DDL waits this long for a lock, then gives up until the next run: dropping a partition locks
 # the whole table, and readers and writers queue behind a waiting lock.
 LOCK_TIMEOUT = "2s"
-COMMANDS_BATCH = 5000
 # Rows of today (or later) in the default partition moved while the day is live; more wait for
 # the day to end (only right after migrating a table that already held today's readings).
 LIVE_MOVE_MAX = 100_000
@@ -59,9 +60,6 @@ _COLUMNS = sql.SQL(", ").join(
         ("device_id", "sensor", "ts", "value", "client_id", "received_at", "stored_at"),
     )
 )
-FINISHED = ("succeeded", "failed", "rejected", "expired", "cancelled", "dead")
-# As spelled in the partial index commands_finished_idx (migration 0005), so the planner uses it.
-_FINISHED_SQL = "(" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
 
 
 LAST_SUCCESS = Gauge(
@@ -179,31 +177,6 @@ def drop_partition(conn: psycopg.Connection[Any], name: str) -> None:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
 
 
-def delete_finished_commands(
-    conn: psycopg.Connection[Any], older_than: datetime, batch: int = COMMANDS_BATCH
-) -> int:
-    """Delete finished commands last updated before ``older_than``, with their events, a batch
-    per transaction; returns the commands deleted."""
-    total = 0
-    while True:
-        with conn.transaction():
-            ids = [
-                r[0]
-                for r in _rows(
-                    conn,
-                    "DELETE FROM commands WHERE id IN (SELECT id FROM commands"
-                    f" WHERE status IN {_FINISHED_SQL} AND updated_at < %s LIMIT %s)"
-                    " RETURNING id",
-                    (older_than, batch),
-                )
-            ]
-            if ids:
-                conn.execute("DELETE FROM command_events WHERE command_id = ANY(%s)", (ids,))
-        total += len(ids)
-        if len(ids) < batch:
-            return total
-
-
 def maintain(
     conn: psycopg.Connection[Any],
     now: datetime | None = None,
@@ -254,7 +227,7 @@ def maintain(
                 (_bounds(oldest)[0], now - LATE_GRACE),
             ).rowcount
         if keep_commands:
-            report.deleted_commands = delete_finished_commands(
+            report.deleted_commands = commands_store.delete_finished(
                 conn, now - timedelta(days=keep_commands)
             )
     finally:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from iot.commands import lifecycle as lc
+from iot.errors import Conflict, TransitionRefused
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
@@ -78,15 +79,16 @@ def test_cancel_a_pending_command(pending: str) -> None:
 
 @pytest.mark.parametrize("final", sorted(lc.TERMINAL))
 def test_cancel_of_a_final_command_is_refused_with_its_status(final: str) -> None:
-    with pytest.raises(lc.TransitionRefused) as info:
+    with pytest.raises(TransitionRefused) as info:
         lc.on_cancel(final)
     assert info.value.status == final and final in info.value.detail
+    assert isinstance(info.value, Conflict) and info.value.status_code == 409  # the one tree
 
 
 def test_only_dead_commands_are_requeued() -> None:
     assert lc.on_requeue(lc.DEAD) == lc.Change(lc.QUEUED, lc.QUEUED)
     for status in sorted((lc.TERMINAL | set(lc.PENDING)) - {lc.DEAD}):
-        with pytest.raises(lc.TransitionRefused, match="only dead"):
+        with pytest.raises(TransitionRefused, match="only dead"):
             lc.on_requeue(status)
 
 

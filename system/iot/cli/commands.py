@@ -10,7 +10,7 @@ import typer
 from iot import db
 from iot.cli.common import fail, settings
 from iot.commands import lifecycle, store
-from iot.errors import DatabaseUnavailable
+from iot.errors import DatabaseUnavailable, NotFound, TransitionRefused
 
 app = typer.Typer(
     help="Operate devices' commands: list pending and dead ones, requeue dead ones.",
@@ -60,9 +60,7 @@ def requeue(
             rows = store.requeue(conn, device_id, command_id, by="iotctl")
     except DatabaseUnavailable as exc:
         fail(f"{exc}; is postgres up? `iotctl status`")
-    except LookupError as exc:
-        fail(str(exc.args[0]))
-    except lifecycle.TransitionRefused as exc:
+    except (NotFound, TransitionRefused) as exc:
         fail(exc.detail)
     if not rows:
         typer.echo("no dead commands")

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from iot.errors import TransitionRefused  # raised here; part of the one error tree
+
 QUEUED, DELIVERED = "queued", "delivered"
 SUCCEEDED, FAILED, REJECTED = "succeeded", "failed", "rejected"
 EXPIRED, CANCELLED, DEAD = "expired", "cancelled", "dead"
@@ -25,15 +27,6 @@ EXPIRED, CANCELLED, DEAD = "expired", "cancelled", "dead"
 PENDING = (QUEUED, DELIVERED)
 ACK_STATUSES = (SUCCEEDED, FAILED, REJECTED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED, EXPIRED, CANCELLED, DEAD})
-
-
-class TransitionRefused(Exception):
-    """The requested change is not allowed from the command's current status."""
-
-    def __init__(self, status: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,7 @@ def on_cancel(status: str) -> Change:
     """The owner cancels a command.
 
     Raises:
-        TransitionRefused: the command is already final (409 for the owner).
+        TransitionRefused: the command is already final (a Conflict: 409 for the owner).
     """
     if status in TERMINAL:
         raise TransitionRefused(status, f"command already {status}")

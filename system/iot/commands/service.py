@@ -202,15 +202,12 @@ class Commands:
         """Cancel a command not yet final (the caller checked ownership).
 
         Raises:
-            Conflict: already final (its status is in the detail).
+            TransitionRefused: already final (a Conflict; its status is in the detail).
             NotFound: no such command.
             DatabaseUnavailable: retry.
         """
-        try:
-            async with db.connection(self.pool) as conn:
-                status = await store.cancel(conn, uuid.UUID(command["id"]), by, command)
-        except lifecycle.TransitionRefused as exc:
-            raise Conflict(exc.detail) from exc
+        async with db.connection(self.pool) as conn:
+            status = await store.cancel(conn, uuid.UUID(command["id"]), by, command)
         if status is None:
             raise NotFound("no such command")
         metrics.COMMAND_EVENTS.labels(status).inc()
@@ -224,7 +221,9 @@ class Commands:
         connection of its own in a thread, cut after the API's database deadline.
 
         Raises:
-            Conflict: the command is not dead (its status is in the detail).
+            TransitionRefused: the command is not dead (a Conflict; its status is in the
+                detail).
+            Conflict: no row yet (accepted moments ago: it is still queued).
             DatabaseUnavailable: retry.
         """
         url = self.pool.conninfo
@@ -243,9 +242,7 @@ class Commands:
 
         try:
             await asyncio.to_thread(run)
-        except lifecycle.TransitionRefused as exc:
-            raise Conflict(exc.detail) from exc
-        except LookupError as exc:  # accepted moments ago: its row is not stored yet
+        except NotFound as exc:  # accepted moments ago: its row is not stored yet
             raise Conflict("only dead commands can be requeued (not queued)") from exc
         metrics.COMMAND_EVENTS.labels(lifecycle.QUEUED).inc()
         return lifecycle.QUEUED

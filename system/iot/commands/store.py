@@ -17,8 +17,10 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.rows import tuple_row
 
 from iot.commands import lifecycle
+from iot.errors import NotFound
 
 NOTIFY_CHANNEL = "iot_commands"  # payload: the device id that has new work
 
@@ -230,8 +232,8 @@ def requeue(
     in one transaction; returns the requeued rows.
 
     Raises:
-        LookupError: an id is not a command of this device.
-        lifecycle.TransitionRefused: one of ``ids`` is not dead (nothing is requeued).
+        NotFound: an id is not a command of this device.
+        TransitionRefused: one of ``ids`` is not dead (nothing is requeued).
     """
     with conn.transaction():
         if ids:
@@ -243,7 +245,7 @@ def requeue(
             missing = {str(i) for i in ids} - {str(r["id"]) for r in rows}
             if missing:
                 listed = ", ".join(sorted(missing))
-                raise LookupError(f"not commands of device {device_id}: {listed}")
+                raise NotFound(f"not commands of device {device_id}: {listed}")
         else:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM commands WHERE device_id = %s AND status = 'dead'"
@@ -337,7 +339,7 @@ async def cancel(
     through `commands data`: its row is written here first (the worker's insert then finds it).
 
     Raises:
-        lifecycle.TransitionRefused: the command is already final.
+        TransitionRefused: the command is already final.
     """
     async with conn.transaction():
         row = await (await conn.execute(_LOCK, (command_id,))).fetchone()
@@ -405,3 +407,68 @@ async def device_history(
         },
     )
     return list(await cur.fetchall())
+
+
+# ----- the wake-ups listener (commands/wakeups.py) -----
+_PENDING_DEVICES = (
+    "SELECT DISTINCT device_id::text AS device FROM commands"
+    " WHERE status IN ('queued', 'delivered')"
+)
+
+
+async def pending_devices(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+    """The ids of the devices that have commands not yet final (each replica's baseline of
+    which devices are not idle, read at every (re)connection of its listener)."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_PENDING_DEVICES)
+        return {r[0] for r in await cur.fetchall()}
+
+
+# ----- deletions: a device or a person goes (sql/devices.py, sql/users.py), retention -----
+async def delete_of_device(conn: psycopg.AsyncConnection[Any], device_id: uuid.UUID) -> None:
+    """Delete a device's commands and events, in the caller's transaction (the device's)."""
+    for table in ("commands", "command_events"):
+        await conn.execute(f"DELETE FROM {table} WHERE device_id = %s", (device_id,))
+
+
+async def delete_of_owner(conn: psycopg.AsyncConnection[Any], owner_id: uuid.UUID) -> None:
+    """Delete the commands and events of every device of a person, in the caller's
+    transaction (the person's, before their devices go)."""
+    for table in ("commands", "command_events"):
+        await conn.execute(
+            f"DELETE FROM {table} WHERE device_id IN (SELECT id FROM devices WHERE owner_id = %s)",
+            (owner_id,),
+        )
+
+
+FINISHED = ("succeeded", "failed", "rejected", "expired", "cancelled", "dead")
+# As spelled in the partial index commands_finished_idx (migration 0005), so the planner uses it.
+_FINISHED_SQL = "(" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
+FINISHED_BATCH = 5000
+
+
+def delete_finished(
+    conn: psycopg.Connection[Any], older_than: datetime, batch: int = FINISHED_BATCH
+) -> int:
+    """Delete finished commands last updated before ``older_than``, with their events, a batch
+    per transaction (the history maintenance's retention, ``iot.maintenance``, as the owner
+    role); returns the commands deleted."""
+    total = 0
+    while True:
+        with conn.transaction():
+            ids = [
+                r[0]
+                for r in conn.cursor(row_factory=tuple_row)
+                .execute(
+                    "DELETE FROM commands WHERE id IN (SELECT id FROM commands"
+                    f" WHERE status IN {_FINISHED_SQL} AND updated_at < %s LIMIT %s)"
+                    " RETURNING id",
+                    (older_than, batch),
+                )
+                .fetchall()
+            ]
+            if ids:
+                conn.execute("DELETE FROM command_events WHERE command_id = ANY(%s)", (ids,))
+        total += len(ids)
+        if len(ids) < batch:
+            return total

@@ -30,16 +30,12 @@ from typing import Any
 import psycopg
 
 from iot import db
-from iot.commands import metrics
+from iot.commands import metrics, store
 from iot.commands.store import NOTIFY_CHANNEL
 from iot.sql.devices import DEVICES_CHANNEL  # payload: a device whose token changed or is gone
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_SECONDS = 5.0
-_BASELINE = (
-    "SELECT DISTINCT device_id::text AS device FROM commands"
-    " WHERE status IN ('queued', 'delivered')"
-)
 
 
 class Wakeups:
@@ -145,8 +141,7 @@ class Wakeups:
                 await conn.execute(f"LISTEN {DEVICES_CHANNEL}")
                 # Listening first, then the baseline: a command stored meanwhile is in the
                 # baseline or in a notification read after it.
-                rows = await (await conn.execute(_BASELINE)).fetchall()
-                self._busy = {r[0] for r in rows}
+                self._busy = await store.pending_devices(conn)
                 self._known = True
                 self._set_listening(True)
                 self._wake_all()  # anything sent while we were away: claim again

@@ -1,4 +1,6 @@
-"""SQL for the ``devices`` table. ``owner_id=None`` means "any owner" (admins)."""
+"""SQL for the ``devices`` table. ``owner_id=None`` means "any owner" (admins).
+
+A device's commands are the command core's (:mod:`iot.commands.store`), deleted through it."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from iot.commands import store as commands_store
 from iot.errors import AuthError, Forbidden
 
 _COLUMNS = "id, owner_id, name, created_at, token_rotated_at"
@@ -143,8 +146,8 @@ async def delete_device(
         )
         if cur.rowcount != 1:
             return False
-        for table in ("readings", "commands", "command_events"):
-            await conn.execute(f"DELETE FROM {table} WHERE device_id = %s", (device_id,))
+        await conn.execute("DELETE FROM readings WHERE device_id = %s", (device_id,))
+        await commands_store.delete_of_device(conn, device_id)
         await _notify_changed(conn, device_id)
     return True
 

@@ -1,4 +1,5 @@
-"""SQL for the ``users`` table."""
+"""SQL for the ``users`` table. A person's devices' commands are the command core's
+(:mod:`iot.commands.store`), deleted through it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from iot.commands import store as commands_store
 from iot.errors import Conflict
 
 
@@ -102,13 +104,10 @@ async def delete_user(conn: psycopg.AsyncConnection[Any], username: str) -> list
             "SELECT id::text AS id FROM devices WHERE owner_id = %s", (user_id,)
         )
         device_ids = [r["id"] for r in await cur.fetchall()]
-        devices = "SELECT id FROM devices WHERE owner_id = %s"
-        for table in ("readings", "commands", "command_events"):
-            await conn.execute(
-                sql.SQL("DELETE FROM {} WHERE device_id IN (" + devices + ")").format(
-                    sql.Identifier(table)
-                ),
-                (user_id,),
-            )
+        await conn.execute(
+            "DELETE FROM readings WHERE device_id IN (SELECT id FROM devices WHERE owner_id = %s)",
+            (user_id,),
+        )
+        await commands_store.delete_of_owner(conn, user_id)
         await conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
     return device_ids
