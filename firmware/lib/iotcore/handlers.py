@@ -3,7 +3,7 @@ the ack's result. Raise :class:`Reject` for arguments it cannot take (acked ``re
 other exception acks ``failed``. Add your own with ``@registry.command()`` (see handlers.py
 beside main.py)."""
 
-from iotcore.core import Registry, Reject
+from iotcore.registry import Registry, Reject
 
 registry = Registry()
 

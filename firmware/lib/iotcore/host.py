@@ -5,7 +5,7 @@ import asyncio
 
 import httpx
 
-from iotcore.core import Response, Sleep
+from iotcore.effects import Response, Sleep
 
 
 def _response(r):

@@ -7,7 +7,7 @@ try:
 except ImportError:
     import ujson as json  # type: ignore[no-redef]
 
-from iotcore.core import Response
+from iotcore.effects import Response
 
 
 def split_url(url):
