@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
 from iot import db, security
+from iot.api.auth_cache import cached_device as cached_device  # read by the ASGI shortcuts
 from iot.api.broker import Publisher
 
 if TYPE_CHECKING:
@@ -74,22 +75,6 @@ AppState = Annotated[State, Depends(get_state)]
 _bearer = HTTPBearer(auto_error=False, description="A person's access token or a device token")
 DEVICE_CACHE_MAX = 100_000
 STALE_SECONDS = 3600.0
-
-
-_DEVICE_BEARER = b"bearer " + security.DEVICE_TOKEN_PREFIX.encode()
-
-
-def cached_device(state: State, headers: list[tuple[bytes, bytes]]) -> dict[str, Any] | None:
-    """The device whose token a request carries, when this replica's auth cache holds a fresh
-    entry for it; None otherwise (the full route then authenticates). For the ASGI shortcuts,
-    which answer only what is already known."""
-    auth = next((v for k, v in headers if k == b"authorization"), b"")
-    if auth[:11].lower() != _DEVICE_BEARER:
-        return None
-    hit = state.device_cache.get(security.hash_device_token(auth[7:].decode("latin-1")))
-    if hit is None or hit[0] <= time.monotonic():
-        return None
-    return hit[1]
 
 
 BUSY_LOOKUP_ATTEMPTS = 2

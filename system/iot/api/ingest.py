@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iot import messages
 from iot.api import metrics
-from iot.api.deps import cached_device
+from iot.api.auth_cache import cached_device
 from iot.api.schemas import EARLIEST, MAX_FUTURE, MAX_READINGS
 from iot.errors import IotError, Unavailable
 
