@@ -9,8 +9,10 @@
       └── owner cancels (queued or delivered, before an ack) ──> cancelled
 
 The storage layer (:mod:`iot.commands.store`) applies these rules to rows; the claim and the
-sweep do it set-wise in SQL with the same conditions as :func:`claim_outcome` and
-:func:`sweep_outcome` (their integration tests hold the two together).
+sweep do it set-wise in SQL with the same conditions as :func:`claimable`,
+:func:`claim_outcome` and :func:`sweep_outcome`. A property test holds the two together
+(``tests/integration/test_command_rules_sql.py``: generated rows in a scratch database, the
+production statements run, every row compared with these functions).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class Change:
     event: str | None
 
 
+def claimable(status: str, leased_until: datetime | None, now: datetime) -> bool:
+    """Whether a poll's claim takes the command: pending, and no lease of it still runs."""
+    return status in PENDING and (leased_until is None or leased_until <= now)
+
+
 def claim_outcome(attempt: int, expires_at: datetime, now: datetime, max_attempts: int) -> str:
     """What a claim does to a claimable command (pending, lease free or lapsed).
 
@@ -67,7 +74,7 @@ def sweep_outcome(
 
     A command whose lease still runs is left alone: its device may still ack it.
     """
-    if status not in PENDING or (leased_until is not None and leased_until > now):
+    if not claimable(status, leased_until, now):
         return None
     if expires_at <= now:
         return EXPIRED
