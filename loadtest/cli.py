@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from iot.cli.people import delete_person
+from iot.cli.users import delete_person
 from loadtest import fleet as fleet_module
 from loadtest import plan as planning
 from loadtest import plots as plotting

@@ -300,7 +300,7 @@ def fleets(prefix: str = PERSON_PREFIX) -> list[dict[str, Any]]:
     Raises:
         FleetError: Postgres cannot be asked.
     """
-    from iot.cli.people import with_connection
+    from iot.cli.users import with_connection
 
     async def query(conn: Any) -> list[dict[str, Any]]:
         cur = await conn.execute(

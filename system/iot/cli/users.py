@@ -1,21 +1,25 @@
-"""``iotctl users set`` and ``iotctl users delete``: change or remove a person. Either holds at
-once on every API replica (a trigger announces it; the replicas forget what they cached)."""
+"""``iotctl users``: the people who use the API. ``create`` and ``list``; ``set`` (admin or not,
+device limit) and ``delete`` hold at once on every API replica (a trigger announces the change;
+the replicas forget what they cached)."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import psycopg
 import typer
 
-from iot import cache, db
+from iot import cache, db, security
 from iot.cli.common import fail, settings
-from iot.errors import CacheUnavailable
+from iot.errors import CacheUnavailable, Conflict
 from iot.sql import users as users_sql
 
 T = TypeVar("T")
+
+app = typer.Typer(help="Manage the people who use the API.", no_args_is_help=True)
 
 
 def with_connection(use: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
@@ -33,6 +37,46 @@ def with_connection(use: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]])
     return asyncio.run(run())
 
 
+@app.command("create")
+def create_user(
+    name: str = typer.Argument(..., help="User name (letters, digits, _ . @ -)."),
+    admin: bool = typer.Option(False, "--admin", help="Admins see and manage every device."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from standard input (first line)."
+    ),
+    max_devices: int | None = typer.Option(
+        None, "--max-devices", min=0, help="Devices they may register (default: the setting)."
+    ),
+) -> None:
+    """Create a user. The password is read from stdin (--password-stdin) or prompted for."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        fail("the password needs at least 8 characters")
+    try:
+        user = with_connection(
+            lambda conn: users_sql.create_user(
+                conn, name, security.hash_password(password), admin, max_devices
+            )
+        )
+    except Conflict as exc:
+        fail(exc.detail)
+    except Exception as exc:  # noqa: BLE001 - report any failure to the operator plainly
+        fail(f"could not create the user: {exc}")
+    typer.echo(f"created {'admin' if admin else 'user'} {user['username']} ({user['id']})")
+
+
+@app.command("list")
+def list_users() -> None:
+    """List users."""
+    for u in with_connection(users_sql.list_users):
+        cap = "" if u["max_devices"] is None else f"  max {u['max_devices']} devices"
+        typer.echo(f"{u['username']:<24} {'admin' if u['is_admin'] else 'user':<6} {u['id']}{cap}")
+
+
+@app.command("set")
 def set_user(
     name: Annotated[str, typer.Argument(help="User name.")],
     admin: Annotated[
@@ -81,6 +125,7 @@ def delete_person(name: str) -> tuple[list[str], str | None] | None:
     return devices, None
 
 
+@app.command("delete")
 def delete_user(
     name: Annotated[str, typer.Argument(help="User name.")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
@@ -96,8 +141,3 @@ def delete_user(
     if warning:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"deleted {name} and {len(devices)} device(s)")
-
-
-def register(users_app: typer.Typer) -> None:
-    users_app.command("set")(set_user)
-    users_app.command("delete")(delete_user)
