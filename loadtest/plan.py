@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from iot.stack import connections as conn
-from loadtest.report import GENERATOR
+from loadtest.report import GENERATOR, fit
 
 # Part of this test stack only: the fault-injection proxy every product connection crosses.
 NOT_DEPLOYED = ("toxiproxy",)
@@ -57,30 +57,6 @@ def newest_step_report(reports: Path) -> Path:
     raise PlanError(
         f"no step-ramp report under {reports}: run `iotctl load run devices --shape step` first"
     )
-
-
-def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares ``cores = a + b * devices`` with ``a, b >= 0``: a cost that does not grow
-    with the devices is fixed (``b = 0``, ``a`` = the mean); one whose free fit has a negative
-    intercept, or a single point, goes through the origin."""
-    pts = [(x, y) for x, y in points if x > 0]
-    if not pts:
-        return 0.0, 0.0
-    sxx = sum(x * x for x, _ in pts)
-    sxy = sum(x * y for x, y in pts)
-    if len(pts) >= 2:
-        n = len(pts)
-        mx = sum(x for x, _ in pts) / n
-        my = sum(y for _, y in pts) / n
-        vx = sum((x - mx) ** 2 for x, _ in pts)
-        if vx > 0:
-            b = sum((x - mx) * (y - my) for x, y in pts) / vx
-            a = my - b * mx
-            if b <= 0:
-                return my, 0.0
-            if a >= 0:
-                return a, b
-    return 0.0, max(sxy / sxx, 0.0)
 
 
 def _group(name: str) -> str:

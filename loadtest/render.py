@@ -108,6 +108,19 @@ def _cost_line(report: dict[str, Any]) -> list[str]:
         f"**product {c['product']:.3f} ms** (monitoring {c['monitoring']:.3f} ms)"
         + (f"; the product costs {ratio:.1f}x the generator" if ratio else "")
         + "."
+    ] + _marginal_line(report.get("marginal_cost"))
+
+
+def _marginal_line(m: dict[str, Any] | None) -> list[str]:
+    """The cost of one more request, the fixed part of each side set apart (fit over steps)."""
+    if not m:
+        return []
+    g, p = m["generator"], m["product"]
+    return [
+        f"- One more request, fitted over the steps (fixed cores apart): **generator "
+        f"{g['ms_per_request']:.3f} ms** + {g['fixed_cores']:.3f} cores fixed (its operator, "
+        f"viewers and statistics), **product {p['ms_per_request']:.3f} ms** + "
+        f"{p['fixed_cores']:.3f} cores fixed."
     ]
 
 

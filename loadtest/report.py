@@ -64,6 +64,52 @@ def cost_per_request(used: dict[str, float], rps: float) -> dict[str, Any] | Non
     return out
 
 
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares ``cores = a + b * x`` (x: devices, or requests per second) with ``a, b >=
+    0``: a cost that does not grow with x is fixed (``b = 0``, ``a`` = the mean); one whose free
+    fit has a negative intercept, or a single point, goes through the origin."""
+    pts = [(x, y) for x, y in points if x > 0]
+    if not pts:
+        return 0.0, 0.0
+    sxx = sum(x * x for x, _ in pts)
+    sxy = sum(x * y for x, y in pts)
+    if len(pts) >= 2:
+        n = len(pts)
+        mx = sum(x for x, _ in pts) / n
+        my = sum(y for _, y in pts) / n
+        vx = sum((x - mx) ** 2 for x, _ in pts)
+        if vx > 0:
+            b = sum((x - mx) * (y - my) for x, y in pts) / vx
+            a = my - b * mx
+            if b <= 0:
+                return my, 0.0
+            if a >= 0:
+                return a, b
+    return 0.0, max(sxy / sxx, 0.0)
+
+
+def marginal_cost(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]] | None:
+    """Each role's CPU over the steps fitted as ``fixed cores + ms per request x requests/s``
+    (:func:`fit`): the per-request part is what one more request costs, without the fixed
+    part (the generator's operator, web viewers and per-second statistics; the product's
+    timers and scrapes) that weighs on the small steps. None with fewer than two steps."""
+    measured = [s for s in steps if s.get("cpu") and s.get("requests_per_s")]
+    if len(measured) < 2:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for role in ("generator", "product"):
+        points = [
+            (
+                float(s["requests_per_s"]),
+                sum(c for n, c in s["cpu"].items() if n != "machine" and role_of(n) == role),
+            )
+            for s in measured
+        ]
+        fixed, per_request = fit(points)
+        out[role] = {"fixed_cores": round(fixed, 4), "ms_per_request": round(per_request * 1000, 4)}
+    return out
+
+
 def generator_bound(step: dict[str, Any], cpus: int, generator_processes: int) -> bool:
     """True when the generator, not the product, ran out: its own processes at ``SATURATED``
     of their cores, or the machine at ``SATURATED`` and below it without the generator's
@@ -191,7 +237,7 @@ def analyse(steps: list[dict[str, Any]], cpus: int, generator_processes: int = 1
             first_saturated = {"index": step["index"], "devices": step["devices"], **top}
         if generator_saturated is None and any(h["component"] == GENERATOR for h in hot):
             generator_saturated = {"index": step["index"], "devices": step["devices"]}
-    bottleneck = None
+    bottleneck: dict[str, Any] | None = None
     limited = first_break if first_break is not None else first_generator_bound
     if limited is not None and (first_break is None or first_break["generator_bound"]):
         # the generator, not the product, ran out: the product held up to the knee, and what
@@ -322,6 +368,7 @@ def build(
         "cpus": cpus,
         "steps": built,
         "analysis": analyse(built, cpus, processes),
+        "marginal_cost": marginal_cost(built),
         "overall": _overall(rows, steps),
         "readings": _ledger_totals(run_dir / "ledger"),
         "restarts": cpu.restarts(cpu_rows),

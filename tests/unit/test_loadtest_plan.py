@@ -135,3 +135,19 @@ def test_newest_step_report_skips_other_shapes(tmp_path: Path):
     assert plan.newest_step_report(tmp_path).parent.name == "20260101T000000Z-devices"
     with pytest.raises(plan.PlanError, match="no step-ramp report"):
         plan.newest_step_report(tmp_path / "none")
+
+
+def test_marginal_cost_sets_the_fixed_part_apart_from_the_cost_per_request() -> None:
+    from loadtest.report import marginal_cost
+
+    # the generator: 0.02 cores fixed + 0.15 ms per request; the product 0.65 ms, nothing fixed
+    steps = [
+        {"requests_per_s": rps, "cpu": {"generator": 0.02 + rps * 0.00015, "api-1": rps * 0.00065}}
+        for rps in (200.0, 400.0, 800.0)
+    ]
+    m = marginal_cost(steps)
+    assert m is not None
+    assert m["generator"]["ms_per_request"] == pytest.approx(0.15)
+    assert m["generator"]["fixed_cores"] == pytest.approx(0.02)
+    assert m["product"]["ms_per_request"] == pytest.approx(0.65)
+    assert marginal_cost(steps[:1]) is None  # one step: nothing to fit
