@@ -5,8 +5,9 @@ missing from the table fails the test, so a new route cannot be forgotten.
 The callers: ``anon`` (no credentials), ``devA`` (a device of person A), ``devB`` (a device of
 person B), ``userA``, ``userB``, ``admin``, ``expired`` (A's access token past its expiry),
 ``deleted`` (the token of a device A deleted) and ``rotated`` (a token A rotated away).
-Each call targets A's things: a device and a command made fresh for it (so deletions and
-cancels do not change the next call). No answer to B, B's device or a dead credential may
+Each call targets A's things: a device, a command and a scheduled rollout made fresh for it
+(so deletions and cancels do not change the next call); admins create rollouts of their own
+devices only. No answer to B, B's device or a dead credential may
 carry A's ids or names.
 """
 
@@ -50,6 +51,14 @@ EXPECTED: dict[str, tuple[Any, ...]] = {
     "POST /commands/{command_id}/requeue": (401, 403, 403, 403, 403,  409,  401,    401,    401),
     "GET /commands/{command_id}":         (401, 200, 404, 200,  404,  200,  401,    401,    401),
     "GET /devices/{device_id}/commands":  (401, 200, 404, 200,  404,  200,  401,    401,    401),
+    "POST /rollouts":                     (401, 403, 403, 201,  404,  404,  401,    401,    401),
+    "GET /rollouts":                      (401, 403, 403, 200,  200,  200,  401,    401,    401),
+    "GET /rollouts/{rollout_id}":         (401, 403, 403, 200,  404,  200,  401,    401,    401),
+    "POST /rollouts/{rollout_id}/start":  (401, 403, 403, 200,  404,  200,  401,    401,    401),
+    "POST /rollouts/{rollout_id}/pause":  (401, 403, 403, 409,  404,  409,  401,    401,    401),
+    "POST /rollouts/{rollout_id}/resume": (401, 403, 403, 409,  404,  409,  401,    401,    401),
+    "POST /rollouts/{rollout_id}/approve": (401, 403, 403, 409, 404,  409,  401,    401,    401),
+    "POST /rollouts/{rollout_id}/cancel": (401, 403, 403, 200,  404,  200,  401,    401,    401),
     "GET /ping":                          (200, 200, 200, 200,  200,  200,  200,    200,    200),
     "GET /health":                        (200, 200, 200, 200,  200,  200,  200,    200,    200),
 }
@@ -61,12 +70,14 @@ SEES_A = {"devA", "userA", "admin"}
 
 @dataclass
 class Target:
-    """A's things for one call: a fresh device (its token is ``devA``) and a command to it."""
+    """A's things for one call: a fresh device (its token is ``devA``), a command to it and a
+    rollout to it, scheduled (not started)."""
 
     device_id: str
     device_token: str
     command_id: str
     marker: str  # in the device's name, the command's name and the reading's sensor
+    rollout_id: str = ""
 
 
 def _bodies(target: Target) -> dict[str, Any]:
@@ -76,6 +87,15 @@ def _bodies(target: Target) -> dict[str, Any]:
         "POST /sensors": {"readings": [{"sensor": target.marker, "value": 1.5}]},
         "POST /commands": {"device_id": target.device_id, "name": target.marker},
         "POST /commands/{command_id}/ack": {"status": "succeeded", "result": {}},
+        "POST /rollouts": _rollout_body(target),
+    }
+
+
+def _rollout_body(target: Target) -> dict[str, Any]:
+    return {
+        "command": {"name": target.marker},
+        "target": {"device_ids": [target.device_id]},
+        "start": False,
     }
 
 
@@ -139,7 +159,11 @@ def _target(a: Person, pg: psycopg.Connection) -> Target:
         lambda: pg.execute("SELECT 1 FROM commands WHERE id = %s", (command_id,)).fetchone(),
         what="the command's row",
     )
-    return Target(device["id"], device["token"], command_id, marker)
+    target = Target(device["id"], device["token"], command_id, marker)
+    r = a.api.post("/rollouts", json=_rollout_body(target), headers=a.headers)
+    assert r.status_code == 201, r.text
+    target.rollout_id = r.json()["id"]
+    return target
 
 
 def test_every_operation_of_the_document_is_in_the_table(api: httpx.Client) -> None:
@@ -149,7 +173,9 @@ def test_every_operation_of_the_document_is_in_the_table(api: httpx.Client) -> N
 
 def _call(api: httpx.Client, operation: str, target: Target, token: str | None) -> httpx.Response:
     method, path = operation.split(" ", 1)
-    url = path.format(device_id=target.device_id, command_id=target.command_id)
+    url = path.format(
+        device_id=target.device_id, command_id=target.command_id, rollout_id=target.rollout_id
+    )
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return api.request(
         method,

@@ -18,12 +18,13 @@ from iot.api.broker import Publisher
 from iot.api.deps import DEVICE_CACHE_MAX, State, forget_devices
 from iot.api.ingest import Coalescer, IngestShortcut
 from iot.api.metrics import UNAVAILABLE, MetricsMiddleware
-from iot.api.routes import auth, commands, devices, health, sensors
+from iot.api.routes import auth, commands, devices, health, rollouts, sensors
 from iot.api.sensor_names import SensorNames
 from iot.api.shortcut import IdlePollShortcut
 from iot.commands.service import Commands
 from iot.commands.wakeups import Wakeups
 from iot.errors import AuthError, IotError, QueueFull, Unavailable
+from iot.rollouts.service import Rollouts
 from iot.settings import Settings, get_settings
 
 log = logging.getLogger("iot.api")
@@ -78,10 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue_cap=settings.command_queue_max,
         )
         await state.commands.start()
+        state.rollouts = Rollouts(pool, state.commands, settings.replica_name)
+        await state.rollouts.start()
         app.state.iot = state
         try:
             yield
         finally:
+            await state.rollouts.stop()
             await state.commands.stop()
             await publisher.stop()
             await redis.aclose()
@@ -123,6 +127,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    for module in (auth, devices, sensors, commands, health):
+    for module in (auth, devices, sensors, commands, rollouts, health):
         app.include_router(module.router)
     return app

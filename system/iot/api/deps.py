@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from iot.api.ingest import Coalescer
     from iot.api.sensor_names import SensorNames
     from iot.commands.service import Commands
+    from iot.rollouts.service import Rollouts
 from iot.errors import AuthError, DatabaseBusy, DatabaseUnavailable, Forbidden
 from iot.settings import Settings
 from iot.sql import devices as devices_sql
@@ -48,6 +49,7 @@ class State:
     commands: Commands | None = None
     ingest: Coalescer | None = None
     sensor_names: SensorNames | None = None  # the cap on sensors per device; None: no cap
+    rollouts: Rollouts | None = None
 
 
 @dataclass(frozen=True)

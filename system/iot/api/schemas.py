@@ -230,7 +230,7 @@ MAX_ARGS_BYTES = 4096
 MAX_TTL_SECONDS = 48 * 3600
 
 
-def _small_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def small_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
     """At most MAX_ARGS_BYTES as JSON, and storable as Postgres jsonb."""
     if value is None:
         return None
@@ -261,14 +261,14 @@ class CommandCreate(Request):
     args: dict[str, Any] = Field(default_factory=dict)
     ttl: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS, description="seconds, 1 s to 48 h")] = 3600
 
-    _args_size = field_validator("args")(_small_json)
+    _args_size = field_validator("args")(small_json)
 
 
 class CommandAck(Request):
     status: Literal["succeeded", "failed", "rejected"]
     result: dict[str, Any] | None = None
 
-    _result_size = field_validator("result")(_small_json)
+    _result_size = field_validator("result")(small_json)
 
 
 class DeliveredCommand(BaseModel):

@@ -40,6 +40,14 @@ from iot.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound, Qu
 log = logging.getLogger(__name__)
 PublishTask = Callable[[str, str, dict[str, Any]], Awaitable[str]]
 _IDEMPOTENCY_NS = uuid.UUID("1c7f6f0e-3f55-4f53-9d7b-55a1f2a0c0de")
+
+
+def command_id_for(owner_id: uuid.UUID, idempotency_key: str) -> uuid.UUID:
+    """The id of the command a person sends with an Idempotency-Key: the same for every retry
+    (rollouts derive their commands' ids this way, one per device)."""
+    return uuid.uuid5(_IDEMPOTENCY_NS, f"{owner_id}:{idempotency_key}")
+
+
 _REDIS_ERRORS = (redis.RedisError, OSError)
 DESCRIPTOR_TTL_SECONDS = 3600  # only until the worker has stored the row
 NO_LISTENER_RECHECK_SECONDS = 1.0
@@ -114,7 +122,7 @@ class Commands:
             BrokerUnavailable: not confirmed; nothing was accepted, retry.
         """
         if idempotency_key:
-            command_id = uuid.uuid5(_IDEMPOTENCY_NS, f"{owner_id}:{idempotency_key}")
+            command_id = command_id_for(owner_id, idempotency_key)
             try:
                 existing = await self.descriptor(command_id)
             except DatabaseUnavailable:

@@ -371,6 +371,18 @@ async def owner_and_pending(
     return dict(row) if row else None
 
 
+async def statuses(
+    conn: psycopg.AsyncConnection[Any], command_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The status of each of these commands that has a row (rollouts count them)."""
+    if not command_ids:
+        return {}
+    cur = await conn.execute(
+        "SELECT id, status FROM commands WHERE id = ANY(%s::uuid[])", (command_ids,)
+    )
+    return {r["id"]: r["status"] for r in await cur.fetchall()}
+
+
 async def get_command(conn: psycopg.AsyncConnection[Any], command_id: uuid.UUID) -> Any:
     cur = await conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = %s", (command_id,))
     return await cur.fetchone()

@@ -1,0 +1,248 @@
+"""The rollout tables' statements (migration 0008): rollouts, their targets and decisions.
+
+Command statuses are read through the command core (:func:`iot.commands.store.statuses`);
+the devices a rollout may target through :mod:`iot.sql.devices`' owner rules, repeated here in
+one selection statement (labels are a devices column).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import psycopg
+
+_COLUMNS = (
+    "id, owner_id, state, command_name, command_args, command_ttl, target, total, phase_ends,"
+    " phase, rate_per_minute, phase_wait_seconds, approval, max_failure_share, min_finished,"
+    " sent, run_seconds, running_since, phase_done_at, created_at, finished_at"
+)
+
+
+async def targets_of(
+    conn: psycopg.AsyncConnection[Any],
+    owner_id: uuid.UUID | None,
+    device_ids: list[uuid.UUID] | None,
+    labels: dict[str, str] | None,
+) -> list[uuid.UUID]:
+    """The devices a rollout reaches: of ``owner_id`` (None: any owner, an admin naming
+    devices), among ``device_ids`` when given, whose labels contain ``labels`` when given."""
+    cur = await conn.execute(
+        "SELECT id FROM devices WHERE (%(owner)s::uuid IS NULL OR owner_id = %(owner)s)"
+        " AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))"
+        " AND (%(labels)s::jsonb IS NULL OR labels @> %(labels)s::jsonb)",
+        {
+            "owner": owner_id,
+            "ids": device_ids,
+            "labels": None if labels is None else orjson.dumps(labels).decode(),
+        },
+    )
+    return [r["id"] for r in await cur.fetchall()]
+
+
+async def create(
+    conn: psycopg.AsyncConnection[Any],
+    rollout: dict[str, Any],
+    targets: list[tuple[uuid.UUID, int, uuid.UUID]],
+    actor: str,
+) -> None:
+    """Insert a rollout, its ``targets`` (device, phase, command id; in order) and the
+    decision that created it, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO rollouts (id, owner_id, state, command_name, command_args, command_ttl,"
+            " target, total, phase_ends, rate_per_minute, phase_wait_seconds, approval,"
+            " max_failure_share, min_finished, running_since)"
+            " VALUES (%(id)s, %(owner_id)s, %(state)s, %(command_name)s, %(command_args)s,"
+            " %(command_ttl)s, %(target)s, %(total)s, %(phase_ends)s, %(rate_per_minute)s,"
+            " %(phase_wait_seconds)s, %(approval)s, %(max_failure_share)s, %(min_finished)s,"
+            " CASE WHEN %(state)s = 'running' THEN now() END)",
+            {
+                **rollout,
+                "command_args": orjson.dumps(rollout["command_args"]).decode(),
+                "target": orjson.dumps(rollout["target"]).decode(),
+            },
+        )
+        await conn.execute(
+            "INSERT INTO rollout_targets (rollout_id, position, device_id, phase, command_id)"
+            " SELECT %s, t.n - 1, t.device, t.phase, t.command"
+            " FROM unnest(%s::uuid[], %s::int[], %s::uuid[]) WITH ORDINALITY"
+            " AS t(device, phase, command, n)",
+            (
+                rollout["id"],
+                [t[0] for t in targets],
+                [t[1] for t in targets],
+                [t[2] for t in targets],
+            ),
+        )
+        await decide(conn, rollout["id"], actor, "created", f"{len(targets)} targets")
+
+
+async def decide(
+    conn: psycopg.AsyncConnection[Any],
+    rollout_id: uuid.UUID,
+    actor: str,
+    decision: str,
+    reason: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO rollout_decisions (rollout_id, actor, decision, reason) VALUES (%s,%s,%s,%s)",
+        (rollout_id, actor, decision, reason),
+    )
+
+
+async def get(conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID) -> dict[str, Any] | None:
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM rollouts WHERE id = %s", (rollout_id,))
+    row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def page(
+    conn: psycopg.AsyncConnection[Any], owner_id: uuid.UUID | None, limit: int
+) -> list[dict[str, Any]]:
+    """The newest rollouts of ``owner_id`` (None: everyone's)."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM rollouts WHERE (%(owner)s::uuid IS NULL OR owner_id = %(owner)s)"
+        " ORDER BY created_at DESC LIMIT %(limit)s",
+        {"owner": owner_id, "limit": limit},
+    )
+    return [dict(r) for r in await cur.fetchall()]
+
+
+async def move(
+    conn: psycopg.AsyncConnection[Any],
+    rollout_id: uuid.UUID,
+    before: str,
+    after: str,
+    actor: str,
+    decision: str,
+    reason: str = "",
+    *,
+    next_phase: bool = False,
+) -> bool:
+    """Change the state from ``before`` to ``after`` (nothing when it is no longer ``before``:
+    another actor moved first) and log the decision, in one transaction. Running time (the
+    rate counts it) is banked when leaving ``running`` and counted again from now when
+    entering it; ``next_phase`` starts the next phase, its running time from 0. Returns
+    whether it moved."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "UPDATE rollouts SET state = %(after)s,"
+            " run_seconds = CASE WHEN %(step)s = 1 THEN 0 ELSE run_seconds + CASE WHEN state ="
+            "   'running' AND running_since IS NOT NULL"
+            "   THEN extract(epoch FROM now() - running_since) ELSE 0 END END,"
+            " running_since = CASE WHEN %(after)s = 'running' THEN now() END,"
+            " phase = phase + %(step)s,"
+            " phase_done_at = CASE WHEN %(step)s = 1 THEN NULL ELSE phase_done_at END,"
+            " finished_at = CASE WHEN %(after)s IN ('completed', 'aborted', 'cancelled')"
+            "   THEN now() END,"
+            " driver = CASE WHEN %(after)s = 'running' THEN driver END,"
+            " driver_until = CASE WHEN %(after)s = 'running' THEN driver_until END"
+            " WHERE id = %(id)s AND state = %(before)s",
+            {"id": rollout_id, "before": before, "after": after, "step": int(next_phase)},
+        )
+        if cur.rowcount != 1:
+            return False
+        await decide(conn, rollout_id, actor, decision, reason)
+        return True
+
+
+async def hold(
+    conn: psycopg.AsyncConnection[Any], driver: str, lease_seconds: float
+) -> list[dict[str, Any]]:
+    """The running rollouts this ``driver`` holds now: those it held, and those whose driver's
+    lease lapsed (a replica that stopped or died). One actor per rollout at a time."""
+    cur = await conn.execute(
+        f"UPDATE rollouts SET driver = %(me)s, driver_until = now() + %(lease)s * interval '1 s'"
+        " WHERE state = 'running' AND (driver IS NULL OR driver = %(me)s OR driver_until < now())"
+        f" RETURNING {_COLUMNS}, extract(epoch FROM now() - running_since) + run_seconds"
+        " AS seconds_running, extract(epoch FROM now() - phase_done_at) AS seconds_since_phase",
+        {"me": driver, "lease": lease_seconds},
+    )
+    return [dict(r) for r in await cur.fetchall()]
+
+
+async def release(conn: psycopg.AsyncConnection[Any], driver: str) -> None:
+    await conn.execute(
+        "UPDATE rollouts SET driver = NULL, driver_until = NULL WHERE driver = %s", (driver,)
+    )
+
+
+async def unsent(
+    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID, phase: int, limit: int
+) -> list[dict[str, Any]]:
+    """The next targets not yet handled, of phases up to ``phase``, in order."""
+    cur = await conn.execute(
+        "SELECT position, device_id, command_id FROM rollout_targets"
+        " WHERE rollout_id = %s AND phase <= %s AND sent_at IS NULL"
+        " ORDER BY position LIMIT %s",
+        (rollout_id, phase, limit),
+    )
+    return [dict(r) for r in await cur.fetchall()]
+
+
+async def handled(
+    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID, position: int, refused: str | None
+) -> None:
+    """A target was sent its command (or refused one, with the reason): counted once."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "UPDATE rollout_targets SET sent_at = now(), refused = %s"
+            " WHERE rollout_id = %s AND position = %s AND sent_at IS NULL",
+            (refused, rollout_id, position),
+        )
+        if cur.rowcount == 1:
+            await conn.execute("UPDATE rollouts SET sent = sent + 1 WHERE id = %s", (rollout_id,))
+
+
+async def mark_phase_done(conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE rollouts SET phase_done_at = now() WHERE id = %s AND phase_done_at IS NULL",
+        (rollout_id,),
+    )
+
+
+async def sent_targets(
+    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID
+) -> list[dict[str, Any]]:
+    """Every handled target: its phase, device, command id and refusal (None: sent)."""
+    cur = await conn.execute(
+        "SELECT phase, device_id, command_id, refused FROM rollout_targets"
+        " WHERE rollout_id = %s AND sent_at IS NOT NULL ORDER BY position",
+        (rollout_id,),
+    )
+    return [dict(r) for r in await cur.fetchall()]
+
+
+async def phase_sizes(conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID) -> dict[int, int]:
+    cur = await conn.execute(
+        "SELECT phase, count(*) AS n FROM rollout_targets WHERE rollout_id = %s GROUP BY phase",
+        (rollout_id,),
+    )
+    return {r["phase"]: r["n"] for r in await cur.fetchall()}
+
+
+async def decisions(
+    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID, limit: int
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` decisions, oldest first."""
+    cur = await conn.execute(
+        "SELECT * FROM (SELECT at, actor, decision, reason FROM rollout_decisions"
+        " WHERE rollout_id = %s ORDER BY at DESC LIMIT %s) newest ORDER BY at",
+        (rollout_id, limit),
+    )
+    return [dict(r) for r in await cur.fetchall()]
+
+
+def counts_by_phase(
+    targets: list[dict[str, Any]], statuses: dict[uuid.UUID, str]
+) -> dict[int, dict[str, int]]:
+    """phase -> command status -> count, for handled targets (``refused`` for a target that got
+    no command; ``unknown`` for a command whose row is gone or not stored yet)."""
+    out: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for t in targets:
+        status = "refused" if t["refused"] else statuses.get(t["command_id"], "queued")
+        out[t["phase"]][status] += 1
+    return {p: dict(c) for p, c in out.items()}
