@@ -11,7 +11,9 @@ written are compared with what the pure functions say; the transaction is rolled
 
 The one invariant the drawing keeps: a ``delivered`` row has a lease (the claim, the only way
 into ``delivered``, sets one; every change out of it clears it). Other statuses are drawn with
-and without one, reachable or not.
+and without one, reachable or not. Without that invariant the two differ on one state no history
+reaches: a ``delivered`` row with no lease and every attempt used is dead for ``sweep_outcome``
+and left alone by ``_SWEEP_DEAD`` (``leased_until <= now()`` is not true of NULL).
 """
 
 from __future__ import annotations
