@@ -12,7 +12,7 @@ one (migration 0004). :func:`maintain` runs as the owner role (it creates and dr
 3. drops the partitions whose whole day is older than the retention, and deletes default rows
    that old once they have been stored for a day (a late reading is seen to land first);
 4. deletes finished commands (and their events) not updated within their retention, through
-   the command core (:func:`iot.commands.store.delete_finished`).
+   the command core (:func:`iot.commands.cleanup.delete_finished`).
 
 A partition is created as a plain table, filled, then attached: ``ATTACH PARTITION`` locks the
 parent only against other DDL, while ``CREATE TABLE ... PARTITION OF`` would block every reader
@@ -38,7 +38,7 @@ from prometheus_client import Counter, Gauge
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from iot.commands import store as commands_store
+from iot.commands import cleanup as commands_cleanup
 from iot.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def maintain(
                 (_bounds(oldest)[0], now - LATE_GRACE),
             ).rowcount
         if keep_commands:
-            report.deleted_commands = commands_store.delete_finished(
+            report.deleted_commands = commands_cleanup.delete_finished(
                 conn, now - timedelta(days=keep_commands)
             )
     finally:

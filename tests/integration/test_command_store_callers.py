@@ -1,7 +1,7 @@
-"""What other modules ask of the command store, on a scratch database built by the product's
-migrations: a device's deletion and a person's take their commands and events with them (and
-nobody else's), and the wake-ups listener's baseline names the devices with pending commands.
-(The retention delete is in test_history_partitions.py.)"""
+"""What other modules ask of the command core's SQL (``store.py``, ``cleanup.py``), on a scratch
+database built by the product's migrations: a device's deletion and a person's take their
+commands and events with them (and nobody else's), and the wake-ups listener's baseline names
+the devices with pending commands. (The retention delete is in test_history_partitions.py.)"""
 
 from __future__ import annotations
 

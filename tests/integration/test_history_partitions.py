@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from iot import maintenance
-from iot.commands import store as commands_store
+from iot.commands import cleanup as commands_cleanup
 from iot.settings import Settings
 from iot.sql import readings as readings_sql
 from loadtest.historybench import scratch_database
@@ -159,7 +159,7 @@ def _command(conn: psycopg.Connection, status: str, updated: datetime) -> uuid.U
 
 def test_finished_commands_past_their_retention_are_deleted_with_their_events(db) -> None:
     old = NOW - timedelta(days=91)
-    done_old = [_command(db, s, old) for s in commands_store.FINISHED]
+    done_old = [_command(db, s, old) for s in commands_cleanup.FINISHED]
     done_recent = _command(db, "succeeded", NOW - timedelta(days=89))
     pending_old = [_command(db, s, old) for s in ("queued", "delivered")]
     report = maintain(db, commands_retention_days=90)

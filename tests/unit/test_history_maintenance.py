@@ -6,12 +6,12 @@ import re
 from datetime import date
 
 from iot import maintenance
-from iot.commands import lifecycle, store
+from iot.commands import cleanup, lifecycle
 from iot.stack import setup as stack_setup
 
 
 def test_the_retention_deletes_every_final_status_and_only_those() -> None:
-    assert set(store.FINISHED) == set(lifecycle.TERMINAL)
+    assert set(cleanup.FINISHED) == set(lifecycle.TERMINAL)
 
 
 def test_the_partial_index_covers_exactly_what_the_retention_asks_for() -> None:
@@ -19,7 +19,7 @@ def test_the_partial_index_covers_exactly_what_the_retention_asks_for() -> None:
     text = (stack_setup.MIGRATIONS / "0005_commands_retention.sql").read_text()
     predicate = re.search(r"WHERE status IN \(([^)]*)\)", text)
     assert predicate is not None
-    assert f"({predicate.group(1)})" == store._FINISHED_SQL
+    assert f"({predicate.group(1)})" == cleanup._FINISHED_SQL
 
 
 def test_partition_names_sort_by_day() -> None:

@@ -1,6 +1,6 @@
 """SQL for the ``devices`` table. ``owner_id=None`` means "any owner" (admins).
 
-A device's commands are the command core's (:mod:`iot.commands.store`), deleted through it."""
+A device's commands belong to the command core and go through it (:mod:`iot.commands.cleanup`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from iot.commands import store as commands_store
+from iot.commands import cleanup as commands_cleanup
 from iot.errors import AuthError, Forbidden
 
 _COLUMNS = "id, owner_id, name, created_at, token_rotated_at"
@@ -147,7 +147,7 @@ async def delete_device(
         if cur.rowcount != 1:
             return False
         await conn.execute("DELETE FROM readings WHERE device_id = %s", (device_id,))
-        await commands_store.delete_of_device(conn, device_id)
+        await commands_cleanup.delete_of_device(conn, device_id)
         await _notify_changed(conn, device_id)
     return True
 

@@ -1,5 +1,5 @@
-"""SQL for the ``users`` table. A person's devices' commands are the command core's
-(:mod:`iot.commands.store`), deleted through it."""
+"""SQL for the ``users`` table. A person's devices' commands belong to the command core and go
+through it (:mod:`iot.commands.cleanup`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from iot.commands import store as commands_store
+from iot.commands import cleanup as commands_cleanup
 from iot.errors import Conflict
 
 
@@ -108,6 +108,6 @@ async def delete_user(conn: psycopg.AsyncConnection[Any], username: str) -> list
             "DELETE FROM readings WHERE device_id IN (SELECT id FROM devices WHERE owner_id = %s)",
             (user_id,),
         )
-        await commands_store.delete_of_owner(conn, user_id)
+        await commands_cleanup.delete_of_owner(conn, user_id)
         await conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
     return device_ids
