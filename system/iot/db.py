@@ -218,6 +218,24 @@ def connect(url: str) -> psycopg.Connection[Any]:
         raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
 
+async def aconnect(url: str) -> psycopg.AsyncConnection[Any]:
+    """A plain asyncio connection in autocommit, like the pool's (the CLI, for statements
+    written for the API's pool).
+
+    Raises:
+        DatabaseUnavailable: Postgres cannot be reached.
+    """
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url,
+            row_factory=dict_row,  # type: ignore[arg-type]
+            autocommit=True,
+            **_kwargs(),  # type: ignore[arg-type]
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+
 @contextmanager
 def translated() -> Iterator[None]:
     """Translate connection-level psycopg errors raised inside the block."""

@@ -214,15 +214,39 @@ def test_approval_between_phases_pause_resume_and_cancel(
     assert bob.api.post(f"/rollouts/{body['id']}/pause", headers=bob.headers).status_code == 404
 
 
-def test_a_scheduled_rollout_targets_labels_and_cancelling_it_sends_nothing(
-    alice: Person, pg: psycopg.Connection
+def test_labels_are_set_by_the_owner_and_a_scheduled_rollout_targets_them(
+    alice: Person, make_person: Callable[..., Person]
 ) -> None:
-    north = [alice.new_device() for _ in range(3)]
-    alice.new_device()  # unlabelled: not a target
-    for d in north:
-        pg.execute("UPDATE devices SET labels = %s WHERE id = %s", ('{"site": "north"}', d.id))
+    r = alice.api.post(
+        "/devices", json={"name": "n1", "labels": {"site": "north"}}, headers=alice.headers
+    )
+    assert r.status_code == 201, r.text
+    first = r.json()["id"]
+    assert alice.api.get(f"/devices/{first}", headers=alice.headers).json()["labels"] == {
+        "site": "north"
+    }
+    north = [first]
+    for _ in range(2):
+        d = alice.new_device()
+        r = alice.api.patch(
+            f"/devices/{d.id}",
+            json={"labels": {"site": "north", "model": "esp32-s3"}},
+            headers=alice.headers,
+        )
+        assert r.status_code == 200 and r.json()["labels"]["model"] == "esp32-s3", r.text
+        north.append(str(d.id))
+    other = alice.new_device()  # unlabelled: not a target
+    bad = alice.api.patch(
+        f"/devices/{other.id}", json={"labels": {"no spaces": "x"}}, headers=alice.headers
+    )
+    assert bad.status_code == 422, bad.text
+    bob = make_person()
+    r = bob.api.patch(f"/devices/{first}", json={"labels": {}}, headers=bob.headers)
+    assert r.status_code == 404  # not bob's device
+
     body = create(alice, target={"labels": {"site": "north"}}, start=False)
     assert body["state"] == "scheduled" and body["total"] == 3
+    assert body["target"] == {"labels": {"site": "north"}}
     r = alice.api.post(f"/rollouts/{body['id']}/cancel", headers=alice.headers)
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     assert rollout(alice, body["id"])["sent"] == 0
@@ -243,3 +267,22 @@ def test_bad_rollouts_are_refused_clearly(
     assert post(target={"labels": {"site": "nowhere"}}).status_code == 422  # matches nothing
     r = post(target={"device_ids": [str(mine.id), str(theirs.id)]})
     assert r.status_code == 404, r.text  # another person's device is not a target
+
+
+def test_operators_steer_rollouts_with_iotctl(alice: Person) -> None:
+    from tests.integration.test_operations import iotctl
+
+    devices = [alice.new_device() for _ in range(2)]
+    body = create(alice, target={"device_ids": [str(d.id) for d in devices]}, start=False)
+    listed = iotctl("rollouts", "list")
+    assert listed.returncode == 0 and body["id"] in listed.stdout, listed.stderr
+    refused = iotctl("rollouts", "pause", body["id"])
+    assert refused.returncode == 1 and "a scheduled rollout cannot be paused" in refused.stderr
+    done = iotctl("rollouts", "cancel", body["id"])
+    assert done.returncode == 0 and "cancelled" in done.stdout, done.stderr
+    shown = iotctl("rollouts", "show", body["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "cancelled" in shown.stdout and "iotctl" in shown.stdout  # who cancelled it
+    assert rollout(alice, body["id"])["state"] == "cancelled"
+    missing = iotctl("rollouts", "show", str(uuid.uuid4()))
+    assert missing.returncode == 1 and "no rollout" in missing.stderr

@@ -40,6 +40,7 @@ EXPECTED: dict[str, tuple[Any, ...]] = {
     "GET /devices":                       (401, 403, 403, 200,  200,  200,  401,    401,    401),
     "GET /devices/{device_id}":           (401, 403, 403, 200,  404,  200,  401,    401,    401),
     "DELETE /devices/{device_id}":        (401, 403, 403, 204,  404,  204,  401,    401,    401),
+    "PATCH /devices/{device_id}":         (401, 403, 403, 200,  404,  200,  401,    401,    401),
     "POST /devices/{device_id}/token":    (401, 403, 403, 200,  404,  200,  401,    401,    401),
     "POST /sensors":                      (401, 201, 201, 403,  403,  403,  401,    401,    401),
     "GET /sensors":                       (401, 200, 404, 200,  404,  200,  401,    401,    401),
@@ -88,6 +89,7 @@ def _bodies(target: Target) -> dict[str, Any]:
         "POST /commands": {"device_id": target.device_id, "name": target.marker},
         "POST /commands/{command_id}/ack": {"status": "succeeded", "result": {}},
         "POST /rollouts": _rollout_body(target),
+        "PATCH /devices/{device_id}": {"labels": {"site": "matrix"}},
     }
 
 

@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     WithJsonSchema,
     field_validator,
 )
@@ -118,14 +119,27 @@ class TokenResponse(BaseModel):
 
 
 # ----- devices -----
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Labels = Annotated[
+    dict[LabelKey, Annotated[Text, Field(max_length=128)]],
+    Field(max_length=16, description='up to 16, e.g. {"site": "north", "model": "esp32-s3"}'),
+]
+
+
 class DeviceCreate(Request):
     name: Annotated[Text, Field(min_length=1, max_length=128)]
+    labels: Labels = Field(default_factory=dict)
+
+
+class DeviceUpdate(Request):
+    labels: Labels = Field(description="replaces every label of the device")
 
 
 class Device(BaseModel):
     id: uuid.UUID
     owner_id: uuid.UUID
     name: str
+    labels: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
     token_rotated_at: datetime
     last_seen: datetime | None = Field(

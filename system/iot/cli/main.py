@@ -20,7 +20,7 @@ import sys
 
 import typer
 
-from iot.cli import cache, commands, device, queues, stack, users
+from iot.cli import cache, commands, device, queues, rollouts, stack, users
 
 app = typer.Typer(
     help="Run and operate the IoT remote-control stack: RabbitMQ, Postgres, Redis, nginx, "
@@ -45,6 +45,7 @@ for command in (
 
 app.add_typer(users.app, name="users")
 app.add_typer(commands.app, name="commands")
+app.add_typer(rollouts.app, name="rollouts")
 app.add_typer(cache.app, name="cache")
 
 

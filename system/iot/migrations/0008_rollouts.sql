@@ -31,10 +31,13 @@ CREATE TABLE rollouts (
     driver             text,                      -- the replica driving it, until driver_until
     driver_until       timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now(),
-    finished_at        timestamptz
+    finished_at        timestamptz,
+    -- aborted or cancelled: its commands not yet final were cancelled (by a driver, after)
+    commands_cancelled boolean NOT NULL DEFAULT false
 );
 CREATE INDEX rollouts_owner_idx ON rollouts (owner_id, created_at);
-CREATE INDEX rollouts_active_idx ON rollouts (state) WHERE state = 'running';
+CREATE INDEX rollouts_active_idx ON rollouts (state)
+    WHERE state = 'running' OR (state IN ('aborted', 'cancelled') AND NOT commands_cancelled);
 
 -- The targets, in the order the rollout reaches them. command_id is derived from the rollout
 -- and the device (the Idempotency-Key of POST /commands): however often a driver retries or

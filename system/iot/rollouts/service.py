@@ -34,6 +34,7 @@ from iot.errors import (
     Unavailable,
 )
 from iot.rollouts import rules, store
+from iot.sql import devices as devices_sql
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,8 @@ class Rollouts:
         target = spec["target"]
         ids = target.get("device_ids")
         async with db.connection(self.pool) as conn:
-            devices = await store.targets_of(
-                conn,
-                who.user_id,  # a rollout reaches its owner's devices only (admins too)
-                ids,
-                target.get("labels"),
-            )
+            # a rollout reaches its owner's devices only (admins' too)
+            devices = await devices_sql.matching(conn, who.user_id, ids, target.get("labels"))
             if ids and len(devices) != len(set(ids)):
                 raise NotFound("no such device (or not yours) among device_ids")
             if not devices:
@@ -127,24 +124,7 @@ class Rollouts:
         """The rollout, counts per command status per phase, its newest ``limit`` decisions,
         its first ``limit`` failed devices (and how many failed)."""
         async with db.connection(self.pool) as conn:
-            row = await self._owned(conn, rollout_id, who)
-            handled = await store.sent_targets(conn, rollout_id)
-            statuses = await commands_store.statuses(
-                conn, [t["command_id"] for t in handled if not t["refused"]]
-            )
-            decisions = await store.decisions(conn, rollout_id, limit)
-        counts = store.counts_by_phase(handled, statuses)
-        failed = [
-            {
-                "device_id": t["device_id"],
-                "command_id": None if t["refused"] else t["command_id"],
-                "status": "refused" if t["refused"] else statuses.get(t["command_id"]),
-                "reason": t["refused"] or "",
-            }
-            for t in handled
-            if t["refused"] or statuses.get(t["command_id"]) in rules.BAD
-        ]
-        return {**describe(row, counts, decisions, failed[:limit]), "failed_total": len(failed)}
+            return await full_view(conn, await self._owned(conn, rollout_id, who), limit)
 
     async def page(self, who: Person, limit: int) -> list[dict[str, Any]]:
         async with db.connection(self.pool) as conn:
@@ -152,32 +132,14 @@ class Rollouts:
         return [describe(r, {}, [], []) for r in rows]
 
     async def act(self, rollout_id: uuid.UUID, who: Person, action: str) -> dict[str, Any]:
-        """A person's pause, resume, approve, start or cancel.
+        """A person's pause, resume, approve, start or cancel (see :func:`apply`).
 
         Raises:
             NotFound: no such rollout of theirs.
             TransitionRefused: the action does not apply now (a Conflict).
         """
         async with db.connection(self.pool) as conn:
-            row = await self._owned(conn, rollout_id, who)
-            after = rules.act(row["state"], action)
-            at_phase_end = row["sent"] >= row["phase_ends"][row["phase"]]
-            more = row["phase"] + 1 < len(row["phase_ends"])
-            next_phase = action == "approve" and at_phase_end and more
-            reason = f"phase {row['phase'] + 2} approved" if next_phase else ""
-            if not await store.move(
-                conn,
-                rollout_id,
-                row["state"],
-                after,
-                who.username,
-                action,
-                reason,
-                next_phase=next_phase,
-            ):
-                raise TransitionRefused(row["state"], "the rollout changed meanwhile; look again")
-        if after == rules.CANCELLED:
-            await self._cancel_pending(rollout_id, f"{who.username} (rollout {rollout_id})")
+            await apply(conn, await self._owned(conn, rollout_id, who), action, who.username)
         return await self.view(rollout_id, who)
 
     # --- the driver ----------------------------------------------------------------------
@@ -208,8 +170,11 @@ class Rollouts:
         """One pass over the running rollouts this replica holds (or can take over)."""
         async with db.connection(self.pool) as conn:
             held = await store.hold(conn, self.me, LEASE_SECONDS)
+            stopped = await store.to_clean(conn)
         for rollout in held:
             await self._drive(rollout)
+        for rollout_id in stopped:
+            await self._cancel_pending(rollout_id)
 
     async def _drive(self, r: dict[str, Any]) -> None:
         async with db.connection(self.pool) as conn:
@@ -232,7 +197,6 @@ class Rollouts:
                 )
             if moved:
                 log.warning("rollout %s aborted: %s", r["id"], reason)
-                await self._cancel_pending(r["id"], f"rollout {r['id']} (aborted)")
             return
         ends = r["phase_ends"]
         start = ends[phase - 1] if phase else 0
@@ -319,9 +283,10 @@ class Rollouts:
             async with db.connection(self.pool) as conn:
                 await store.handled(conn, r["id"], t["position"], refused)
 
-    async def _cancel_pending(self, rollout_id: uuid.UUID, by: str) -> None:
-        """Cancel the rollout's commands not yet final, recorded as cancelled by ``by`` (best
-        effort: one that a device acks meanwhile stays as acked)."""
+    async def _cancel_pending(self, rollout_id: uuid.UUID) -> None:
+        """Cancel the commands not yet final of an aborted or cancelled rollout, then note it
+        done. Any replica may do it, again after a crash: a cancel is harmless twice, and a
+        command that a device acks meanwhile stays as acked."""
         async with db.connection(self.pool) as conn:
             handled = await store.sent_targets(conn, rollout_id)
             ids = [t["command_id"] for t in handled if not t["refused"]]
@@ -330,10 +295,55 @@ class Rollouts:
             if status not in ("queued", "delivered"):
                 continue
             descriptor = await self.commands.descriptor(command_id)
-            if descriptor is None:
-                continue
-            with contextlib.suppress(TransitionRefused, NotFound):
-                await self.commands.cancel(descriptor, by)
+            if descriptor is not None:
+                with contextlib.suppress(TransitionRefused, NotFound):
+                    await self.commands.cancel(descriptor, f"rollout {rollout_id}")
+        async with db.connection(self.pool) as conn:
+            await store.cleaned(conn, rollout_id)
+
+
+async def full_view(conn: Any, row: dict[str, Any], limit: int) -> dict[str, Any]:
+    """A rollout with counts per command status per phase, its newest ``limit`` decisions and
+    first ``limit`` failed devices (and how many failed)."""
+    handled = await store.sent_targets(conn, row["id"])
+    statuses = await commands_store.statuses(
+        conn, [t["command_id"] for t in handled if not t["refused"]]
+    )
+    decisions = await store.decisions(conn, row["id"], limit)
+    counts = store.counts_by_phase(handled, statuses)
+    failed = [
+        {
+            "device_id": t["device_id"],
+            "command_id": None if t["refused"] else t["command_id"],
+            "status": "refused" if t["refused"] else statuses.get(t["command_id"]),
+            "reason": t["refused"] or "",
+        }
+        for t in handled
+        if t["refused"] or statuses.get(t["command_id"]) in rules.BAD
+    ]
+    return {**describe(row, counts, decisions, failed[:limit]), "failed_total": len(failed)}
+
+
+async def apply(conn: Any, row: dict[str, Any], action: str, actor: str) -> str:
+    """A person's ``action`` on a rollout (a row of :func:`store.get`); returns the new state.
+    ``approve`` at the end of a phase starts the next one; a cancelled rollout's commands not
+    yet final are cancelled by a driver moments later.
+
+    Raises:
+        TransitionRefused: the action does not apply in the rollout's state, or another actor
+            changed it meanwhile (a Conflict).
+    """
+    after = rules.act(row["state"], action)
+    at_phase_end = row["sent"] >= row["phase_ends"][row["phase"]]
+    more = row["phase"] + 1 < len(row["phase_ends"])
+    next_phase = action == "approve" and at_phase_end and more
+    reason = f"phase {row['phase'] + 2} approved" if next_phase else ""
+    moved = await store.move(
+        conn, row["id"], row["state"], after, actor, action, reason, next_phase=next_phase
+    )
+    if not moved:
+        raise TransitionRefused(row["state"], "the rollout changed meanwhile; look again")
+    return after
 
 
 def describe(

@@ -1,8 +1,7 @@
 """The rollout tables' statements (migration 0008): rollouts, their targets and decisions.
 
-Command statuses are read through the command core (:func:`iot.commands.store.statuses`);
-the devices a rollout may target through :mod:`iot.sql.devices`' owner rules, repeated here in
-one selection statement (labels are a devices column).
+Command statuses are read through the command core (:func:`iot.commands.store.statuses`),
+the devices a rollout targets through :func:`iot.sql.devices.matching`.
 """
 
 from __future__ import annotations
@@ -19,27 +18,6 @@ _COLUMNS = (
     " phase, rate_per_minute, phase_wait_seconds, approval, max_failure_share, min_finished,"
     " sent, run_seconds, running_since, phase_done_at, created_at, finished_at"
 )
-
-
-async def targets_of(
-    conn: psycopg.AsyncConnection[Any],
-    owner_id: uuid.UUID | None,
-    device_ids: list[uuid.UUID] | None,
-    labels: dict[str, str] | None,
-) -> list[uuid.UUID]:
-    """The devices a rollout reaches: of ``owner_id`` (None: any owner, an admin naming
-    devices), among ``device_ids`` when given, whose labels contain ``labels`` when given."""
-    cur = await conn.execute(
-        "SELECT id FROM devices WHERE (%(owner)s::uuid IS NULL OR owner_id = %(owner)s)"
-        " AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))"
-        " AND (%(labels)s::jsonb IS NULL OR labels @> %(labels)s::jsonb)",
-        {
-            "owner": owner_id,
-            "ids": device_ids,
-            "labels": None if labels is None else orjson.dumps(labels).decode(),
-        },
-    )
-    return [r["id"] for r in await cur.fetchall()]
 
 
 async def create(
@@ -162,6 +140,18 @@ async def hold(
         {"me": driver, "lease": lease_seconds},
     )
     return [dict(r) for r in await cur.fetchall()]
+
+
+async def to_clean(conn: psycopg.AsyncConnection[Any]) -> list[uuid.UUID]:
+    """Aborted or cancelled rollouts whose commands not yet final are still to be cancelled."""
+    cur = await conn.execute(
+        "SELECT id FROM rollouts WHERE state IN ('aborted', 'cancelled') AND NOT commands_cancelled"
+    )
+    return [r["id"] for r in await cur.fetchall()]
+
+
+async def cleaned(conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE rollouts SET commands_cancelled = true WHERE id = %s", (rollout_id,))
 
 
 async def release(conn: psycopg.AsyncConnection[Any], driver: str) -> None:

@@ -8,11 +8,12 @@ import uuid
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from iot.commands import cleanup as commands_cleanup
 from iot.errors import AuthError, Forbidden
 
-_COLUMNS = "id, owner_id, name, created_at, token_rotated_at"
+_COLUMNS = "id, owner_id, name, labels, created_at, token_rotated_at"
 DEVICES_CHANNEL = "iot_devices"  # LISTENed to by every API replica (commands/wakeups.py)
 
 
@@ -22,6 +23,7 @@ async def create_device(
     name: str,
     token_hash: str,
     default_cap: int,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Register a device, unless its owner already has as many as they may: their own
     ``max_devices``, else ``default_cap``; admins have no cap. The owner's row is locked
@@ -53,9 +55,9 @@ async def create_device(
                     "administrator to raise your limit"
                 )
         cur = await conn.execute(
-            f"INSERT INTO devices (id, owner_id, name, token_hash) VALUES (%s, %s, %s, %s)"
-            f" RETURNING {_COLUMNS}",
-            (uuid.uuid4(), owner_id, name, token_hash),
+            f"INSERT INTO devices (id, owner_id, name, token_hash, labels)"
+            f" VALUES (%s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+            (uuid.uuid4(), owner_id, name, token_hash, Jsonb(labels or {})),
         )
         row = await cur.fetchone()
     assert row is not None
@@ -71,6 +73,39 @@ async def get_device(
     )
     row = await cur.fetchone()
     return dict(row) if row else None
+
+
+async def set_labels(
+    conn: psycopg.AsyncConnection[Any],
+    device_id: uuid.UUID,
+    owner_id: uuid.UUID | None,
+    labels: dict[str, str],
+) -> dict[str, Any] | None:
+    """Replace the device's labels; None when there is no such device (of ``owner_id``)."""
+    cur = await conn.execute(
+        f"UPDATE devices SET labels = %s WHERE id = %s AND (%s::uuid IS NULL OR owner_id = %s)"
+        f" RETURNING {_COLUMNS}",
+        (Jsonb(labels), device_id, owner_id, owner_id),
+    )
+    row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def matching(
+    conn: psycopg.AsyncConnection[Any],
+    owner_id: uuid.UUID,
+    device_ids: list[uuid.UUID] | None,
+    labels: dict[str, str] | None,
+) -> list[uuid.UUID]:
+    """The ids of ``owner_id``'s devices among ``device_ids`` (when given) whose labels
+    contain ``labels`` (when given: the GIN index of migration 0008). A rollout's targets."""
+    cur = await conn.execute(
+        "SELECT id FROM devices WHERE owner_id = %(owner)s"
+        " AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))"
+        " AND (%(labels)s::jsonb IS NULL OR labels @> %(labels)s::jsonb)",
+        {"owner": owner_id, "ids": device_ids, "labels": None if labels is None else Jsonb(labels)},
+    )
+    return [r["id"] for r in await cur.fetchall()]
 
 
 async def list_devices(

@@ -25,6 +25,7 @@ from iot.api.schemas import (
     Device,
     DeviceCreate,
     DeviceList,
+    DeviceUpdate,
     DeviceWithToken,
     Problem,
     problems,
@@ -82,6 +83,7 @@ async def create_device(body: DeviceCreate, user: CurrentUser, state: AppState) 
             body.name,
             security.hash_device_token(token),
             state.settings.max_devices_per_user,
+            body.labels,
         )
     await remember_owner(state, row["id"], user.user_id)
     return DeviceWithToken(id=row["id"], name=row["name"], token=token)
@@ -107,6 +109,19 @@ async def get_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -
         raise NotFound("no such device")
     (device,) = await _with_presence(state, [row])
     return device
+
+
+@router.patch("/devices/{device_id}", response_model=Device, responses=problems(404))
+async def update_device(
+    device_id: uuid.UUID, body: DeviceUpdate, user: CurrentUser, state: AppState
+) -> Device:
+    """Set the device's labels (all of them: the labels given replace the old ones). Rollouts
+    select devices by label; a rollout already created keeps its targets."""
+    async with db.connection(state.pool) as conn:
+        row = await devices_sql.set_labels(conn, device_id, user.owner_filter, body.labels)
+    if row is None:
+        raise NotFound("no such device")
+    return (await _with_presence(state, [row]))[0]
 
 
 @router.post("/devices/{device_id}/token", response_model=DeviceWithToken, responses=problems(404))
