@@ -1,5 +1,5 @@
 // The app's pure rules, in Node's own test runner (no dependencies): argument checking, plain
-// error sentences, chart steps and gaps, relative times.
+// error sentences, chart steps and gaps, relative times, labels, rollout bodies and actions.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -8,6 +8,7 @@ import { ApiError, explain } from '../public/js/api.js';
 import { runs, stepFor } from '../public/js/chart.js';
 import { parseArgs } from '../public/js/commands.js';
 import { ago } from '../public/js/dom.js';
+import { actionsFor, countsText, describeTarget, formatLabels, parseLabels, parsePhases, rolloutBody, settled } from '../public/js/rules.js';
 
 test('arguments must be a JSON object', () => {
   assert.deepEqual(parseArgs('{"seconds": 30}'), { value: { seconds: 30 } });
@@ -64,4 +65,85 @@ test('relative times', () => {
   assert.equal(ago('2026-11-30T09:55:00Z', now), '5 min ago');
   assert.equal(ago('2026-11-30T07:00:00Z', now), '3 h ago');
   assert.equal(ago('2026-11-28T10:00:00Z', now), '2 d ago');
+});
+
+test('labels are key=value pairs, by commas or lines', () => {
+  assert.deepEqual(parseLabels('site=north, model = esp32-s3\nroom=2=b'), { value: { site: 'north', model: 'esp32-s3', room: '2=b' } });
+  assert.deepEqual(parseLabels('  '), { value: {} });
+  assert.deepEqual(parseLabels('empty='), { value: { empty: '' } });
+  assert.match(parseLabels('site').error, /is not key=value/);
+  assert.match(parseLabels('bad key=1').error, /not a label key/);
+  assert.match(parseLabels('a=1, a=2').error, /given twice/);
+  assert.match(parseLabels(`a=${'x'.repeat(129)}`).error, /longer than 128/);
+  assert.match(parseLabels(Array.from({ length: 17 }, (_, i) => `k${i}=v`).join(',')).error, /at most 16/);
+  assert.equal(formatLabels({ site: 'north', model: 'esp32' }), 'model=esp32, site=north');
+  assert.equal(formatLabels({}), '');
+});
+
+test('phases are rising numbers', () => {
+  assert.deepEqual(parsePhases('1, 10, 100'), { value: [1, 10, 100] });
+  assert.deepEqual(parsePhases('5 50'), { value: [5, 50] });
+  assert.match(parsePhases('10, 10').error, /cumulative/);
+  assert.match(parsePhases('0, 10').error, /above 0/);
+  assert.match(parsePhases('a').error, /above 0/);
+  assert.match(parsePhases('').error, /at least one/);
+});
+
+const form = {
+  target: 'selection', labels: '', name: 'configure', args: '{"interval": 30}', ttl: '600', phases: '25, 100',
+  unit: 'percent', rate: '600', wait: '0', approval: true, share: '50', min: '10', start: true,
+};
+
+test('a rollout body from the form, or the field to fix', () => {
+  assert.deepEqual(rolloutBody(form, ['a', 'b']).value, {
+    command: { name: 'configure', args: { interval: 30 }, ttl: 600 },
+    target: { device_ids: ['a', 'b'] },
+    phases: [25, 100],
+    phase_unit: 'percent',
+    rate_per_minute: 600,
+    phase_wait_seconds: 0,
+    approval: true,
+    max_failure_share: 0.5,
+    min_finished: 10,
+    start: true,
+  });
+  assert.deepEqual(rolloutBody({ ...form, target: 'labels', labels: 'site=north' }, []).value.target, { labels: { site: 'north' } });
+  assert.deepEqual(rolloutBody({ ...form, target: 'all' }, []).value.target, { all: true });
+  assert.equal(rolloutBody(form, []).field, 'target');
+  assert.equal(rolloutBody({ ...form, target: 'labels', labels: '' }, []).field, 'labels');
+  assert.equal(rolloutBody({ ...form, name: 'no spaces' }, ['a']).field, 'name');
+  assert.equal(rolloutBody({ ...form, args: '[1]' }, ['a']).field, 'args');
+  assert.equal(rolloutBody({ ...form, ttl: '1.5' }, ['a']).field, 'ttl');
+  assert.equal(rolloutBody({ ...form, share: '101' }, ['a']).field, 'share');
+  assert.equal(rolloutBody({ ...form, phases: '50, 150' }, ['a']).field, 'phases');
+  assert.deepEqual(rolloutBody({ ...form, phases: '1, 150', unit: 'count' }, ['a']).value.phases, [1, 150]);
+});
+
+const rollout = (state, sent, phase, counts, approval = true) => ({
+  state, sent, phase, approval, phases: [{ index: 0, size: 1, counts }, { index: 1, size: 3, counts: {} }],
+});
+
+test('the rollout actions that apply', () => {
+  const on = (a) => Object.keys(a).filter((k) => k !== 'awaiting' && a[k]).sort();
+  assert.deepEqual(on(actionsFor(rollout('scheduled', 0, 0, {}))), ['cancel', 'start']);
+  assert.deepEqual(on(actionsFor(rollout('running', 1, 0, { delivered: 1 }))), ['cancel', 'pause']);
+  const awaiting = actionsFor(rollout('paused', 1, 0, { succeeded: 1 }));
+  assert.equal(awaiting.awaiting, true);
+  assert.deepEqual(on(awaiting), ['approve', 'cancel']);
+  // paused by a person before the phase finished: resume, or approve the next phase early
+  assert.deepEqual(on(actionsFor(rollout('paused', 1, 0, { delivered: 1 }))), ['approve', 'cancel', 'resume']);
+  assert.deepEqual(on(actionsFor(rollout('paused', 0, 0, {}))), ['cancel', 'resume']);
+  assert.deepEqual(on(actionsFor({ ...rollout('paused', 4, 1, {}), phase: 1 })), ['cancel', 'resume']);
+  for (const s of ['completed', 'aborted', 'cancelled']) assert.deepEqual(on(actionsFor(rollout(s, 4, 1, {}))), []);
+});
+
+test('a phase in words, and when a rollout is settled', () => {
+  assert.equal(countsText({ size: 5, counts: { queued: 1, succeeded: 2, failed: 1 } }), '2 succeeded · 1 failed · 1 queued · 1 not sent');
+  assert.equal(countsText({ size: 0, counts: {} }), 'nothing yet');
+  assert.equal(settled(rollout('aborted', 1, 0, { queued: 1 })), false);
+  assert.equal(settled(rollout('aborted', 1, 0, { cancelled: 1 })), true);
+  assert.equal(settled(rollout('paused', 1, 0, { succeeded: 1 })), false);
+  assert.equal(describeTarget({ device_ids: ['a'] }), '1 chosen device');
+  assert.equal(describeTarget({ labels: { site: 'north' } }), 'devices labelled site=north');
+  assert.equal(describeTarget({ all: true }), 'all devices');
 });

@@ -1,4 +1,5 @@
-// The web app's entry: routes (#/devices, #/devices/<id>), the login gate, the notice area,
+// The web app's entry: routes (#/devices, #/devices/<id>, #/rollouts, #/rollouts/<id>), the
+// login gate, the notice area,
 // and a last-resort error handler so a failure is said in words, never a blank page.
 
 import { explain, session } from './api.js';
@@ -7,10 +8,14 @@ import { devicesView } from './devices.js';
 import { h, replace } from './dom.js';
 import { Live } from './live.js';
 import { loginView } from './login.js';
+import { rolloutView } from './rollout.js';
+import { rolloutsView } from './rollouts.js';
+import { selection } from './selection.js';
 
 const main = document.getElementById('main');
 const who = document.getElementById('who');
 const notice = document.getElementById('notice');
+const nav = document.getElementById('nav');
 let live = null;
 
 /** A message above the page, until dismissed or replaced. */
@@ -35,6 +40,7 @@ function renderWho() {
 
 function logout() {
   session.logout();
+  selection.clear();
   replace(notice);
   route();
 }
@@ -43,14 +49,23 @@ function route() {
   if (live) live.stop();
   live = new Live();
   renderWho();
+  nav.hidden = !session.user;
+  const hash = window.location.hash;
+  for (const a of nav.querySelectorAll('a')) {
+    if ((hash || '#/devices').startsWith(a.getAttribute('href'))) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
   if (!session.user) {
     loginView(main, live, () => {
       replace(notice);
       route();
     });
   } else {
-    const match = window.location.hash.match(/^#\/devices\/([0-9a-fA-F-]{36})$/);
-    if (match) deviceView(main, live, match[1]);
+    const device = hash.match(/^#\/devices\/([0-9a-fA-F-]{36})$/);
+    const rollout = hash.match(/^#\/rollouts\/([0-9a-fA-F-]{36})$/);
+    if (device) deviceView(main, live, device[1]);
+    else if (rollout) rolloutView(main, live, rollout[1]);
+    else if (hash === '#/rollouts') rolloutsView(main, live);
     else devicesView(main, live);
   }
   const heading = main.querySelector('h1');
