@@ -34,6 +34,7 @@ class Fleet:
     def __init__(self, base_url: str, devices: list[Device], failing: set[uuid.UUID]) -> None:
         self.base_url, self.devices, self.failing = base_url, devices, failing
         self.deliveries: Counter[tuple[str, str]] = Counter()
+        self.runs: Counter[str] = Counter()  # handler runs per device (run-once ids hold)
         self.acked: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -53,6 +54,7 @@ class Fleet:
         registry = Registry()
 
         def configure(core: Any, args: dict[str, Any]) -> dict[str, Any]:
+            self.runs[str(d.id)] += 1
             if d.id in self.failing:
                 raise RuntimeError("this unit refuses the new setting")
             return {"applied": args}
