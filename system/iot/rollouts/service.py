@@ -33,7 +33,7 @@ from iot.errors import (
     TransitionRefused,
     Unavailable,
 )
-from iot.rollouts import rules, store
+from iot.rollouts import metrics, rules, store
 from iot.sql import devices as devices_sql
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,9 @@ class Rollouts:
         async with db.connection(self.pool) as conn:
             held = await store.hold(conn, self.me, LEASE_SECONDS)
             stopped = await store.to_clean(conn)
+            ids = [r["id"] for r in held]
+            since = await store.last_progress(conn, metrics.PROGRESS.unknown(ids))
+        metrics.PROGRESS.held(ids, since, LEASE_SECONDS)
         for rollout in held:
             await self._drive(rollout)
         for rollout_id in stopped:
@@ -200,9 +203,22 @@ class Rollouts:
             return
         ends = r["phase_ends"]
         start = ends[phase - 1] if phase else 0
+        running = r["seconds_running"] or 0.0
+        n = rules.allowance(r["rate_per_minute"], running, r["sent"] - start)
+        in_wait = r["phase_done_at"] is not None and (
+            (r["seconds_since_phase"] or 0.0) < r["phase_wait_seconds"]
+        )
+        metrics.PROGRESS.note(
+            r["id"],
+            (
+                phase,
+                r["sent"],
+                r["phase_done_at"],
+                sorted((p, sorted(c.items())) for p, c in counts.items()),
+            ),
+            waiting=in_wait or (r["sent"] < ends[phase] and n == 0),
+        )
         if r["sent"] < ends[phase]:
-            running = r["seconds_running"] or 0.0
-            n = rules.allowance(r["rate_per_minute"], running, r["sent"] - start)
             await self._send(r, min(n, ends[phase] - r["sent"], BATCH))
             return
         if not rules.phase_finished(counts.get(phase, {}), ends[phase] - start):
@@ -266,6 +282,7 @@ class Rollouts:
                     row = await commands_store.owner_and_pending(conn, device, r["owner_id"])
                 if row is None:
                     refused = "the device was deleted (or changed owner)"
+                    metrics.TARGETS_REFUSED.labels("deleted").inc()
                 else:
                     await self.commands.send(
                         r["owner_id"],
@@ -276,10 +293,13 @@ class Rollouts:
                         idempotency_key(r["id"], device),
                         pending=int(row["pending"]),
                     )
+                    metrics.COMMANDS_SENT.inc()
             except QueueFull:
                 refused = "the device has too many commands not yet final"
+                metrics.TARGETS_REFUSED.labels("queue_full").inc()
             except Conflict as exc:
                 refused = exc.detail
+                metrics.TARGETS_REFUSED.labels("conflict").inc()
             async with db.connection(self.pool) as conn:
                 await store.handled(conn, r["id"], t["position"], refused)
 

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import psycopg
 
+from iot.rollouts import metrics
+
 _COLUMNS = (
     "id, owner_id, state, command_name, command_args, command_ttl, target, total, phase_ends,"
     " phase, rate_per_minute, phase_wait_seconds, approval, max_failure_share, min_finished,"
@@ -55,7 +57,8 @@ async def create(
                 [t[2] for t in targets],
             ),
         )
-        await decide(conn, rollout["id"], actor, "created", f"{len(targets)} targets")
+        await _log(conn, rollout["id"], actor, "created", f"{len(targets)} targets")
+    metrics.decided("created")
 
 
 async def decide(
@@ -65,6 +68,19 @@ async def decide(
     decision: str,
     reason: str,
 ) -> None:
+    """Log a decision (and count it: ``iot_rollout_decisions_total``)."""
+    await _log(conn, rollout_id, actor, decision, reason)
+    metrics.decided(decision)
+
+
+async def _log(
+    conn: psycopg.AsyncConnection[Any],
+    rollout_id: uuid.UUID,
+    actor: str,
+    decision: str,
+    reason: str,
+) -> None:
+    """Log a decision inside the caller's transaction, which counts it once committed."""
     await conn.execute(
         "INSERT INTO rollout_decisions (rollout_id, actor, decision, reason) VALUES (%s,%s,%s,%s)",
         (rollout_id, actor, decision, reason),
@@ -123,8 +139,9 @@ async def move(
         )
         if cur.rowcount != 1:
             return False
-        await decide(conn, rollout_id, actor, decision, reason)
-        return True
+        await _log(conn, rollout_id, actor, decision, reason)
+    metrics.decided(decision)
+    return True
 
 
 async def hold(
@@ -140,6 +157,26 @@ async def hold(
         {"me": driver, "lease": lease_seconds},
     )
     return [dict(r) for r in await cur.fetchall()]
+
+
+async def last_progress(
+    conn: psycopg.AsyncConnection[Any], rollout_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, float]:
+    """When each of these rollouts last made progress, in epoch seconds: the newest of its
+    last send, last decision and its commands' last change (``commands.updated_at``, read
+    here only for this). Asked once per rollout a replica takes over (metrics.Progress)."""
+    if not rollout_ids:
+        return {}
+    cur = await conn.execute(
+        "SELECT r.id, extract(epoch FROM greatest(r.running_since,"
+        " (SELECT max(t.sent_at) FROM rollout_targets t WHERE t.rollout_id = r.id),"
+        " (SELECT max(d.at) FROM rollout_decisions d WHERE d.rollout_id = r.id),"
+        " (SELECT max(c.updated_at) FROM rollout_targets t JOIN commands c ON c.id = t.command_id"
+        "   WHERE t.rollout_id = r.id AND t.sent_at IS NOT NULL))) AS at"
+        " FROM rollouts r WHERE r.id = ANY(%s::uuid[])",
+        (rollout_ids,),
+    )
+    return {r["id"]: float(r["at"]) for r in await cur.fetchall() if r["at"] is not None}
 
 
 async def to_clean(conn: psycopg.AsyncConnection[Any]) -> list[uuid.UUID]:
