@@ -204,6 +204,13 @@ def test_labels_edited_in_the_list_select_a_rollout_paused_resumed_and_cancelled
     editor.fill("site=north")
     page.get_by_role("button", name="Save labels").click()
     expect(page.get_by_text(f"Labels of “gate-b-{tag}” saved: site=north.")).to_be_visible()
+    page.get_by_label(f"Select gate-b-{tag}", exact=True).check()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "devices-labels.png"), full_page=True)
+    page.get_by_role("button", name="Clear the selection").click()
+    expect(page.locator("#selected-count")).to_have_text(
+        "Tick devices to roll a command out to them."
+    )
 
     # A rollout to site=north at one device a minute: the first goes at once, the second waits.
     page.get_by_role("navigation", name="Sections").get_by_role("link", name="Rollouts").click()
