@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from loadtest import rollout
+
 KEY_ROUTES = (
     "POST /sensors",
     "GET /commands",
@@ -250,6 +252,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         "Commands sent near the end, cancelled afterwards so that they do not expire into a "
         f"later run: {_counts(m.get('cancelled_at_end'))}.",
         "",
+        *rollout.markdown(report.get("rollout")),
         "## Steps",
         "",
         *_summary_table(steps),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest import cpu, samples
+from loadtest import cpu, rollout, samples
 from loadtest.prom import PromError, Prometheus, load_slos, run_series, step_figures
 
 SATURATED = 0.85  # of a component's capacity
@@ -372,6 +372,7 @@ def build(
         "overall": _overall(rows, steps),
         "readings": _ledger_totals(run_dir / "ledger"),
         "restarts": cpu.restarts(cpu_rows),
+        "rollout": rollout.summary(run_dir / "rollout.jsonl"),
     }
     if prom is not None and steps:
         try:
