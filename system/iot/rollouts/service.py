@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 LEASE_SECONDS = 10.0
 BATCH = 200  # commands sent by one tick of one rollout at most
+SEND_CONCURRENCY = 8  # of those, in flight at once (each holds a pooled connection a moment)
 DRIVER = "driver"
 
 
@@ -270,38 +271,52 @@ class Rollouts:
                 )
 
     async def _send(self, r: dict[str, Any], n: int) -> None:
+        """Send the next ``n`` targets' commands, ``SEND_CONCURRENCY`` at a time (one after
+        another, a send's round trips held a rollout to about 40 devices a second). An outage
+        stops the tick after the sends in flight; the next tick sends the rest."""
         if n <= 0:
             return
         async with db.connection(self.pool) as conn:
             targets = await store.unsent(conn, r["id"], r["phase"], n)
-        for t in targets:
-            refused = None
-            device = t["device_id"]
-            try:
-                async with db.connection(self.pool) as conn:
-                    row = await commands_store.owner_and_pending(conn, device, r["owner_id"])
-                if row is None:
-                    refused = "the device was deleted (or changed owner)"
-                    metrics.TARGETS_REFUSED.labels("deleted").inc()
-                else:
-                    await self.commands.send(
-                        r["owner_id"],
-                        device,
-                        r["command_name"],
-                        r["command_args"],
-                        r["command_ttl"],
-                        idempotency_key(r["id"], device),
-                        pending=int(row["pending"]),
-                    )
-                    metrics.COMMANDS_SENT.inc()
-            except QueueFull:
-                refused = "the device has too many commands not yet final"
-                metrics.TARGETS_REFUSED.labels("queue_full").inc()
-            except Conflict as exc:
-                refused = exc.detail
-                metrics.TARGETS_REFUSED.labels("conflict").inc()
+        slots = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def one(t: dict[str, Any]) -> None:
+            async with slots:
+                await self._send_one(r, t)
+
+        outcomes = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _send_one(self, r: dict[str, Any], t: dict[str, Any]) -> None:
+        refused = None
+        device = t["device_id"]
+        try:
             async with db.connection(self.pool) as conn:
-                await store.handled(conn, r["id"], t["position"], refused)
+                row = await commands_store.owner_and_pending(conn, device, r["owner_id"])
+            if row is None:
+                refused = "the device was deleted (or changed owner)"
+                metrics.TARGETS_REFUSED.labels("deleted").inc()
+            else:
+                await self.commands.send(
+                    r["owner_id"],
+                    device,
+                    r["command_name"],
+                    r["command_args"],
+                    r["command_ttl"],
+                    idempotency_key(r["id"], device),
+                    pending=int(row["pending"]),
+                )
+                metrics.COMMANDS_SENT.inc()
+        except QueueFull:
+            refused = "the device has too many commands not yet final"
+            metrics.TARGETS_REFUSED.labels("queue_full").inc()
+        except Conflict as exc:
+            refused = exc.detail
+            metrics.TARGETS_REFUSED.labels("conflict").inc()
+        async with db.connection(self.pool) as conn:
+            await store.handled(conn, r["id"], t["position"], refused)
 
     async def _cancel_pending(self, rollout_id: uuid.UUID) -> None:
         """Cancel the commands not yet final of an aborted or cancelled rollout, then note it
