@@ -69,7 +69,7 @@ export function rolloutView(main, live, rolloutId) {
       h('p', null, 'Command ', h('code', null, r.command.name), ' with ', h('code', null, JSON.stringify(r.command.args)),
         ` (time to live ${r.command.ttl} s) to ${describeTarget(r.target)}.`),
       h('p', { class: 'hint' },
-        `${r.rate_per_minute} devices a minute; between phases: ${r.approval ? 'approval' : r.phase_wait_seconds ? `a wait of ${r.phase_wait_seconds} s` : 'no wait'}; `,
+        `${r.rate_per_minute} device${r.rate_per_minute === 1 ? '' : 's'} a minute; between phases: ${r.approval ? 'approval' : r.phase_wait_seconds ? `a wait of ${r.phase_wait_seconds} s` : 'no wait'}; `,
         `stops when more than ${Math.round(r.max_failure_share * 1000) / 10} % of at least ${r.min_finished} finished commands failed. `,
         `Created ${formatTime(r.created_at)}${r.finished_at ? `, ended ${formatTime(r.finished_at)}` : ''}.`));
     gate.hidden = !can.awaiting;
