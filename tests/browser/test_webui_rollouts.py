@@ -6,12 +6,13 @@ The devices on the other side run the firmware's protocol core (tests/integratio
 from __future__ import annotations
 
 import re
+import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Request, expect
 
 from iot.settings import Settings
 from tests.browser.conftest import SHOTS, Login, log_in
@@ -240,10 +241,20 @@ def test_labels_edited_in_the_list_select_a_rollout_paused_resumed_and_cancelled
 
     # Someone else pauses it while this page still shows it running: Pause here gets the
     # API's 409, said in words; the page then shows the rollout as it is.
-    page.clock.pause_at(datetime.now() + timedelta(seconds=1))
-    page.wait_for_timeout(500)  # a refresh under way ends
-    assert person.api.post(f"/rollouts/{rollout_id}/pause").status_code == 200
+    pending: set[Request] = set()  # the page's calls of the rollout not answered yet
+    page.on("request", lambda r: pending.add(r) if f"/rollouts/{rollout_id}" in r.url else None)
+    page.on("requestfinished", lambda r: pending.discard(r))
+    page.on("requestfailed", lambda r: pending.discard(r))
+    now = page.evaluate("Date.now()") / 1000
+    page.clock.pause_at(datetime.fromtimestamp(now + 1, UTC))  # no more refreshes start
+    deadline = time.monotonic() + 15
+    while pending and time.monotonic() < deadline:  # the one under way (if any) ends
+        page.wait_for_timeout(50)
+    assert not pending, "a refresh of the rollout did not end"
     assert enabled(page) == ["Pause", "Cancel the rollout"]
+    assert person.api.post(f"/rollouts/{rollout_id}/pause").status_code == 200
+    page.wait_for_timeout(300)
+    assert enabled(page) == ["Pause", "Cancel the rollout"], "the page refreshed while held"
     page.get_by_role("button", name="Pause", exact=True).click()
     expect(status).to_have_text("Pause not accepted: a paused rollout cannot be paused.")
     expect(status).to_have_class("error")
