@@ -32,13 +32,22 @@ def summary(path: Path) -> dict[str, Any] | None:
         "targets": total,
         "rate_asked_per_minute": created["rate_per_minute"],
         "state": last.get("state"),
+        "sent": last.get("sent", 0),
         "seconds_to_send_all": None if all_sent is None else round(all_sent - t0, 1),
         "seconds_to_reach_all": None if reached is None else round(reached - t0, 1),
-        "rate_held_per_minute": (
-            None if not all_sent or all_sent <= t0 else round(total / (all_sent - t0) * 60, 1)
-        ),
+        "rate_held_per_minute": _rate(t0, total, all_sent, last),
         "counts": _merged(last.get("phases") or []),
     }
+
+
+def _rate(t0: float, total: int, all_sent: float | None, last: dict[str, Any]) -> float | None:
+    """Devices sent per minute from the rollout's creation to the last send (or, when it did
+    not send to all within the run, to the last sample)."""
+    if all_sent is not None:
+        return round(total / (all_sent - t0) * 60, 1) if all_sent > t0 else None
+    if not last or last["t"] <= t0:
+        return None
+    return round(last["sent"] / (last["t"] - t0) * 60, 1)
 
 
 def _merged(phases: list[dict[str, int]]) -> dict[str, int]:
@@ -63,7 +72,8 @@ def markdown(s: dict[str, Any] | None) -> list[str]:
         f"100 % at {s['rate_asked_per_minute']:,.0f} devices/min: ended **{s['state']}**.",
         f"Sent to every device in {sec(s['seconds_to_send_all'])} (rate held "
         f"{s['rate_held_per_minute'] or 0:,.0f} devices/min, phases' waits for completion "
-        f"included); every device's command final in {sec(s['seconds_to_reach_all'])}. "
+        f"included; {s.get('sent', s['targets']):,} sent); every device's command final in "
+        f"{sec(s['seconds_to_reach_all'])}. "
         f"Commands: {', '.join(f'{k} {v:,}' for k, v in sorted(s['counts'].items()))}.",
         "",
     ]

@@ -42,6 +42,12 @@ class RolloutOperatorUser(_Person):
         self.done = False
         self.out = Path(RUN_DIR) / "rollout.jsonl" if RUN_DIR else None
 
+    def on_stop(self) -> None:
+        # a rollout still running when the run ends would go on to devices nobody emulates
+        if self.rollout_id is not None and not self.done:
+            self.call("POST", f"/rollouts/{self.rollout_id}/cancel", "/rollouts/[id]/cancel")
+            self._write({"t": time.time(), "cancelled_at_end": self.rollout_id})
+
     def _write(self, record: dict[str, Any]) -> None:
         if self.out is not None:
             with self.out.open("a") as f:
