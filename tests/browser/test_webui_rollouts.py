@@ -271,7 +271,7 @@ def test_labels_edited_in_the_list_select_a_rollout_paused_resumed_and_cancelled
     expect_enabled(page, [])
     # Its command not yet run is cancelled too (by a driver, moments later); nothing more is sent.
     counts = page.locator("#ro-phases tbody tr td.counts")
-    expect(counts).to_have_text("1 cancelled · 1 not sent", timeout=20_000)
+    expect(counts).to_have_text("1 cancelled · 1 not sent", timeout=30_000)
     rows = decision_rows(page)
     expect(rows).to_have_count(6)
     who_did = [cells(rows.nth(i))[1:3] for i in range(6)]
