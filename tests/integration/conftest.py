@@ -55,11 +55,37 @@ def api(stack: Supervisor, settings: Settings) -> Iterator[httpx.Client]:
         yield client
 
 
+class Auditor:
+    """A direct (auditor's) connection to Postgres, autocommit, that connects again when a test
+    killed Postgres under it (kill -9 of the server ends every connection, this one too)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        if self.conn.closed or self.conn.broken:
+            self.conn = psycopg.connect(self.url, autocommit=True)
+        try:
+            return self.conn.execute(*args, **kwargs)
+        except psycopg.OperationalError:
+            if not self.conn.broken:
+                raise
+            self.conn = psycopg.connect(self.url, autocommit=True)
+            return self.conn.execute(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
 @pytest.fixture(scope="session")
 def pg(settings: Settings) -> Iterator[psycopg.Connection]:
-    """A direct (auditor's) connection to Postgres, autocommit."""
-    with psycopg.connect(settings.database_direct_url, autocommit=True) as conn:
-        yield conn
+    """A direct (auditor's) connection to Postgres, autocommit (:class:`Auditor`)."""
+    auditor = Auditor(settings.database_direct_url)
+    try:
+        yield auditor  # type: ignore[misc]
+    finally:
+        auditor.conn.close()
 
 
 def wait_database_back(settings: Settings, timeout: float = 60) -> None:

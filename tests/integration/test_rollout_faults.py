@@ -12,7 +12,7 @@ import pytest
 from chaos.actions import Actions
 from iot.settings import Settings
 from iot.stack.control import wait_healthy
-from tests.integration.conftest import Person, eventually
+from tests.integration.conftest import Person, eventually, wait_database_back
 from tests.integration.test_rollouts import Fleet, create
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -42,6 +42,7 @@ def test_a_rollout_through_a_kill_reaches_every_device_once(
             actions.run("ensure_running", target)
         results = wait_healthy(settings, None, timeout=120)
         assert all(h.ok for h in results.values()), {n: h.detail for n, h in results.items()}
+        wait_database_back(settings)  # every replica reaches Postgres again
         done = eventually(
             lambda: (
                 (r := alice.api.get(f"/rollouts/{body['id']}", headers=alice.headers)).status_code

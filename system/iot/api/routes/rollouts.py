@@ -21,16 +21,17 @@ from iot.api.schemas import (
     EVERY_ROUTE,
     MAX_TTL_SECONDS,
     CommandName,
+    Labels,
     Request,
     problems,
     small_json,
 )
 from iot.rollouts.service import Person, Rollouts
 
-router = APIRouter(tags=["rollouts"], responses=EVERY_ROUTE | problems(401, 422))
+# 403: a device's token (rollouts are people's)
+router = APIRouter(tags=["rollouts"], responses=EVERY_ROUTE | problems(401, 403, 422))
 
 MAX_TARGET_IDS = 10_000
-LabelValue = Annotated[str, Field(max_length=128)]
 DeviceIds = Annotated[list[uuid.UUID], Field(min_length=1, max_length=MAX_TARGET_IDS)]
 
 
@@ -46,7 +47,7 @@ class RolloutTarget(Request):
     """Exactly one of: device ids, a label selector (every label given must match), all."""
 
     device_ids: DeviceIds | None = None
-    labels: Annotated[dict[str, LabelValue], Field(min_length=1, max_length=16)] | None = None
+    labels: Annotated[Labels, Field(min_length=1)] | None = None
     all: bool = False
 
     @model_validator(mode="after")
@@ -135,7 +136,7 @@ def _person(user: Any) -> Person:
     return Person(user.user_id, user.is_admin, user.username)
 
 
-@router.post("/rollouts", status_code=201, response_model=Rollout, responses=problems(403, 404))
+@router.post("/rollouts", status_code=201, response_model=Rollout, responses=problems(404))
 async def create_rollout(body: RolloutCreate, user: CurrentUser, state: AppState) -> Any:
     """Start a rollout (or schedule it, with ``start: false``). The targets are fixed now."""
     spec = body.model_dump(mode="json")
