@@ -20,11 +20,11 @@ def test_the_worker_bench_stores_every_reading_and_reports_cpu_per_component(tmp
     out = tmp_path / "worker.json"
     r = CliRunner().invoke(
         app,
-        ["worker", "--messages", "40", "--batches", "5", "--readings", "3", "--json", str(out)],
+        ["worker", "--messages", "200", "--batches", "5", "--readings", "3", "--json", str(out)],
     )
     assert r.exit_code == 0, r.output
     figures = json.loads(out.read_text())
-    assert figures["readings"] == figures["stored"] == 40 * 5 * 3
+    assert figures["readings"] == figures["stored"] == 200 * 5 * 3
     assert set(figures["cpu_seconds"]) == {"worker-sensors", "postgres", "redis", "rabbitmq"}
     assert figures["cpu_seconds"]["worker-sensors"] > 0
     with psycopg.connect(get_settings().database_direct_url) as conn:

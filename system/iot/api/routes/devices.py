@@ -111,7 +111,7 @@ async def get_device(device_id: uuid.UUID, user: CurrentUser, state: AppState) -
     return device
 
 
-@router.patch("/devices/{device_id}", response_model=Device, responses=problems(404))
+@router.patch("/devices/{device_id}", response_model=Device, responses=problems(400, 404, 413))
 async def update_device(
     device_id: uuid.UUID, body: DeviceUpdate, user: CurrentUser, state: AppState
 ) -> Device:

@@ -136,7 +136,9 @@ def _person(user: Any) -> Person:
     return Person(user.user_id, user.is_admin, user.username)
 
 
-@router.post("/rollouts", status_code=201, response_model=Rollout, responses=problems(404))
+@router.post(
+    "/rollouts", status_code=201, response_model=Rollout, responses=problems(400, 404, 413)
+)
 async def create_rollout(body: RolloutCreate, user: CurrentUser, state: AppState) -> Any:
     """Start a rollout (or schedule it, with ``start: false``). The targets are fixed now."""
     spec = body.model_dump(mode="json")
