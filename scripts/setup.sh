@@ -12,6 +12,10 @@ PACKAGES=(rabbitmq-server postgresql redis-server nginx prometheus prometheus-al
 # The Compose bundle's engine and base image (`make compose-test`); `make test` needs only
 # docker-compose (it validates compose/docker-compose.yml).
 if [[ "${IOT_SETUP_DOCKER:-}" == 1 ]]; then PACKAGES+=(docker.io debootstrap); fi
+# The failover engines (`iotctl ha bench-engines`, docs/ha-engines.md) only when asked:
+# `scripts/setup.sh --ha` or IOT_SETUP_HA=1.
+SETUP_HA="${IOT_SETUP_HA:-}"
+for arg in "$@"; do [[ "$arg" == --ha ]] && SETUP_HA=1; done
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -49,4 +53,5 @@ if [[ ! -d firmware/node_modules/@micropython || firmware/package-lock.json -nt 
   (cd firmware && npm ci --no-audit --no-fund --loglevel=error)
   touch firmware/node_modules
 fi
+if [[ "$SETUP_HA" == 1 ]]; then bash scripts/setup-ha.sh; fi
 echo "==> setup complete"
