@@ -9,6 +9,7 @@ under ``iot/cli/``:
 - ``commands``: ``commands list``, ``requeue``
 - ``cache``: ``cache rebuild``
 - ``device``: ``device simulate``
+- ``ha``: ``ha bench-engines``
 - plugins, found by their ``iotctl.plugins`` entry points (``pyproject.toml``) so that
   ``system/`` never imports them: ``chaos`` (``chaos/cli.py``), ``load`` (``loadtest/cli.py``),
   ``bench`` (``loadtest/bench.py``)
@@ -20,7 +21,7 @@ import sys
 
 import typer
 
-from iot.cli import cache, commands, device, queues, rollouts, stack, users
+from iot.cli import cache, commands, device, ha, queues, rollouts, stack, users
 
 app = typer.Typer(
     help="Run and operate the IoT remote-control stack: RabbitMQ, Postgres, Redis, nginx, "
@@ -47,6 +48,7 @@ app.add_typer(users.app, name="users")
 app.add_typer(commands.app, name="commands")
 app.add_typer(rollouts.app, name="rollouts")
 app.add_typer(cache.app, name="cache")
+app.add_typer(ha.app, name="ha")
 
 
 def _register_plugins() -> None:

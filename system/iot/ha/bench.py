@@ -1,0 +1,174 @@
+"""One fault on one engine, end to end, and the whole bench: every engine and replication mode
+on the same faults, each on a fresh cluster, in namespaces of its own (``netns``), data under
+var/ha-bench/ (removed at the end), the report under reports/ha-engines/<timestamp>/.
+
+Faults: ``kill`` (SIGKILL to the primary's postmaster and its children) and ``cut`` (the
+primary's host cut off the bridge for ``hold`` seconds, then joined again)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from iot.ha import probe as probe_module
+from iot.ha import report
+from iot.ha.autofailover import AutoFailover
+from iot.ha.engines import Engine, Member, role
+from iot.ha.netns import Measuring, Net, sleep, wait_while_measuring
+from iot.ha.patroni import Patroni
+from iot.ha.writer import SCHEMA, Writer, as_dicts, present
+
+ENGINES: dict[str, type[Engine]] = {"patroni": Patroni, "pg_auto_failover": AutoFailover}
+FAULTS = ("kill", "cut")
+Say = Callable[[str], None]
+
+
+def _prepare(primary: Member) -> None:
+    with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+        conn.execute(SCHEMA)
+        conn.execute(probe_module.SCHEMA)
+
+
+def _wait_resumed(writer: Writer, since: float, timeout: float) -> float | None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(not a.error and a.sent >= since for a in list(writer.attempts)):
+            return time.time()
+        sleep(0.5)
+    return None
+
+
+def _wait_role(member: Member, wanted: str, timeout: float) -> float | None:
+    start = time.time()
+    while time.time() - start < timeout:
+        if role(member) == wanted:
+            return time.time()
+        sleep(1)
+    return None
+
+
+def run_fault(engine: Engine, fault: str, folder: Path, say: Say, rate: float = 20,
+              warmup: float = 10, hold: float = 60, settle: float = 120) -> dict[str, Any]:
+    """Start ``engine`` fresh, write, inject ``fault`` into its primary, measure."""
+    result: dict[str, Any] = {"engine": engine.name,
+                              "mode": "sync" if engine.synchronous else "async",
+                              "fault": fault, "notes": []}
+    tag = f"{engine.name}-{result['mode']}-{fault}"
+    say(f"{tag}: starting the cluster")
+    engine.start()
+    primary = engine.wait_healthy()
+    _prepare(primary)
+    probe_out = folder / f"{tag}.probe.jsonl"
+    probe_out.unlink(missing_ok=True)
+    writer = Writer(engine.hosts_dsn(), rate).start()
+    try:
+        if fault == "cut":
+            engine.net.spawn(primary.host, [
+                sys.executable, "-m", "iot.ha.probe", str(primary.port), str(probe_out),
+                str(warmup + hold + settle)], engine.root / "log" / "probe.log")
+        sleep(warmup)
+        say(f"{tag}: fault on {primary.name} ({primary.address})")
+        fault_at = time.time()
+        _inject(engine, primary, writer, fault, fault_at, result, hold, settle)
+        sleep(5)
+    finally:
+        attempts = as_dicts(writer.stop())
+    held = present(engine.hosts_dsn())
+    probe_lines = ([json.loads(line) for line in probe_out.read_text().splitlines()]
+                   if probe_out.exists() else [])
+    result["roles_after"] = engine.roles()
+    if isinstance(engine, AutoFailover):
+        result["notes"].append("monitor: " + " / ".join(
+            " ".join(line.split()) for line in engine.state().splitlines()[2:]))
+    result["summary"] = report.summarize(attempts, fault_at, primary.address, held,
+                                         probe_lines)
+    (folder / f"{tag}.attempts.json").write_text(json.dumps(
+        {"fault_at": fault_at, "old_primary": primary.address, "attempts": attempts}))
+    say(f"{tag}: {json.dumps(result['summary'])[:400]} rejoin: {result.get('rejoin')}")
+    return result
+
+
+def _inject(engine: Engine, primary: Member, writer: Writer, fault: str, fault_at: float,
+            result: dict[str, Any], hold: float, settle: float) -> None:
+    """The fault itself, then waiting for writes to resume and the old primary to follow."""
+    notes: list[str] = result["notes"]
+    if fault == "kill":
+        engine.kill_postgres(primary)
+    else:
+        engine.net.cut(primary.host)
+    if _wait_resumed(writer, fault_at, settle) is None:
+        notes.append(f"no write acknowledged within {settle:.0f} s of the fault")
+    if fault == "cut":
+        sleep(max(0.0, fault_at + hold - time.time()))
+        notes.append(f"roles while cut off: {engine.roles()}")
+        engine.net.heal(primary.host)
+        healed_at = time.time()
+        back = _wait_role(primary, "standby", settle)
+        result["rejoin"] = (f"standby {back - healed_at:.0f} s after the link came back"
+                            if back else f"{role(primary)} {settle:.0f} s after the link "
+                            "came back")
+        return
+    sleep(5)
+    if role(primary) == "primary":
+        result["rejoin"] = "primary again (restarted in place)"
+        return
+    back = _wait_role(primary, "standby", settle)
+    result["rejoin"] = (f"standby {back - fault_at:.0f} s after the kill" if back
+                        else f"{role(primary)} {settle:.0f} s after the kill")
+
+
+def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list[str],
+                  say: Say, rate: float = 20, hold: float = 60, keep: bool = False) -> Path:
+    """Every engine × mode × fault; returns the Markdown report's path."""
+    started = datetime.now(UTC)
+    folder = home / "reports" / "ha-engines" / started.strftime("%Y%m%dT%H%M%SZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    root = home / "var" / "ha-bench"
+    meta = {"started": started.isoformat(timespec="seconds"), "rate": rate, "hold_s": hold,
+            "engines": engines, "modes": modes, "faults": faults}
+    results: list[dict[str, Any]] = []
+    net = Net(3)
+    try:
+        net.open()
+        for name in engines:
+            for mode in modes:
+                for fault in faults:
+                    results.append(_run_one(net, root, folder, name, mode, fault, say,
+                                            rate, hold))
+                    report.write(folder, results, meta)
+    finally:
+        net.close()
+        if not keep and root.exists():
+            shutil.rmtree(root)
+    return report.write(folder, results, meta)
+
+
+def _run_one(net: Net, root: Path, folder: Path, name: str, mode: str, fault: str, say: Say,
+             rate: float, hold: float, tries: int = 3) -> dict[str, Any]:
+    """One run; again from the start when a CPU measurement interrupted it."""
+    for _ in range(tries):
+        wait_while_measuring(say)
+        engine = ENGINES[name](net, root, mode == "sync")
+        try:
+            return run_fault(engine, fault, folder, say, rate=rate, hold=hold)
+        except Measuring as exc:
+            say(f"{name} {mode} {fault}: {exc}, stopped; again once it is gone")
+        except Exception as exc:  # noqa: BLE001 - the next run still runs
+            say(f"{name} {mode} {fault} failed: {exc}")
+            return {"engine": name, "mode": mode, "fault": fault, "error": str(exc)}
+        finally:
+            for log in sorted((engine.root / "log").glob("*.log")):
+                shutil.copy(log, folder / f"{name}-{mode}-{fault}.{log.name}")
+            engine.stop()
+            for host in net.hosts:
+                net.heal(host)
+    return {"engine": name, "mode": mode, "fault": fault,
+            "error": f"interrupted by CPU measurements {tries} times"}

@@ -1,0 +1,206 @@
+"""Test hosts: network namespaces joined by one bridge, each with its own address, so that a
+host can be cut off for real (its link down), not through a proxy.
+
+The namespaces, the bridge and every process started in them belong to the bench; ``close``
+ends those processes (by the pids ``ip netns pids`` lists, which are ours) and removes them.
+Needs root (``ip netns``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "iotha"
+BRIDGE = f"{PREFIX}-br0"
+SUBNET = "10.77.0"  # 10.77.0.1 the bridge (the client's side), 10.77.0.11.. the hosts
+LOADRUN_LOCK = Path("/tmp/loadrun.lock")
+
+
+class NetError(RuntimeError):
+    """A namespace, link or address could not be set up."""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and done.returncode:
+        raise NetError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done
+
+
+def wait_while_measuring(say: object = None) -> None:
+    """Someone measures CPU while /tmp/loadrun.lock exists: start nothing until it is gone."""
+    told = False
+    while LOADRUN_LOCK.exists():
+        if not told and callable(say):
+            say(f"{LOADRUN_LOCK} exists (a CPU measurement): waiting")
+            told = True
+        time.sleep(5)
+
+
+class Measuring(RuntimeError):
+    """/tmp/loadrun.lock appeared: someone measures CPU, the bench must go idle."""
+
+
+def pause_point() -> None:
+    """Called in the bench's waits: stop the current run when a CPU measurement starts."""
+    if LOADRUN_LOCK.exists():
+        raise Measuring(f"{LOADRUN_LOCK} appeared")
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep`` that gives way to a CPU measurement (raises Measuring)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pause_point()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.5))
+
+
+@dataclass
+class Host:
+    name: str  # the namespace
+    address: str
+    outer: str  # the veth end on the bridge, in the root namespace
+
+    def argv(self, *command: str, user: str | None = None) -> list[str]:
+        """``command`` run inside this host (as ``user`` when given)."""
+        prefix = ["ip", "netns", "exec", self.name]
+        if user:
+            prefix += ["runuser", "-u", user, "--"]
+        return [*prefix, *command]
+
+
+@dataclass
+class Net:
+    count: int
+    hosts: list[Host] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    gateway: str = f"{SUBNET}.1"
+
+    def open(self) -> Net:
+        """Create the bridge and ``count`` hosts (left over ones of an earlier run removed)."""
+        self.close()
+        _ip("link", "add", BRIDGE, "type", "bridge")
+        _ip("addr", "add", f"{self.gateway}/24", "dev", BRIDGE)
+        _ip("link", "set", BRIDGE, "up")
+        for i in range(1, self.count + 1):
+            host = Host(f"{PREFIX}{i}", f"{SUBNET}.{10 + i}", f"{PREFIX}{i}-o")
+            _ip("netns", "add", host.name)
+            _ip("link", "add", host.outer, "type", "veth", "peer", "name", "eth0",
+                "netns", host.name)
+            _ip("link", "set", host.outer, "master", BRIDGE)
+            _ip("link", "set", host.outer, "up")
+            _ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", "eth0")
+            _ip("-n", host.name, "link", "set", "eth0", "up")
+            _ip("-n", host.name, "link", "set", "lo", "up")
+            self.hosts.append(host)
+        return self
+
+    def host(self, address: str) -> Host:
+        return next(h for h in self.hosts if h.address == address)
+
+    def spawn(self, host: Host, command: list[str], log: Path, user: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``command`` inside ``host``, its output appended to ``log``."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        argv = host.argv(*(["env", *(f"{k}={v}" for k, v in (env or {}).items())]
+                           if env else []), *command, user=user)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, host: Host, command: list[str], user: str | None = None,
+            env: dict[str, str] | None = None, timeout: float = 120) -> str:
+        """Run ``command`` inside ``host`` to its end; its output, or NetError."""
+        argv = host.argv(*(["env", *(f"{k}={v}" for k, v in (env or {}).items())]
+                           if env else []), *command, user=user)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise NetError(f"{' '.join(command)} in {host.name}: "
+                           f"{(done.stderr or done.stdout).strip()[-800:]}")
+        return done.stdout
+
+    def cut(self, host: Host) -> None:
+        """Cut ``host`` off the bridge: its link down, every other host and the client lose it."""
+        _ip("link", "set", host.outer, "down")
+
+    def heal(self, host: Host) -> None:
+        _ip("link", "set", host.outer, "up")
+
+    def stop_processes(self, grace: float = 10) -> None:
+        """End every process started in the hosts: TERM, then KILL after ``grace`` seconds."""
+        pids = self._pids()
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._pids():
+            time.sleep(0.2)
+        for pid in self._pids():
+            _signal(pid, signal.SIGKILL)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+
+    def _pids(self) -> list[int]:
+        pids: list[int] = []
+        for name in _namespaces():
+            out = _ip("netns", "pids", name, check=False).stdout
+            pids += [int(p) for p in out.split()]
+        return pids
+
+    def close(self) -> None:
+        """Processes, namespaces and bridge gone (also those an interrupted run left)."""
+        self.stop_processes()
+        for name in _namespaces():
+            _ip("netns", "del", name, check=False)
+        if _ip("link", "show", BRIDGE, check=False).returncode == 0:
+            _ip("link", "del", BRIDGE, check=False)
+        self.hosts.clear()
+
+
+def _namespaces() -> list[str]:
+    out = _ip("netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines()
+            if line.split() and line.split()[0].startswith(PREFIX)]
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (from /proc)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and then its children at once: a crash of the whole process tree."""
+    kids = children(pid)
+    _signal(pid, signal.SIGKILL)
+    for kid in kids:
+        _signal(kid, signal.SIGKILL)
