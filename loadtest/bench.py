@@ -12,22 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import psycopg
 import typer
 
-from iot import security
-from iot.settings import Settings, get_settings
-from loadtest import historybench, pollbench, workerbench, wrk
+from loadtest import historybench, pollbench, rolloutbench, workerbench, wrk
+from loadtest.benchkit import cpu_per_request, fmt
+from loadtest.benchkit import create_user as _create_user
+from loadtest.benchkit import fail as _fail
+from loadtest.benchkit import prepare as _prepare
 from loadtest.pollbench import LatencyRecord, delivery_summary
 from loadtest.wrk import WrkResult
 
@@ -37,28 +38,6 @@ app = typer.Typer(help="Measure the running stack.", no_args_is_help=True)
 # the baseline sends dummy bearer tokens (ignored by /ping) so the limit does not cap it.
 PING_CREDENTIALS = 500
 POLL_GOAL = 0.7  # idle short poll ÷ ping, requests per second
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
-def _prepare() -> tuple[Settings, psycopg.Connection]:
-    """Before any setup: wrk is installed (else how to install it), the API answers through
-    nginx and Postgres takes a connection (returned, for the bench's user and its checks)."""
-    try:
-        wrk.binary()
-    except wrk.WrkError as exc:
-        _fail(str(exc))
-    get_settings.cache_clear()
-    s = get_settings()
-    try:
-        httpx.get(f"{s.base_url}/ping", timeout=5).raise_for_status()
-        conn = psycopg.connect(s.database_direct_url, autocommit=True, connect_timeout=5)
-    except (httpx.HTTPError, psycopg.Error) as exc:
-        _fail(f"the stack does not answer ({exc}); start it with `iotctl up`")
-    return s, conn
 
 
 def _count_rows(conn: psycopg.Connection, ids: list[uuid.UUID]) -> tuple[int, datetime | None]:
@@ -98,27 +77,8 @@ def _cleanup(
         typer.secho(f"warning: cleanup failed ({exc}); remove user {user_id} by hand", err=True)
 
 
-def _create_user(
-    conn: psycopg.Connection, client: httpx.Client, user_id: uuid.UUID, username: str
-) -> str:
-    """Insert the bench's (non-admin) user straight into Postgres; return its access token."""
-    password = secrets.token_urlsafe(24)
-    conn.execute(
-        "INSERT INTO users (id, username, password_hash, is_admin, max_devices)"
-        " VALUES (%s, %s, %s, false, 10000000)",  # no device limit for the bench's fleet
-        (user_id, username, security.hash_password(password)),
-    )
-    answer = client.post("/auth/token", json={"username": username, "password": password})
-    answer.raise_for_status()
-    return str(answer.json()["access_token"])
-
-
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
-
-
-def fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
 
 
 def _wrk_rows(p: dict[str, Any], i: dict[str, Any], r: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -132,23 +92,6 @@ def _wrk_rows(p: dict[str, Any], i: dict[str, Any], r: dict[str, Any]) -> list[t
         ("429 rate limited", p["statuses"].get(429, 0), i["statuses"].get(429, 0), None),
         ("socket errors", p["socket_errors"], i["socket_errors"], None),
     ]
-
-
-def cpu_per_request(
-    before: dict[str, float], after: dict[str, float], requests: int
-) -> dict[str, float]:
-    """CPU milliseconds per request of each stack process (and ``stack``: all of them) between
-    two readings of :func:`workerbench.stack_cpu`; processes whose CPU went down (restarted
-    meanwhile) are left out."""
-    if requests <= 0:
-        return {}
-    out = {
-        name: round((after[name] - before[name]) * 1000 / requests, 3)
-        for name in sorted(after)
-        if name in before and after[name] >= before[name]
-    }
-    out["stack"] = round(sum(out.values()), 3)
-    return out
 
 
 def _cpu_lines(ping: dict[str, float], post: dict[str, float]) -> list[str]:
@@ -491,3 +434,4 @@ def poll(
 
 app.command("worker")(workerbench.worker)
 app.command("history")(historybench.history)
+app.command("rollout")(rolloutbench.run)

@@ -142,17 +142,7 @@ class Commands:
         else:
             command_id = uuid.uuid4()
         self._check_cap(pending)
-        now = datetime.now(UTC)
-        command = {
-            "id": str(command_id),
-            "device_id": str(device_id),
-            "owner_id": str(owner_id),
-            "name": name,
-            "args": args,
-            "ttl": ttl,
-            "created_at": now.isoformat(),
-            "expires_at": (now + timedelta(seconds=ttl)).isoformat(),
-        }
+        command = self.new_command(command_id, owner_id, device_id, name, args, ttl)
         await self.publish_task(
             messages.COMMANDS_DATA_QUEUE, messages.COMMANDS_STORE_TASK, {"command": command}
         )
@@ -166,6 +156,57 @@ class Commands:
         except _REDIS_ERRORS:
             pass  # only the minutes before the worker stores the row would miss it
         return command
+
+    def new_command(
+        self,
+        command_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        device_id: uuid.UUID,
+        name: str,
+        args: dict[str, Any],
+        ttl: int,
+    ) -> dict[str, Any]:
+        """A command as it is handed to the workers (and answered), created now."""
+        now = datetime.now(UTC)
+        return {
+            "id": str(command_id),
+            "device_id": str(device_id),
+            "owner_id": str(owner_id),
+            "name": name,
+            "args": args,
+            "ttl": ttl,
+            "created_at": now.isoformat(),
+            "expires_at": (now + timedelta(seconds=ttl)).isoformat(),
+        }
+
+    async def accept_many(self, commands: list[dict[str, Any]]) -> None:
+        """Accept many commands (of :meth:`new_command`, their devices checked and under the
+        cap) at once: one message for the workers, one confirm, one pipelined insert of their
+        rows, one Redis pipeline of their descriptors. All or none are accepted; ids already
+        accepted before are harmless again (the insert ignores them).
+
+        Raises:
+            BrokerUnavailable: not confirmed; nothing was accepted, retry.
+        """
+        if not commands:
+            return
+        await self.publish_task(
+            messages.COMMANDS_DATA_QUEUE, messages.COMMANDS_STORE_TASK, {"commands": commands}
+        )
+        metrics.COMMANDS_ACCEPTED.inc(len(commands))
+        metrics.COMMAND_EVENTS.labels(lifecycle.QUEUED).inc(len(commands))
+        try:
+            async with db.connection(self.pool) as conn:
+                await store.store_accepted_many(conn, commands)
+        except DatabaseUnavailable:
+            pass  # the workers store them from the message
+        try:
+            async with self.cache.pipeline(transaction=False) as pipe:
+                for c in commands:
+                    pipe.set(_descriptor_key(c["id"]), orjson.dumps(c), ex=DESCRIPTOR_TTL_SECONDS)
+                await pipe.execute()
+        except _REDIS_ERRORS:
+            pass
 
     async def _store_accepted(self, command: dict[str, Any]) -> None:
         """Write the confirmed command's row at once when Postgres answers (else the commands

@@ -23,13 +23,10 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from iot import db
-from iot.commands import store as commands_store
 from iot.commands.service import Commands, command_id_for
 from iot.errors import (
-    Conflict,
     InvalidInput,
     NotFound,
-    QueueFull,
     TransitionRefused,
     Unavailable,
 )
@@ -40,8 +37,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
 LEASE_SECONDS = 10.0
-BATCH = 200  # commands sent by one tick of one rollout at most
-SEND_CONCURRENCY = 8  # of those, in flight at once (each holds a pooled connection a moment)
+BATCH = 500  # commands sent by one tick of one rollout at most (one message)
 DRIVER = "driver"
 
 
@@ -182,11 +178,7 @@ class Rollouts:
 
     async def _drive(self, r: dict[str, Any]) -> None:
         async with db.connection(self.pool) as conn:
-            handled = await store.sent_targets(conn, r["id"])
-            statuses = await commands_store.statuses(
-                conn, [t["command_id"] for t in handled if not t["refused"]]
-            )
-        counts = store.counts_by_phase(handled, statuses)
+            counts = await store.counts(conn, r["id"])
         overall: dict[str, int] = {}
         for c in counts.values():
             for status, n in c.items():
@@ -271,64 +263,51 @@ class Rollouts:
                 )
 
     async def _send(self, r: dict[str, Any], n: int) -> None:
-        """Send the next ``n`` targets' commands, ``SEND_CONCURRENCY`` at a time (one after
-        another, a send's round trips held a rollout to about 40 devices a second). An outage
-        stops the tick after the sends in flight; the next tick sends the rest."""
+        """Send the next ``n`` targets' commands at once: one statement reads what sending
+        needs to know of them (:func:`store.unsent`), one message carries the commands
+        (:meth:`Commands.accept_many`), one statement notes them handled. A target whose
+        command is stored already (the broker confirmed it before a crash) is noted without
+        sending it again. An outage stops the tick; the next tick sends the same targets with
+        the same command ids."""
         if n <= 0:
             return
         async with db.connection(self.pool) as conn:
-            targets = await store.unsent(conn, r["id"], r["phase"], n)
-        slots = asyncio.Semaphore(SEND_CONCURRENCY)
-
-        async def one(t: dict[str, Any]) -> None:
-            async with slots:
-                await self._send_one(r, t)
-
-        outcomes = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-
-    async def _send_one(self, r: dict[str, Any], t: dict[str, Any]) -> None:
-        refused = None
-        device = t["device_id"]
-        try:
-            async with db.connection(self.pool) as conn:
-                row = await commands_store.owner_and_pending(conn, device, r["owner_id"])
-            if row is None:
-                refused = "the device was deleted (or changed owner)"
-                metrics.TARGETS_REFUSED.labels("deleted").inc()
+            targets = await store.unsent(conn, r, n)
+        outcomes: dict[int, str | None] = {}
+        fresh = []
+        asked = (r["command_name"], r["command_args"], r["command_ttl"])
+        for t in targets:
+            reason = None
+            if not t["owned"]:
+                reason, kind = "the device was deleted (or changed owner)", "deleted"
+            elif t["stored"]:
+                same = (t["stored_device"], t["name"], t["args"], t["ttl_seconds"])
+                if same != (t["device_id"], *asked):
+                    reason = "Idempotency-Key already used for a different command"
+                    kind = "conflict"
+            elif t["pending"] >= self.commands.queue_cap:
+                reason, kind = "the device has too many commands not yet final", "queue_full"
             else:
-                await self.commands.send(
-                    r["owner_id"],
-                    device,
-                    r["command_name"],
-                    r["command_args"],
-                    r["command_ttl"],
-                    idempotency_key(r["id"], device),
-                    pending=int(row["pending"]),
+                fresh.append(
+                    self.commands.new_command(
+                        t["command_id"], r["owner_id"], t["device_id"], *asked
+                    )
                 )
-                metrics.COMMANDS_SENT.inc()
-        except QueueFull:
-            refused = "the device has too many commands not yet final"
-            metrics.TARGETS_REFUSED.labels("queue_full").inc()
-        except Conflict as exc:
-            refused = exc.detail
-            metrics.TARGETS_REFUSED.labels("conflict").inc()
+            if reason is not None:
+                metrics.TARGETS_REFUSED.labels(kind).inc()
+            outcomes[t["position"]] = reason
+        await self.commands.accept_many(fresh)
+        metrics.COMMANDS_SENT.inc(len(fresh))
         async with db.connection(self.pool) as conn:
-            await store.handled(conn, r["id"], t["position"], refused)
+            await store.handled(conn, r["id"], outcomes)
 
     async def _cancel_pending(self, rollout_id: uuid.UUID) -> None:
         """Cancel the commands not yet final of an aborted or cancelled rollout, then note it
         done. Any replica may do it, again after a crash: a cancel is harmless twice, and a
         command that a device acks meanwhile stays as acked."""
         async with db.connection(self.pool) as conn:
-            handled = await store.sent_targets(conn, rollout_id)
-            ids = [t["command_id"] for t in handled if not t["refused"]]
-            statuses = await commands_store.statuses(conn, ids)
-        for command_id, status in statuses.items():
-            if status not in ("queued", "delivered"):
-                continue
+            pending = await store.pending_commands(conn, rollout_id)
+        for command_id in pending:
             descriptor = await self.commands.descriptor(command_id)
             if descriptor is not None:
                 with contextlib.suppress(TransitionRefused, NotFound):
@@ -340,23 +319,11 @@ class Rollouts:
 async def full_view(conn: Any, row: dict[str, Any], limit: int) -> dict[str, Any]:
     """A rollout with counts per command status per phase, its newest ``limit`` decisions and
     first ``limit`` failed devices (and how many failed)."""
-    handled = await store.sent_targets(conn, row["id"])
-    statuses = await commands_store.statuses(
-        conn, [t["command_id"] for t in handled if not t["refused"]]
-    )
+    counts = await store.counts(conn, row["id"])
     decisions = await store.decisions(conn, row["id"], limit)
-    counts = store.counts_by_phase(handled, statuses)
-    failed = [
-        {
-            "device_id": t["device_id"],
-            "command_id": None if t["refused"] else t["command_id"],
-            "status": "refused" if t["refused"] else statuses.get(t["command_id"]),
-            "reason": t["refused"] or "",
-        }
-        for t in handled
-        if t["refused"] or statuses.get(t["command_id"]) in rules.BAD
-    ]
-    return {**describe(row, counts, decisions, failed[:limit]), "failed_total": len(failed)}
+    failed = await store.failed(conn, row["id"], sorted(rules.BAD), limit)
+    total = sum(n for c in counts.values() for s, n in c.items() if s in rules.BAD)
+    return {**describe(row, counts, decisions, failed), "failed_total": total}
 
 
 async def apply(conn: Any, row: dict[str, Any], action: str, actor: str) -> str:

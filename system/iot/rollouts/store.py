@@ -198,30 +198,54 @@ async def release(conn: psycopg.AsyncConnection[Any], driver: str) -> None:
 
 
 async def unsent(
-    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID, phase: int, limit: int
+    conn: psycopg.AsyncConnection[Any],
+    rollout: dict[str, Any],
+    limit: int,
 ) -> list[dict[str, Any]]:
-    """The next targets not yet handled, of phases up to ``phase``, in order."""
+    """The next ``limit`` targets not yet handled, of phases up to the rollout's current one, in
+    order, each with what sending needs to know, in one statement: ``owned`` (the device still
+    exists and is the rollout owner's), ``pending`` (its commands not yet final, the cap counts
+    them) and ``stored`` (its command's row exists already: sent before a crash; with the
+    stored ``name``, ``args`` and ``ttl_seconds``)."""
     cur = await conn.execute(
-        "SELECT position, device_id, command_id FROM rollout_targets"
-        " WHERE rollout_id = %s AND phase <= %s AND sent_at IS NULL"
-        " ORDER BY position LIMIT %s",
-        (rollout_id, phase, limit),
+        "SELECT t.position, t.device_id, t.command_id, d.id IS NOT NULL AS owned,"
+        " c.id IS NOT NULL AS stored, c.device_id AS stored_device, c.name, c.args,"
+        " c.ttl_seconds,"
+        " (SELECT count(*) FROM commands p WHERE p.device_id = t.device_id"
+        "   AND p.status IN ('queued', 'delivered')) AS pending"
+        " FROM rollout_targets t"
+        " LEFT JOIN devices d ON d.id = t.device_id AND d.owner_id = %(owner)s"
+        " LEFT JOIN commands c ON c.id = t.command_id"
+        " WHERE t.rollout_id = %(id)s AND t.phase <= %(phase)s AND t.sent_at IS NULL"
+        " ORDER BY t.position LIMIT %(limit)s",
+        {
+            "id": rollout["id"],
+            "owner": rollout["owner_id"],
+            "phase": rollout["phase"],
+            "limit": limit,
+        },
     )
     return [dict(r) for r in await cur.fetchall()]
 
 
 async def handled(
-    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID, position: int, refused: str | None
+    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID, outcomes: dict[int, str | None]
 ) -> None:
-    """A target was sent its command (or refused one, with the reason): counted once."""
+    """Targets (by position) were sent their command (None) or refused one (the reason):
+    each counted once, in one transaction."""
+    if not outcomes:
+        return
     async with conn.transaction():
         cur = await conn.execute(
-            "UPDATE rollout_targets SET sent_at = now(), refused = %s"
-            " WHERE rollout_id = %s AND position = %s AND sent_at IS NULL",
-            (refused, rollout_id, position),
+            "UPDATE rollout_targets t SET sent_at = now(), refused = o.refused"
+            " FROM unnest(%s::int[], %s::text[]) AS o(position, refused)"
+            " WHERE t.rollout_id = %s AND t.position = o.position AND t.sent_at IS NULL",
+            (list(outcomes), list(outcomes.values()), rollout_id),
         )
-        if cur.rowcount == 1:
-            await conn.execute("UPDATE rollouts SET sent = sent + 1 WHERE id = %s", (rollout_id,))
+        if cur.rowcount:
+            await conn.execute(
+                "UPDATE rollouts SET sent = sent + %s WHERE id = %s", (cur.rowcount, rollout_id)
+            )
 
 
 async def mark_phase_done(conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID) -> None:
@@ -231,24 +255,53 @@ async def mark_phase_done(conn: psycopg.AsyncConnection[Any], rollout_id: uuid.U
     )
 
 
-async def sent_targets(
+async def counts(
     conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID
-) -> list[dict[str, Any]]:
-    """Every handled target: its phase, device, command id and refusal (None: sent)."""
+) -> dict[int, dict[str, int]]:
+    """phase -> command status -> count, for handled targets, counted by Postgres (``refused``
+    for a target that got no command; ``queued`` for a command whose row is not stored yet)."""
     cur = await conn.execute(
-        "SELECT phase, device_id, command_id, refused FROM rollout_targets"
-        " WHERE rollout_id = %s AND sent_at IS NOT NULL ORDER BY position",
+        "SELECT t.phase, CASE WHEN t.refused IS NOT NULL THEN 'refused'"
+        " ELSE coalesce(c.status, 'queued') END AS status, count(*) AS n"
+        " FROM rollout_targets t LEFT JOIN commands c ON c.id = t.command_id"
+        " WHERE t.rollout_id = %s AND t.sent_at IS NOT NULL GROUP BY 1, 2",
         (rollout_id,),
+    )
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    for r in await cur.fetchall():
+        out[r["phase"]][r["status"]] = int(r["n"])
+    return dict(out)
+
+
+async def failed(
+    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID, bad: list[str], limit: int
+) -> list[dict[str, Any]]:
+    """The first ``limit`` handled targets that were refused or whose command ended in one of
+    the ``bad`` statuses, in order."""
+    cur = await conn.execute(
+        "SELECT t.device_id, CASE WHEN t.refused IS NULL THEN t.command_id END AS command_id,"
+        " CASE WHEN t.refused IS NOT NULL THEN 'refused' ELSE c.status END AS status,"
+        " coalesce(t.refused, '') AS reason"
+        " FROM rollout_targets t LEFT JOIN commands c ON c.id = t.command_id"
+        " WHERE t.rollout_id = %s AND t.sent_at IS NOT NULL"
+        " AND (t.refused IS NOT NULL OR c.status = ANY(%s))"
+        " ORDER BY t.position LIMIT %s",
+        (rollout_id, bad, limit),
     )
     return [dict(r) for r in await cur.fetchall()]
 
 
-async def phase_sizes(conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID) -> dict[int, int]:
+async def pending_commands(
+    conn: psycopg.AsyncConnection[Any], rollout_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """The rollout's commands not yet final (queued or delivered)."""
     cur = await conn.execute(
-        "SELECT phase, count(*) AS n FROM rollout_targets WHERE rollout_id = %s GROUP BY phase",
+        "SELECT c.id FROM rollout_targets t JOIN commands c ON c.id = t.command_id"
+        " WHERE t.rollout_id = %s AND t.sent_at IS NOT NULL AND t.refused IS NULL"
+        " AND c.status IN ('queued', 'delivered') ORDER BY t.position",
         (rollout_id,),
     )
-    return {r["phase"]: r["n"] for r in await cur.fetchall()}
+    return [r["id"] for r in await cur.fetchall()]
 
 
 async def decisions(
@@ -261,15 +314,3 @@ async def decisions(
         (rollout_id, limit),
     )
     return [dict(r) for r in await cur.fetchall()]
-
-
-def counts_by_phase(
-    targets: list[dict[str, Any]], statuses: dict[uuid.UUID, str]
-) -> dict[int, dict[str, int]]:
-    """phase -> command status -> count, for handled targets (``refused`` for a target that got
-    no command; ``unknown`` for a command whose row is gone or not stored yet)."""
-    out: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for t in targets:
-        status = "refused" if t["refused"] else statuses.get(t["command_id"], "queued")
-        out[t["phase"]][status] += 1
-    return {p: dict(c) for p, c in out.items()}

@@ -21,10 +21,21 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name=messages.COMMANDS_STORE_TASK)
-def store_command(command: dict[str, Any]) -> int:
-    """Store one command (a redelivery is a no-op); returns 1 if it was new."""
+def store_command(
+    command: dict[str, Any] | None = None, commands: list[dict[str, Any]] | None = None
+) -> int:
+    """Store one command, or a rollout's ``commands`` sent as one message, in one transaction
+    (a redelivery is a no-op); returns how many were new."""
     started = time.perf_counter()
-    added = storage.write(messages.COMMANDS_STORE_TASK, lambda c: commands_store.insert(c, command))
+    todo = commands if commands is not None else [command] if command else []
+    added = storage.write(
+        messages.COMMANDS_STORE_TASK,
+        lambda c: (
+            commands_store.insert(c, todo[0])
+            if len(todo) == 1
+            else commands_store.insert_many(c, todo)
+        ),
+    )
     metrics.EVENTS_STORED.labels("queued").inc(added)
     metrics.TASKS.labels(messages.COMMANDS_STORE_TASK, "succeeded").inc()
     metrics.TASK_SECONDS.labels(messages.COMMANDS_STORE_TASK).observe(time.perf_counter() - started)
