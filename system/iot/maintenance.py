@@ -29,12 +29,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
 from psycopg import sql
 from psycopg.rows import tuple_row
 
@@ -62,19 +65,47 @@ _COLUMNS = sql.SQL(", ").join(
 )
 
 
-LAST_SUCCESS = Gauge(
-    "iot_history_maintenance_last_success_timestamp_seconds",
-    "When the history maintenance last finished a round",
-)
 FAILURES = Counter("iot_history_maintenance_failures_total", "Rounds that failed")
-DAYS_AHEAD = Gauge(
-    "iot_readings_partitions_ahead_days",
-    "Days after today that have readings partitions, without a gap (0: tomorrow has none)",
-)
-DEFAULT_ROWS = Gauge(
-    "iot_readings_default_partition_rows",
-    "Readings waiting in the default partition for a partition of their day",
-)
+LAST_SUCCESS = "iot_history_maintenance_last_success_timestamp_seconds"
+DAYS_AHEAD = "iot_readings_partitions_ahead_days"
+DEFAULT_ROWS = "iot_readings_default_partition_rows"
+_MEASURED_HELP = {
+    LAST_SUCCESS: "When the history maintenance last finished a round",
+    DAYS_AHEAD: (
+        "Days after today that have readings partitions, without a gap (0: tomorrow has none)"
+    ),
+    DEFAULT_ROWS: "Readings waiting in the default partition for a partition of their day",
+}
+
+
+class Measured:
+    """The gauges of the history as this process's last finished round measured them.
+
+    Each is exported only once measured: every process that loads this module without running
+    the maintenance (the sensors workers, Flower, a commands worker whose rounds another runner
+    holds the lock for) exports none of them, rather than zeros that read as "no partitions
+    ahead" and "no round ever finished" (alerts take the minimum or maximum over workers).
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, float] = {}
+
+    def set(self, name: str, value: float) -> None:
+        self._values[name] = float(value)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for name, help_text in _MEASURED_HELP.items():
+            yield GaugeMetricFamily(name, help_text)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        values = dict(self._values)  # the round's thread may set one meanwhile
+        for name, help_text in _MEASURED_HELP.items():
+            if name in values:
+                yield GaugeMetricFamily(name, help_text, value=values[name])
+
+
+MEASURED = Measured()
+REGISTRY.register(MEASURED)
 
 
 def partition_name(day: date) -> str:
@@ -240,9 +271,9 @@ def _observe(conn: psycopg.Connection[Any]) -> None:
     ahead, today = 0, datetime.now(UTC).date()
     while today + timedelta(days=ahead + 1) in days:
         ahead += 1
-    DAYS_AHEAD.set(ahead)
-    DEFAULT_ROWS.set(sum(_default_days(conn, None).values()))
-    LAST_SUCCESS.set_to_current_time()
+    MEASURED.set(DAYS_AHEAD, ahead)
+    MEASURED.set(DEFAULT_ROWS, sum(_default_days(conn, None).values()))
+    MEASURED.set(LAST_SUCCESS, time.time())
 
 
 class Runner:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
+import httpx
 import psycopg
 import pytest
 
@@ -186,3 +187,28 @@ def test_the_running_stack_makes_partitions_ahead(pg) -> None:
         timeout=60,
         what="the commands worker's maintenance to make this week's partitions",
     )
+
+
+def test_only_the_process_that_measured_the_partitions_exports_them(settings: Settings) -> None:
+    """The commands worker runs the maintenance and exports what it measured; the sensors
+    worker does not run it and exports none of its gauges (a 0 there read as "no partitions
+    ahead" to ReadingsPartitionsRunningOut, which takes the minimum over workers)."""
+    gauges = (maintenance.DAYS_AHEAD, maintenance.LAST_SUCCESS, maintenance.DEFAULT_ROWS)
+
+    def samples(port: int) -> dict[str, float]:
+        text = httpx.get(f"http://{settings.host}:{port}/metrics", timeout=5).text
+        found = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in gauges:
+                found[name] = float(value)
+        return found
+
+    measured = eventually(
+        lambda: samples(settings.worker_commandlog_metrics_port),
+        timeout=60,
+        what="the commands worker's first round of maintenance",
+    )
+    assert set(measured) == set(gauges), measured
+    assert measured[maintenance.DAYS_AHEAD] >= maintenance.AHEAD_DAYS, measured
+    assert samples(settings.worker_sensors_metrics_port) == {}

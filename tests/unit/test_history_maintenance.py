@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import date
 
+from prometheus_client import CollectorRegistry
+
 from iot import maintenance
 from iot.commands import cleanup, lifecycle
 from iot.stack import setup as stack_setup
@@ -27,3 +29,22 @@ def test_partition_names_sort_by_day() -> None:
     names = [maintenance.partition_name(d) for d in days]
     assert sorted(names) == [maintenance.partition_name(d) for d in sorted(days)]
     assert names[0] == "readings_p20261231"
+
+
+def _exported(measured: maintenance.Measured) -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(measured)
+    return {sample.name: sample.value for family in registry.collect() for sample in family.samples}
+
+
+def test_a_process_exports_only_what_its_own_rounds_measured() -> None:
+    # The sensors workers and Flower load the module but run no round: no 0 that an alert
+    # taking the minimum over workers would read as "no partitions ahead".
+    measured = maintenance.Measured()
+    assert _exported(measured) == {}
+    measured.set(maintenance.DAYS_AHEAD, 7)
+    measured.set(maintenance.LAST_SUCCESS, 1_796_000_000.0)
+    assert _exported(measured) == {
+        maintenance.DAYS_AHEAD: 7.0,
+        maintenance.LAST_SUCCESS: 1_796_000_000.0,
+    }
