@@ -2,15 +2,17 @@
 cut off keeps accepting writes (split brain) or is fenced. Started by the bench inside the
 namespace: ``python -m iot.ha.probe PORT OUT SECONDS``; one JSON line a write in OUT.
 
-Every write waits at most two seconds (``statement_timeout``). A commit that waited for a
-synchronous standby and was cancelled is committed locally: Postgres says so in a warning,
-recorded here as ``local-only``, apart from ``ok`` (acknowledged) and errors.
+Every write waits at most two seconds: then the probe cancels it (a cancel request, as a client
+library's timeout does). A commit that waited for a synchronous standby and was cancelled is
+committed locally: Postgres says so in a warning, recorded here as ``local-only``, apart from
+``ok`` (acknowledged) and errors.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 
 import psycopg
@@ -34,12 +36,17 @@ def main(port: int, out: str, seconds: float, rate: float = 5) -> None:
                 if conn is None:
                     conn = psycopg.connect(
                         f"host=127.0.0.1 port={port} dbname=postgres user=postgres "
-                        "connect_timeout=2 options='-c statement_timeout=2000'",
+                        "connect_timeout=2",
                         autocommit=True)
                     conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
                 n += 1
                 notices.clear()
-                conn.execute(f"INSERT INTO {TABLE} VALUES (%s, clock_timestamp())", (n,))
+                timer = threading.Timer(2.0, conn.cancel_safe)
+                timer.start()
+                try:
+                    conn.execute(f"INSERT INTO {TABLE} VALUES (%s, clock_timestamp())", (n,))
+                finally:
+                    timer.cancel()
                 local = any("committed locally" in m or "synchronous replication" in m
                             for m in notices)
                 result = "local-only" if local else "ok"
