@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chaos import experiment, report
+from chaos import experiment, report, rollout
 from iot.settings import get_settings
 from loadtest.background import LoadOptions
 
@@ -110,7 +110,7 @@ def run(
                 else (exp.long_fault_seconds if long else exp.fault_seconds)
             )
             result = experiment.run(exp, settings, seconds, progress=typer.echo, load=background)
-        except experiment.ExperimentError as exc:
+        except (experiment.ExperimentError, rollout.RolloutError) as exc:
             typer.secho(f"[{n}] could not run: {exc}", fg=typer.colors.RED, err=True)
             failed.append(n)
             continue

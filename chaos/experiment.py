@@ -15,7 +15,6 @@ An experiment is data (``chaos/experiments/<name>.yml``)::
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,11 @@ import httpx
 import psycopg
 import yaml
 
-from chaos import probes
+from chaos import probes, rollout
 from chaos.actions import Actions
-from chaos.fleet import Fleet, SimDevice, Timeline
+from chaos.fleet import Fleet, Timeline
+from chaos.identity import Identity
 from chaos.ledger import Ledger, check
-from iot import security
 from iot.settings import Settings
 from loadtest.background import BackgroundLoad, LoadOptions
 from loadtest.runner import LoadError
@@ -71,6 +70,7 @@ class Experiment:
     expect_alert: list[str] = field(default_factory=list)
     devices: int = 20
     command_rate: float = 5.0
+    rollout: dict[str, Any] | None = None  # a rollout to the fleet through the fault (rollout.py)
 
 
 def load(name: str, folder: Path = EXPERIMENTS) -> Experiment:
@@ -94,40 +94,6 @@ def names() -> list[str]:
 def cluster_names() -> list[str]:
     """The experiments that need the RabbitMQ cluster."""
     return sorted(p.stem for p in CLUSTER.glob("*.yml"))
-
-
-class _Identity:
-    """A throw-away user and devices for one run, removed afterwards."""
-
-    def __init__(self, s: Settings, n: int) -> None:
-        self.s = s
-        self.username = f"chaos-{uuid.uuid4().hex[:10]}"
-        password = uuid.uuid4().hex
-        with psycopg.connect(s.database_direct_url, autocommit=True) as conn:
-            conn.execute(
-                "INSERT INTO users (id, username, password_hash) VALUES (%s, %s, %s)",
-                (uuid.uuid4(), self.username, security.hash_password(password)),
-            )
-        with httpx.Client(base_url=s.base_url, timeout=30) as http:
-            r = http.post("/auth/token", json={"username": self.username, "password": password})
-            r.raise_for_status()
-            self.token = r.json()["access_token"]
-            self.devices = []
-            for i in range(n):
-                r = http.post("/devices", json={"name": f"chaos-{i}"}, headers=self.headers)
-                r.raise_for_status()
-                self.devices.append(SimDevice(r.json()["id"], r.json()["token"]))
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def remove(self) -> None:
-        with httpx.Client(base_url=self.s.base_url, timeout=30) as http:
-            for d in self.devices:
-                http.delete(f"/devices/{d.id}", headers=self.headers)
-        with psycopg.connect(self.s.database_direct_url, autocommit=True) as conn:
-            conn.execute("DELETE FROM users WHERE username = %s", (self.username,))
 
 
 def run(
@@ -218,7 +184,7 @@ def _run(
     lingering = probes.wait_alerts_clear(settings, must_clear, ALERT_CLEAR_SECONDS)
     if lingering:
         progress(f"[{exp.name}] warning: still active from before: {', '.join(sorted(lingering))}")
-    identity = _Identity(settings, exp.devices)
+    identity = Identity(settings, exp.devices)
     ledger = Ledger(devices=[d.id for d in identity.devices])
     timeline = Timeline()
     fleet = Fleet(
@@ -248,6 +214,11 @@ def _run(
         windows = WARMUP_WINDOWS if background is None else WARMUP_WINDOWS_LOADED
         report["warmup_seconds"] = _warm_up(sampler, timeline, progress, exp.name, windows)
 
+        under_way = None
+        if exp.rollout is not None:
+            under_way = rollout.begin(
+                settings.base_url, identity, ledger, exp.rollout, exp.name, progress
+            )
         sampler.start_fault()
         fault_start = time.time()
         progress(
@@ -341,6 +312,9 @@ def _run(
             for k, v in counts.items()
             if not v["clean"]
         ]
+        if under_way is not None:
+            problems += rollout.finish(settings.base_url, identity.headers, under_way)
+            report["rollout"] = rollout.summary(under_way)
         if not drained:
             problems.append(f"did not drain within {DRAIN_TIMEOUT}s")
         if recovery is None or recovery > exp.recovery_bound:

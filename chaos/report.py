@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
+from chaos.rollout import rollout_markdown  # noqa: E402
+
 REPORTS = Path(__file__).resolve().parents[1] / "reports" / "chaos"
 
 
@@ -122,6 +124,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"- also {name}: fired at {t} s")
     if r.get("load"):
         lines += _load_markdown(r["load"])
+    if r.get("rollout"):
+        lines += rollout_markdown(r["rollout"])
     if r.get("problems"):
         lines += ["", "Problems:"] + [f"- {p}" for p in r["problems"]]
     lines += ["", "![timeline](timeline.png)", ""]

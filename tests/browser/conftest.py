@@ -69,6 +69,15 @@ def make_login(pg: psycopg.Connection, settings: Settings) -> Iterator[Callable[
     yield make
     for login in made:
         login.api.close()
+    # A rollout left running to devices that never poll again would stall for ever and page
+    # (RolloutStalled) in later tests: cancel the test's unfinished ones (a driver then
+    # cancels their commands).
+    pg.execute(
+        "UPDATE rollouts SET state = 'cancelled', finished_at = now(), driver = NULL"
+        " WHERE state IN ('scheduled', 'running', 'paused')"
+        " AND owner_id IN (SELECT id FROM users WHERE username = ANY(%s))",
+        ([login.username for login in made],),
+    )
 
 
 @pytest.fixture

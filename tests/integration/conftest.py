@@ -206,7 +206,9 @@ def reading(
 
 
 @pytest.fixture
-def make_person(api: httpx.Client, pg: psycopg.Connection) -> Callable[..., Person]:
+def make_person(api: httpx.Client, pg: psycopg.Connection) -> Iterator[Callable[..., Person]]:
+    made: list[str] = []
+
     def make(admin: bool = False) -> Person:
         name = f"u-{uuid.uuid4().hex[:12]}"
         password = uuid.uuid4().hex
@@ -214,11 +216,20 @@ def make_person(api: httpx.Client, pg: psycopg.Connection) -> Callable[..., Pers
             "INSERT INTO users (id, username, password_hash, is_admin) VALUES (%s, %s, %s, %s)",
             (uuid.uuid4(), name, security.hash_password(password), admin),
         )
+        made.append(name)
         r = api.post("/auth/token", json={"username": name, "password": password})
         assert r.status_code == 200, r.text
         return Person(api, name, r.json()["access_token"])
 
-    return make
+    yield make
+    # A rollout left running to devices that no longer poll would stall and page
+    # (RolloutStalled) during later tests: cancel the test's unfinished ones.
+    pg.execute(
+        "UPDATE rollouts SET state = 'cancelled', finished_at = now(), driver = NULL"
+        " WHERE state IN ('scheduled', 'running', 'paused')"
+        " AND owner_id IN (SELECT id FROM users WHERE username = ANY(%s))",
+        (made,),
+    )
 
 
 @pytest.fixture
