@@ -29,6 +29,9 @@ def bench_engines(
     rate: Annotated[float, typer.Option(help="Client writes a second.")] = 20,
     hold: Annotated[float, typer.Option(help="Seconds a cut-off host stays cut off.")] = 60,
     keep: Annotated[bool, typer.Option(help="Keep var/ha-bench/ (the clusters' data).")] = False,
+    patroni_timing: Annotated[str | None, typer.Option(
+        help="Patroni's ttl/loop_wait/retry_timeout, e.g. 12/2/5 (default: its own 30/10/10).",
+    )] = None,
 ) -> None:
     """Each engine × replication mode × fault on a fresh three-host cluster: failover time,
     what a client saw, acknowledged writes lost, whether a cut-off primary kept accepting
@@ -43,8 +46,17 @@ def bench_engines(
     for name in engines:
         if name not in bench.ENGINES:
             fail(f"unknown engine {name!r}: {', '.join(bench.ENGINES)}")
+    timing = None
+    if patroni_timing:
+        try:
+            ttl, loop_wait, retry = (int(v) for v in patroni_timing.split("/"))
+        except ValueError:
+            fail("--patroni-timing is ttl/loop_wait/retry_timeout, e.g. 12/2/5")
+        if loop_wait + 2 * retry > ttl:
+            fail("Patroni wants loop_wait + 2 × retry_timeout <= ttl")
+        timing = (ttl, loop_wait, retry)
     path = bench.bench_engines(PROJECT_ROOT, engines, mode or ["sync", "async"],
                                fault or list(bench.FAULTS), typer.echo, rate=rate,
-                               hold=hold, keep=keep)
+                               hold=hold, keep=keep, patroni_timing=timing)
     typer.echo(path.read_text())
     typer.echo(f"report: {path}")

@@ -58,7 +58,7 @@ def _wait_role(member: Member, wanted: str, timeout: float) -> float | None:
 def run_fault(engine: Engine, fault: str, folder: Path, say: Say, rate: float = 20,
               warmup: float = 10, hold: float = 60, settle: float = 120) -> dict[str, Any]:
     """Start ``engine`` fresh, write, inject ``fault`` into its primary, measure."""
-    result: dict[str, Any] = {"engine": engine.name,
+    result: dict[str, Any] = {"engine": engine.name + engine.variant,
                               "mode": "sync" if engine.synchronous else "async",
                               "fault": fault, "notes": []}
     tag = f"{engine.name}-{result['mode']}-{fault}"
@@ -126,14 +126,17 @@ def _inject(engine: Engine, primary: Member, writer: Writer, fault: str, fault_a
 
 
 def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list[str],
-                  say: Say, rate: float = 20, hold: float = 60, keep: bool = False) -> Path:
-    """Every engine × mode × fault; returns the Markdown report's path."""
+                  say: Say, rate: float = 20, hold: float = 60, keep: bool = False,
+                  patroni_timing: tuple[int, int, int] | None = None) -> Path:
+    """Every engine × mode × fault; returns the Markdown report's path. ``patroni_timing``:
+    Patroni's ttl, loop_wait and retry_timeout instead of its defaults."""
     started = datetime.now(UTC)
     folder = home / "reports" / "ha-engines" / started.strftime("%Y%m%dT%H%M%SZ")
     folder.mkdir(parents=True, exist_ok=True)
     root = home / "var" / "ha-bench"
     meta = {"started": started.isoformat(timespec="seconds"), "rate": rate, "hold_s": hold,
-            "engines": engines, "modes": modes, "faults": faults}
+            "engines": engines, "modes": modes, "faults": faults,
+            "patroni_timing": patroni_timing or "defaults (30, 10, 10)"}
     results: list[dict[str, Any]] = []
     net = Net(3)
     try:
@@ -142,7 +145,7 @@ def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list
             for mode in modes:
                 for fault in faults:
                     results.append(_run_one(net, root, folder, name, mode, fault, say,
-                                            rate, hold))
+                                            rate, hold, patroni_timing))
                     report.write(folder, results, meta)
     finally:
         net.close()
@@ -152,11 +155,13 @@ def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list
 
 
 def _run_one(net: Net, root: Path, folder: Path, name: str, mode: str, fault: str, say: Say,
-             rate: float, hold: float, tries: int = 3) -> dict[str, Any]:
+             rate: float, hold: float, timing: tuple[int, int, int] | None = None,
+             tries: int = 3) -> dict[str, Any]:
     """One run; again from the start when a CPU measurement interrupted it."""
     for _ in range(tries):
         wait_while_measuring(say)
-        engine = ENGINES[name](net, root, mode == "sync")
+        engine = (Patroni(net, root, mode == "sync", *timing) if name == "patroni" and timing
+                  else ENGINES[name](net, root, mode == "sync"))
         try:
             return run_fault(engine, fault, folder, say, rate=rate, hold=hold)
         except Measuring as exc:

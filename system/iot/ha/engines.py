@@ -67,6 +67,7 @@ class Engine:
     """One engine's cluster on the bench's hosts. Subclasses start and stop it."""
 
     name = "engine"
+    variant = ""  # settings that differ from the engine's defaults, for the report
 
     def __init__(self, net: Net, root: Path, synchronous: bool) -> None:
         self.net = net

@@ -28,6 +28,8 @@ class Patroni(Engine):
         super().__init__(net, root / "patroni", synchronous)
         self.timing: dict[str, Any] = {"ttl": ttl, "loop_wait": loop_wait,
                                        "retry_timeout": retry_timeout}
+        if (ttl, loop_wait, retry_timeout) != (30, 10, 10):
+            self.variant = f" (ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry_timeout})"
 
     def start(self) -> None:
         hosts = self.net.hosts[:3]
