@@ -68,6 +68,16 @@ load: setup
 		--step-seconds 60 --spawn-rate 100 --reuse
 	$(VENV)/iotctl load plan --devices 100000 --interval 10
 
+# A rollout to a whole 5,000-device fleet while it polls and posts (loadtest/README.md): 90 s in,
+# an operator rolls a command out to every running device (phases 1 %, 10 %, 100 %) at 6,000
+# devices a minute; the report's "Rollout" section gives the rate held, the time to send to and
+# to reach every device, and the CPU per component.
+.PHONY: load-rollout
+load-rollout: setup
+	$(VENV)/iotctl up
+	LOAD_ROLLOUT_AFTER=90 LOAD_ROLLOUT_RATE=6000 $(VENV)/iotctl load run rollout --devices 5000 \
+		--duration 300 --reuse
+
 # The Compose bundle for real (compose/README.md): installs Docker's packages, starts dockerd if
 # none answers (and stops it after), builds the images, brings the stack up on its own ports,
 # sends a reading and a command through its nginx, brings it down.

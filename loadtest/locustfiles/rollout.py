@@ -20,6 +20,7 @@ from typing import Any
 import gevent
 from locust import constant, task
 
+from loadtest import shapes
 from loadtest.locustfiles.devices import *  # noqa: F403 - the fleet, the operator, the viewers
 from loadtest.locustfiles.devices import RUN_DIR, _fleet, _Person, running_devices
 
@@ -80,7 +81,9 @@ class RolloutOperatorUser(_Person):
 
     def _create(self) -> None:
         running = running_devices(self.environment)
-        if time.time() - self.started < AFTER_SECONDS or running <= 0:
+        shape = self.environment.shape_class
+        wanted = shape.profile.max_devices if isinstance(shape, shapes.FleetShape) else 1
+        if time.time() - self.started < AFTER_SECONDS or running < wanted:
             return
         ids = [d["id"] for d in _fleet()["devices"][: min(running, MAX_TARGETS)]]
         body = {
