@@ -8,7 +8,8 @@ An experiment is data (``chaos/experiments/<name>.yml``)::
     rollbacks: [{action: proxy_enable, target: rabbitmq}]    # always run, in order
     fault_seconds: 10          # the short form (make test); --duration or --long override
     long_fault_seconds: 60     # the long form (make chaos)
-    recovery_bound: 60         # seconds from rollback to steady state again
+    recovery_bound: 60         # seconds from rollback to steady state again; after them
+                               # no alert may still fire (one that fired and resolved may)
     expect_alert: [RabbitMQDown]
 """
 
@@ -44,13 +45,12 @@ BACKLOG_RECOVERED = 200  # messages; or twice the largest backlog seen before th
 DRAIN_TIMEOUT = 120
 CHECK_TIMEOUT = 60
 ALERT_CLEAR_SECONDS = 90  # before the fault, how long to wait for expected alerts to clear
-ALERT_GRACE_SECONDS = 45
+ALERT_GRACE_SECONDS = 45  # after the fault ends, how long an expected alert may still take
 # Alerts that stay firing long after their cause (ComponentRestarted: ten minutes after any
 # restart) are not waited out; the sampler's baseline tells them apart by instance and value
-# (ComponentRestarted's value is the newest restart's time, new with every restart).
-STICKY_ALERTS = frozenset(
-    {"ComponentRestarted"}
-)  # after the fault ends, how long an expected alert may still take
+# (ComponentRestarted's value is the newest restart's time, new with every restart). Still
+# firing after the recovery window, they do not fail the run either.
+STICKY_ALERTS = frozenset({"ComponentRestarted"})
 
 
 class ExperimentError(RuntimeError):
@@ -281,6 +281,10 @@ def _run(
         ):
             sampler.sample()
             time.sleep(1)
+        if time.time() < fault_end + exp.recovery_bound:
+            progress(f"[{exp.name}] alerts: watching them to the end of the recovery window")
+        silence = probes.left_firing(sampler, fault_end + exp.recovery_bound, STICKY_ALERTS)
+        silent_at = round(time.time() - fault_end, 1)
         if fleet.failure:
             raise ExperimentError(f"the fleet failed: {fleet.failure!r}")
         progress(f"[{exp.name}] checking the ledger against the devices and Postgres")
@@ -300,6 +304,9 @@ def _run(
                 "counts": counts,
                 "alerts_fired": detected,
                 "time_to_detect": {a: detected.get(a) for a in exp.expect_alert},
+                "alerts_after_recovery": (
+                    None if silence is None else {**silence, "seconds_after_rollback": silent_at}
+                ),
                 "timeline": timeline.series(),
                 "error_causes": dict(timeline.causes),
                 "backlog": sampler.backlog,
@@ -324,6 +331,13 @@ def _run(
         missed = [a for a in exp.expect_alert if a not in detected]
         if missed:
             problems.append(f"expected alert(s) did not fire: {', '.join(missed)}")
+        if silence is None:
+            problems.append("alerts after the recovery window unknown: Prometheus did not answer")
+        elif silence["left_firing"]:
+            problems.append(
+                f"alert(s) still firing {silent_at:g} s after the rollback (recovery window "
+                f"{exp.recovery_bound:g} s): {', '.join(silence['left_firing'])}"
+            )
         report["problems"] = problems
         report["passed"] = not problems
         return report

@@ -48,13 +48,20 @@ def firing_alerts(settings: Settings) -> set[tuple[str, str]] | None:
     ComponentRestarted's newest restart time, new with every restart while the alert was
     already firing), is another pair."""
     alerts = _alerts(settings)
-    if alerts is None:
-        return None
+    return None if alerts is None else _pairs(alerts)
+
+
+def _pairs(alerts: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return {
         (a["labels"]["alertname"], repr((sorted(a["labels"].items()), a.get("value"))))
         for a in alerts
         if a.get("state") == "firing"
     }
+
+
+def _key(alert: dict[str, Any]) -> tuple[str, str]:
+    """One alert as (name, labels), whatever its value."""
+    return alert["labels"]["alertname"], repr(sorted(alert["labels"].items()))
 
 
 def active_alerts(settings: Settings) -> set[str] | None:
@@ -78,7 +85,8 @@ class Sampler:
     """Samples backlog and firing alerts about once a second, for the report.
 
     Alerts already firing when the fault starts (say, from an earlier experiment) are the
-    baseline: only alerts that start firing after it count as detections of this fault.
+    baseline: only alerts that start firing after it count as detections of this fault, and
+    one of them that keeps firing without a break is not this fault's either (``carried``).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -86,14 +94,71 @@ class Sampler:
         self.backlog: list[tuple[float, int | None]] = []
         self.first_fired: dict[str, float] = {}
         self.baseline: set[tuple[str, str]] | None = None
+        self.before: set[tuple[str, str]] = set()  # firing at the fault's start (name, labels)
+        self.broken: set[tuple[str, str]] = set()  # of those, seen not firing since
+        self.alerts: list[dict[str, Any]] | None = None  # the last sample's, pending or firing
 
     def start_fault(self) -> None:
-        self.baseline = firing_alerts(self.s) or set()
+        firing = [a for a in _alerts(self.s) or [] if a.get("state") == "firing"]
+        self.baseline = _pairs(firing)
+        self.before = {_key(a) for a in firing}
+
+    @property
+    def carried(self) -> set[tuple[str, str]]:
+        """Alerts firing since before the fault without a break."""
+        return self.before - self.broken
 
     def sample(self) -> None:
         now = time.time()
         self.backlog.append((now, backlog(self.s)))
         if self.baseline is None:
             return
-        for name, _labels in (firing_alerts(self.s) or set()) - self.baseline:
+        self.alerts = _alerts(self.s)
+        if self.alerts is None:
+            return
+        for name, _labels in _pairs(self.alerts) - self.baseline:
             self.first_fired.setdefault(name, now)
+        self.broken |= self.before - {_key(a) for a in self.alerts if a.get("state") == "firing"}
+
+
+def left_firing(
+    sampler: Sampler, until: float, by_design: frozenset[str]
+) -> dict[str, list[str]] | None:
+    """The alerts still firing at ``until`` (the end of an experiment's recovery window),
+    sampling until then; an alert that fired and resolved meanwhile does not count. By name:
+    ``left_firing``, what the run left firing (it failed to leave the system silent);
+    ``since_before``, firing without a break since before the fault (not this fault's);
+    ``by_design``, the alerts of ``by_design`` (they outlast their cause on purpose, as
+    ComponentRestarted does for ten minutes after a restart). None if Prometheus does not
+    answer by ``until``.
+
+    Returns sooner once nothing else is pending or firing: only an alert of a new fault could
+    fire before ``until`` then.
+    """
+    while True:
+        sampler.sample()
+        alerts, now = sampler.alerts, time.time()
+        if alerts is None:
+            if now >= until:
+                return None
+            time.sleep(1)
+            continue
+        found: dict[str, set[str]] = {
+            "left_firing": set(),
+            "since_before": set(),
+            "by_design": set(),
+        }
+        busy = False
+        for a in alerts:
+            name = a["labels"]["alertname"]
+            if name in by_design:
+                kind = "by_design"
+            elif _key(a) in sampler.carried:
+                kind = "since_before"
+            else:
+                kind, busy = "left_firing", True
+            if a.get("state") == "firing":
+                found[kind].add(name)
+        if not busy or now >= until:
+            return {kind: sorted(names) for kind, names in found.items()}
+        time.sleep(1)

@@ -92,6 +92,23 @@ def _load_markdown(load: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _after_recovery_markdown(after: dict[str, Any] | None) -> list[str]:
+    """What still fired at the end of the recovery window (reports since that check)."""
+    if not after:
+        return []
+    lines = [
+        f"- still firing {after['seconds_after_rollback']:g} s after the rollback, the end of "
+        f"the recovery window: {', '.join(after['left_firing']) or 'none'}"
+    ]
+    for kind, what in (
+        ("since_before", "firing since before the fault, not counted"),
+        ("by_design", "outlasting their cause by design, not counted"),
+    ):
+        if after.get(kind):
+            lines.append(f"  - {what}: {', '.join(after[kind])}")
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
     verdict = "PASSED" if r.get("passed") else "FAILED"
     lines = [
@@ -122,6 +139,7 @@ def markdown(r: dict[str, Any]) -> str:
     }
     for name, t in sorted(others.items()):
         lines.append(f"- also {name}: fired at {t} s")
+    lines += _after_recovery_markdown(r.get("alerts_after_recovery"))
     if r.get("load"):
         lines += _load_markdown(r["load"])
     if r.get("rollout"):
