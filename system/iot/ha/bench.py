@@ -46,12 +46,15 @@ def _wait_resumed(writer: Writer, since: float, timeout: float) -> float | None:
     return None
 
 
-def _wait_role(member: Member, wanted: str, timeout: float) -> float | None:
+def _wait_role(member: Member, wanted: tuple[str, ...],
+               timeout: float) -> tuple[str, float] | None:
+    """The first of the ``wanted`` roles ``member`` takes, and when."""
     start = time.time()
     while time.time() - start < timeout:
-        if role(member) == wanted:
-            return time.time()
-        sleep(1)
+        now = role(member)
+        if now in wanted:
+            return now, time.time()
+        sleep(0.5)
     return None
 
 
@@ -76,8 +79,12 @@ def run_fault(engine: Engine, fault: str, folder: Path, say: Say, rate: float = 
                 str(warmup + hold + settle)], engine.root / "log" / "probe.log")
         sleep(warmup)
         say(f"{tag}: fault on {primary.name} ({primary.address})")
-        fault_at = time.time()
-        _inject(engine, primary, writer, fault, fault_at, result, hold, settle)
+        if fault == "kill":
+            engine.kill_postgres(primary)
+        else:
+            engine.net.cut(primary.host)
+        fault_at = time.time()  # the fault in place: nothing sent after it reaches the old
+        _follow(engine, primary, writer, fault, fault_at, result, hold, settle)
         sleep(5)
     finally:
         attempts = as_dicts(writer.stop())
@@ -96,14 +103,10 @@ def run_fault(engine: Engine, fault: str, folder: Path, say: Say, rate: float = 
     return result
 
 
-def _inject(engine: Engine, primary: Member, writer: Writer, fault: str, fault_at: float,
+def _follow(engine: Engine, primary: Member, writer: Writer, fault: str, fault_at: float,
             result: dict[str, Any], hold: float, settle: float) -> None:
-    """The fault itself, then waiting for writes to resume and the old primary to follow."""
+    """After the fault: writes resuming, the cut ending, the old primary coming back."""
     notes: list[str] = result["notes"]
-    if fault == "kill":
-        engine.kill_postgres(primary)
-    else:
-        engine.net.cut(primary.host)
     if _wait_resumed(writer, fault_at, settle) is None:
         notes.append(f"no write acknowledged within {settle:.0f} s of the fault")
     if fault == "cut":
@@ -111,18 +114,20 @@ def _inject(engine: Engine, primary: Member, writer: Writer, fault: str, fault_a
         notes.append(f"roles while cut off: {engine.roles()}")
         engine.net.heal(primary.host)
         healed_at = time.time()
-        back = _wait_role(primary, "standby", settle)
-        result["rejoin"] = (f"standby {back - healed_at:.0f} s after the link came back"
+        back = _wait_role(primary, ("standby",), settle)
+        result["rejoin"] = (f"standby {back[1] - healed_at:.0f} s after the link came back"
                             if back else f"{role(primary)} {settle:.0f} s after the link "
                             "came back")
         return
-    sleep(5)
-    if role(primary) == "primary":
-        result["rejoin"] = "primary again (restarted in place)"
-        return
-    back = _wait_role(primary, "standby", settle)
-    result["rejoin"] = (f"standby {back - fault_at:.0f} s after the kill" if back
-                        else f"{role(primary)} {settle:.0f} s after the kill")
+    first = next((a for a in list(writer.attempts) if not a.error and a.sent >= fault_at), None)
+    restarted = first is not None and first.server == primary.address
+    back = _wait_role(primary, ("primary",) if restarted else ("standby",), settle)
+    if back is None:
+        result["rejoin"] = f"{role(primary)} {settle:.0f} s after the kill"
+    elif back[0] == "primary":
+        result["rejoin"] = f"primary again {back[1] - fault_at:.0f} s after the kill (restarted)"
+    else:
+        result["rejoin"] = f"standby {back[1] - fault_at:.0f} s after the kill"
 
 
 def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list[str],
