@@ -23,20 +23,28 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from iot.errors import DatabaseBusy, DatabaseUnavailable
 from iot.settings import Settings
 
-CONNECT_TIMEOUT_SECONDS = 3
+# Opening a connection costs four round trips (libpq's SSL request, then SCRAM's three
+# exchanges): against a database 1.5 s away that is 6 s, and with 3 s no connection cut by a
+# deadline could ever be replaced (docs/decisions.md, "Commands through a slow database").
+# Pools open connections in the background, so a request never waits this long for one.
+CONNECT_TIMEOUT_SECONDS = 10
+POOL_TIMEOUT_SECONDS = 3.0  # the pool's default wait for a connection (callers pass their own)
 STATEMENT_TIMEOUT_MS = 10_000
 API_TIMEOUT_SECONDS = 5.0
-CHECK_TIMEOUT_SECONDS = 2.0
+CHECK_TIMEOUT_SECONDS = 3.0  # twice a 1.5 s round trip: slow is not broken
 POOL_WAIT_SECONDS = 3.0  # for a free pooled connection; longer under overload is a 503
 OUTAGE_HOLD_SECONDS = 1.0  # after a failure, fail at once this long before trying again
 # At the deadline, a query whose answer already came (unread: the replica's loop was busy) is
 # given this much longer, at most LATE_READ_GRACES times; then it is cut like any other.
 LATE_READ_GRACE_SECONDS = 0.5
 LATE_READ_GRACES = 4
-# A pooled connection that finished a use this recently is handed out without the pool's check
-# (one round trip to Postgres on every use, a few percent of a busy replica's CPU); one idle
-# longer is checked first.
-FRESH_SECONDS = 1.0
+# A pooled connection that finished a use this recently, and on whose socket nothing arrived
+# since (a server that ends a connection - restart, kill, reset - says so or closes it, and the
+# socket turns readable), is handed out without the pool's check; one idle longer is checked
+# first. The check is a round trip: a pool hands out its connections in turn, so with 1 s here
+# nearly every use of a pool of 20 paid one, and against a database 1.5 s away a statement cost
+# 3 s instead of 1.5 s (docs/decisions.md, "Commands through a slow database").
+FRESH_SECONDS = 30.0
 _outages: weakref.WeakKeyDictionary[AsyncConnectionPool, float] = weakref.WeakKeyDictionary()
 # Each pool's count of failed connection attempts when last looked at, and when it last grew.
 _connect_errors: weakref.WeakKeyDictionary[AsyncConnectionPool, tuple[int, float]] = (
@@ -47,6 +55,8 @@ CONNECT_ERROR_MEMORY_SECONDS = 10.0  # a failed connect this recent makes a shor
 _last_used: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
     weakref.WeakKeyDictionary()
 )
+# monotonic time at which each pool last had a use finish in time (``connection``)
+_answered_at: weakref.WeakKeyDictionary[AsyncConnectionPool, float] = weakref.WeakKeyDictionary()
 
 
 def _kwargs() -> dict[str, object]:
@@ -74,7 +84,7 @@ def open_pool(settings: Settings, *, fixed: bool = False) -> AsyncConnectionPool
         min_size=settings.db_pool_size if fixed else 1,
         max_size=settings.db_pool_size,
         kwargs={**_kwargs(), "row_factory": dict_row, "autocommit": True},
-        timeout=CONNECT_TIMEOUT_SECONDS,
+        timeout=POOL_TIMEOUT_SECONDS,
         reconnect_timeout=0,  # a failed refill gives up at once; the next request asks again
         open=False,
         check=_check,
@@ -105,9 +115,9 @@ def answered(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bo
 
 async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
     """The pool's check of an idle connection before handing it out, bounded in time; skipped
-    for one that finished a use within FRESH_SECONDS."""
+    for one that finished a use within FRESH_SECONDS and has nothing waiting on its socket."""
     loop = asyncio.get_running_loop()
-    if loop.time() - _last_used.get(conn, float("-inf")) < FRESH_SECONDS:
+    if loop.time() - _last_used.get(conn, float("-inf")) < FRESH_SECONDS and not answered(conn):
         return
     watchdog = loop.call_later(CHECK_TIMEOUT_SECONDS, sever, conn)
     try:
@@ -118,6 +128,13 @@ async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
 
 def _mark_down(pool: AsyncConnectionPool) -> None:
     _outages[pool] = time.monotonic() + OUTAGE_HOLD_SECONDS
+
+
+def _answering(pool: AsyncConnectionPool) -> bool:
+    """Whether another use of the pool finished within the last API_TIMEOUT_SECONDS: then a
+    use cut at its deadline was slow by itself (several round trips to a slow database, a
+    lock), not a sign of an outage, and the pool is not held down for everyone."""
+    return time.monotonic() - _answered_at.get(pool, float("-inf")) < API_TIMEOUT_SECONDS
 
 
 def _connecting_fails(pool: AsyncConnectionPool) -> bool:
@@ -141,7 +158,11 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
     that stops answering must not hold a request for ever).
 
     While the database is down, requests do not each wait for their own deadline: for
-    OUTAGE_HOLD_SECONDS after a failure they fail at once, then the next one tries again.
+    OUTAGE_HOLD_SECONDS after a failure they fail at once, then the next one tries again. A
+    use cut at its deadline counts as such a failure only when no other use of the pool
+    finished in time lately (:func:`_answering`): against a slow database, one block of
+    several round trips outliving its deadline failed every request of the replica for a
+    second, and commands accepted in that second waited for the commands worker.
 
     At the deadline the connection's socket is cut rather than the task cancelled: a cancelled
     query makes psycopg ask the server to cancel it and wait for that too, which against a
@@ -185,6 +206,7 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
                         watchdog.cancel()
                     if not conn.broken and not timed_out:
                         _last_used[conn] = loop.time()
+                        _answered_at[pool] = time.monotonic()
     except TimeoutError as exc:
         _mark_down(pool)
         raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
@@ -198,7 +220,8 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
         raise DatabaseUnavailable("database unavailable (no connection)") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         if used is None or used.broken:  # the connection failed, not just this statement
-            _mark_down(pool)
+            if not (timed_out and _answering(pool)):  # slow alone is not down (_answering)
+                _mark_down(pool)
         if timed_out:
             raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc

@@ -72,3 +72,16 @@ COMMANDS_DATA_QUEUE = "commands.data"
 COMMANDS_STORE_TASK = "iot.commands.store"
 COMMANDS_DATA_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
 QUEUE_ARGUMENTS: dict[str, dict[str, Any]] = {COMMANDS_DATA_QUEUE: COMMANDS_DATA_ARGS}
+
+
+# The descriptor of a command accepted moments ago, kept in Redis by the API (JSON, for an hour).
+# With ``"stored": true`` the API wrote the command's row itself after RabbitMQ's confirm: the
+# commands worker, finding that, acks the message without its own insert, which would find the
+# row and do nothing for a round trip to Postgres (against a database 1.5 s away, one thread
+# stored fewer commands a second than were accepted; docs/decisions.md, "Commands through a slow
+# database"). Without the mark, or without Redis, the worker inserts as always.
+def command_descriptor_key(command_id: object) -> str:
+    return f"cmd:{command_id}"
+
+
+DESCRIPTOR_STORED = "stored"

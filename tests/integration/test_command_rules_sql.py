@@ -250,3 +250,35 @@ def test_the_sweep_statements_do_what_sweep_outcome_says(
     assert case.after == expected
     assert case.answer == (counts[lifecycle.EXPIRED], counts[lifecycle.DEAD])
     assert events_of(case) == sorted(events, key=str)
+
+
+@pytest.mark.parametrize("mine", [True, False], ids=["own", "another device's"])
+@pytest.mark.parametrize("outcome", lifecycle.ACK_STATUSES)
+@pytest.mark.parametrize("status", STATUSES)
+def test_the_ack_statement_does_what_on_ack_says(
+    scratch: tuple[asyncio.Runner, psycopg.AsyncConnection], status: str, outcome: str, mine: bool
+) -> None:
+    """``store.ack``'s one statement, for every status and outcome, against
+    ``lifecycle.on_ack``; an ack naming another device's command changes nothing."""
+    lease = timedelta(seconds=30) if status == lifecycle.DELIVERED else None
+    result = {"exit": 0}
+
+    async def ack(conn: psycopg.AsyncConnection, device: uuid.UUID) -> Any:
+        row = await (await conn.execute("SELECT id FROM commands")).fetchone()
+        return await store.ack(conn, device if mine else uuid.uuid4(), row["id"], outcome, result)
+
+    case = run_case(scratch, [Drawn(status, 2, 0, timedelta(hours=1), lease)], ack)
+    (row,) = case.before
+    change = lifecycle.on_ack(status, outcome)
+    if not mine:
+        change = lifecycle.Change(status, None)
+    changed = change.status != status
+    assert case.answer == (change.status if mine else None)
+    assert case.after[row["id"]] == {
+        "id": row["id"],
+        "status": change.status,
+        "attempt": 2,
+        "leased_until": None if changed else row["leased_until"],
+    }
+    expected = [(row["id"], change.event, 2, case.now, {"result": result})] if change.event else []
+    assert events_of(case) == expected

@@ -46,6 +46,21 @@ def test_an_unreachable_database_fails_once_slowly_then_at_once_until_the_hold_e
     assert after_hold == "database unavailable (no connection)"  # it tried the database again
 
 
+def test_a_use_cut_at_its_deadline_holds_the_pool_down_only_when_nothing_else_answers() -> None:
+    """Slow is not down: while other uses of the pool finish in time, one that outlived its
+    deadline (several round trips to a slow database) fails alone."""
+
+    class Pool:
+        pass
+
+    pool = Pool()
+    assert not db._answering(pool)  # type: ignore[arg-type]  # never answered: an outage
+    db._answered_at[pool] = time.monotonic()  # type: ignore[index]
+    assert db._answering(pool)  # type: ignore[arg-type]
+    db._answered_at[pool] = time.monotonic() - db.API_TIMEOUT_SECONDS - 0.1  # type: ignore[index]
+    assert not db._answering(pool)  # type: ignore[arg-type]
+
+
 class _Pool:
     """What `db._connecting_fails` reads of a pool: its size, its limit, its failed connects."""
 
@@ -89,27 +104,41 @@ def test_the_api_pool_opens_every_connection_other_pools_grow() -> None:
     assert db.open_pool(s).min_size == 1
 
 
-def test_a_connection_used_within_a_second_skips_the_pools_check(monkeypatch) -> None:
+def test_a_connection_used_recently_skips_the_pools_check_unless_the_server_spoke(
+    monkeypatch,
+) -> None:
+    """A round trip saved per use (against a slow database, half of a statement's time); a
+    connection the server ended meanwhile (its socket readable: a message or the close) is
+    checked all the same, and so is one idle longer than FRESH_SECONDS."""
     checked: list[object] = []
 
     async def check_connection(conn: object) -> None:
         checked.append(conn)
 
     monkeypatch.setattr(AsyncConnectionPool, "check_connection", staticmethod(check_connection))
+    sockets = [socket.socketpair() for _ in range(4)]
 
     class Conn:
-        pass
+        def __init__(self, sock: socket.socket) -> None:
+            self.pgconn = SimpleNamespace(socket=sock.fileno())
 
     async def scenario() -> None:
-        fresh, idle, never = Conn(), Conn(), Conn()
+        fresh, ended, idle, never = (Conn(ours) for ours, _ in sockets)
+        sockets[1][1].close()  # the server's end of `ended` closed: its socket reads EOF
         now = asyncio.get_running_loop().time()
         db._last_used[fresh] = now  # type: ignore[index]
+        db._last_used[ended] = now  # type: ignore[index]
         db._last_used[idle] = now - db.FRESH_SECONDS - 0.1  # type: ignore[index]
-        for conn in (fresh, idle, never):
+        for conn in (fresh, ended, idle, never):
             await db._check(conn)  # type: ignore[arg-type]
-        assert checked == [idle, never]  # one round trip saved; idle ones still checked
+        assert checked == [ended, idle, never]
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        for ours, server in sockets:
+            ours.close()
+            server.close()
 
 
 def test_an_answer_waiting_unread_is_told_apart_from_a_silent_database() -> None:

@@ -57,7 +57,7 @@ SWEEP_BATCH = 1000
 
 
 def _descriptor_key(command_id: uuid.UUID | str) -> str:
-    return f"cmd:{command_id}"
+    return messages.command_descriptor_key(command_id)
 
 
 class Commands:
@@ -148,10 +148,11 @@ class Commands:
         )
         metrics.COMMANDS_ACCEPTED.inc()
         metrics.COMMAND_EVENTS.labels(lifecycle.QUEUED).inc()
-        await self._store_accepted(command)
+        stored = await self._store_accepted(command)
+        descriptor = {**command, messages.DESCRIPTOR_STORED: True} if stored else command
         try:
             await self.cache.set(
-                _descriptor_key(command_id), orjson.dumps(command), ex=DESCRIPTOR_TTL_SECONDS
+                _descriptor_key(command_id), orjson.dumps(descriptor), ex=DESCRIPTOR_TTL_SECONDS
             )
         except _REDIS_ERRORS:
             pass  # only the minutes before the worker stores the row would miss it
@@ -208,17 +209,20 @@ class Commands:
         except _REDIS_ERRORS:
             pass
 
-    async def _store_accepted(self, command: dict[str, Any]) -> None:
+    async def _store_accepted(self, command: dict[str, Any]) -> bool:
         """Write the confirmed command's row at once when Postgres answers (else the commands
         worker writes it from `commands data`). A device's next poll can claim it without
         waiting for the worker, and a command sent after this one was answered is always
         stored after it: FIFO per device holds even when the worker stores two messages out of
-        order (one of them retried after a database blip while the other went through)."""
+        order (one of them retried after a database blip while the other went through).
+
+        Returns whether the row is there now (written here, or found written)."""
         try:
             async with db.connection(self.pool) as conn:
                 await store.store_accepted(conn, command)
         except DatabaseUnavailable:
-            pass
+            return False
+        return True
 
     def _check_cap(self, pending: int | None) -> None:
         """Refuse a command for a device that has ``pending`` commands not yet final, at or
@@ -240,7 +244,9 @@ class Commands:
         try:
             raw = await self.cache.get(_descriptor_key(command_id))
             if raw:
-                return orjson.loads(raw)  # type: ignore[no-any-return]
+                descriptor: dict[str, Any] = orjson.loads(raw)
+                descriptor.pop(messages.DESCRIPTOR_STORED, None)
+                return descriptor
         except _REDIS_ERRORS:
             pass
         async with db.connection(self.pool) as conn:

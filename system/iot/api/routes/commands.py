@@ -187,8 +187,7 @@ async def get_command(command_id: uuid.UUID, who: CurrentPrincipal, state: AppSt
     """A command's status and its whole event timeline."""
     command = await _owned_command(state, who, command_id)
     async with db.connection(state.pool) as conn:
-        row = await store.get_command(conn, command_id)
-        events = await store.events_of(conn, command_id) if row else []
+        row, events = await store.command_and_events(conn, command_id)
     if row is None:  # accepted moments ago; the log has not stored it yet
         view = _view(command, "queued")
         view.events = []
