@@ -163,6 +163,8 @@ class Net:
     def close(self) -> None:
         """Processes, namespaces and bridge gone (also those an interrupted run left)."""
         self.stop_processes()
+        for name in _links():  # before the namespaces: their peers go with them
+            _ip("link", "del", name, check=False)
         for name in _namespaces():
             _ip("netns", "del", name, check=False)
         if _ip("link", "show", BRIDGE, check=False).returncode == 0:
@@ -174,6 +176,14 @@ def _namespaces() -> list[str]:
     out = _ip("netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines()
             if line.split() and line.split()[0].startswith(PREFIX)]
+
+
+def _links() -> list[str]:
+    """The bench's veth ends in the root namespace (``iothaN-o``)."""
+    out = _ip("-br", "link", "show", check=False).stdout
+    return [line.split()[0].split("@")[0] for line in out.splitlines()
+            if line.split() and line.split()[0].startswith(PREFIX)
+            and line.split()[0].split("@")[0] != BRIDGE]
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
