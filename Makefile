@@ -78,6 +78,14 @@ load-rollout: setup
 	LOAD_ROLLOUT_AFTER=90 LOAD_ROLLOUT_RATE=6000 $(VENV)/iotctl load run rollout --devices 5000 \
 		--duration 300 --reuse
 
+# A game day (chaos/README.md, "Game days"): an hour of overlapping faults drawn from the
+# experiment catalog (seed 1, reproducible) while 2,000 locust devices and the experiments'
+# fleet run, the ledger checked throughout; report under reports/chaos/gameday-*/.
+.PHONY: gameday
+gameday: setup
+	$(VENV)/iotctl up
+	$(VENV)/iotctl chaos gameday --duration 1h --load 2000 --seed 1
+
 # The Compose bundle for real (compose/README.md): installs Docker's packages, starts dockerd if
 # none answers (and stops it after), builds the images, brings the stack up on its own ports,
 # sends a reading and a command through its nginx, brings it down.

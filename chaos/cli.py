@@ -132,3 +132,125 @@ def run(
     if failed:
         typer.secho(f"failed: {', '.join(failed)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+def _seconds(text: str) -> float:
+    """``90``, ``90s``, ``5m``, ``1h`` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: a duration like 90, 90s, 5m or 1h") from exc
+
+
+@app.command("gameday")
+def gameday(
+    duration: Annotated[str, typer.Option(help="How long faults are drawn: 90s, 5m, 1h.")] = "1h",
+    seed: Annotated[int, typer.Option(help="The schedule's seed (same seed, same faults).")] = 1,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Experiments to draw from, comma-separated (default: the catalog; "
+            "`auto-ack-consumer` is the unsafe control)."
+        ),
+    ] = "",
+    max_concurrent: Annotated[int, typer.Option(min=1, help="Faults active at once, at most.")] = 2,
+    min_length: Annotated[float, typer.Option(help="Shortest fault, seconds.")] = 10,
+    max_length: Annotated[float, typer.Option(help="Longest fault, seconds.")] = 60,
+    mean_gap: Annotated[float, typer.Option(help="Mean seconds between fault starts.")] = 20,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices the ledger covers.")] = 20,
+    command_rate: Annotated[float, typer.Option(help="The operator's commands per second.")] = 2,
+    load: Annotated[int, typer.Option(help="Locust devices in the background (0: none).")] = 0,
+    bound: Annotated[
+        float,
+        typer.Option(
+            help="Seconds after a fault heals by which everything accepted "
+            "around it must be accounted for."
+        ),
+    ] = 60,
+    recovery: Annotated[float, typer.Option(help="Seconds of recovery after the last heal.")] = 60,
+    settle: Annotated[
+        float,
+        typer.Option(
+            help="Then how long every alert may take to clear (burn-rate alerts outlast a fault "
+            "by their 5-minute window); 0: alerts left firing are not judged."
+        ),
+    ] = 420,
+    halt_on: Annotated[
+        str,
+        typer.Option(
+            help="Halt when an SLO's 5-minute burn rate passes a bound, e.g. "
+            "'api-availability=200,ingest-lag=100' (default: never)."
+        ),
+    ] = "",
+    schedule_only: Annotated[
+        bool, typer.Option("--schedule-only", help="Print the schedule and exit.")
+    ] = False,
+) -> None:
+    """An unattended game day: faults drawn from the catalog with random start, length and
+    overlap (reproducible from --seed), a fleet and an operator throughout (and --load devices),
+    the ledger checked continuously, then a heal, a recovery window and the final ledger. The
+    report (Markdown, JSON, plot) goes to reports/chaos/gameday-*/. Exit status 1 on any loss,
+    breach, halt or alert left firing."""
+    from chaos import gameday as plan_
+    from chaos import gameday_report, gameday_run
+
+    try:
+        o = gameday_run.Options(
+            duration=_seconds(duration),
+            seed=seed,
+            faults=[f.strip() for f in faults.split(",") if f.strip()],
+            max_concurrent=max_concurrent,
+            min_length=min_length,
+            max_length=max_length,
+            mean_gap=mean_gap,
+            devices=devices,
+            command_rate=command_rate,
+            load=load,
+            bound=bound,
+            recovery=recovery,
+            settle=settle,
+            halt_on=gameday_run.parse_halt_on(halt_on),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    settings = get_settings()
+    try:
+        kinds = gameday_run.catalog(o.faults, settings.rabbitmq_cluster)
+    except experiment.ExperimentError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if schedule_only:
+        windows = plan_.schedule(
+            o.seed,
+            o.duration,
+            kinds,
+            max_concurrent=o.max_concurrent,
+            min_length=o.min_length,
+            max_length=o.max_length,
+            mean_gap=o.mean_gap,
+        )
+        for w in windows:
+            typer.echo(f"{w.start:8.1f} s  {w.length:5.1f} s  {w.kind}")
+        typer.echo(f"{len(windows)} faults, {plan_.overlaps(windows)} overlapping")
+        return
+    folder = gameday_report.folder_for(o.seed)
+    try:
+        result = gameday_run.run(o, settings, folder, progress=typer.echo)
+    except experiment.ExperimentError as exc:
+        typer.secho(f"gameday could not run: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    gameday_report.write(result, folder)
+    line = " ".join(
+        f"{k}: {v['lost']}/{v['duplicated']}/{v['unexpected']}" for k, v in result["counts"].items()
+    )
+    typer.secho(
+        f"gameday {'PASSED' if result['passed'] else 'FAILED'}  lost/dup/unexpected {line}  "
+        f"report {folder / 'report.md'}",
+        fg=typer.colors.GREEN if result["passed"] else typer.colors.RED,
+    )
+    if not result["passed"]:
+        for p in result["problems"]:
+            typer.echo(f"  - {p}")
+        raise typer.Exit(1)

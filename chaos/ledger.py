@@ -13,6 +13,7 @@ what the simulated devices executed and what Postgres holds:
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -47,15 +48,28 @@ class Ledger:
     executed_by: dict[str, str] = field(default_factory=dict)
     acked: set[str] = field(default_factory=set)
     after_ack: Counter[str] = field(default_factory=Counter)
+    # when each reading key / command id was accepted (epoch s), for the game day's checks
+    accepted_at: dict[Any, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def accept_readings(self, keys: list[ReadingKey]) -> None:
+        now = time.time()
         with self._lock:
             self.readings.update(keys)
+            for k in keys:
+                self.accepted_at.setdefault(k, now)
 
     def accept_command(self, command_id: str, device_id: str) -> None:
         with self._lock:
             self.commands[command_id] = device_id
+            self.accepted_at.setdefault(command_id, time.time())
+
+    def unaccounted(self, stored: set[ReadingKey]) -> dict[Any, float]:
+        """Readings accepted but not in ``stored`` and commands accepted but not executed,
+        with the time each was accepted."""
+        with self._lock:
+            items = (self.readings - stored) | (set(self.commands) - set(self.executed_by))
+            return {k: self.accepted_at.get(k, 0.0) for k in items}
 
     def delivered(self, command_id: str, device_id: str) -> bool:
         """A device received a command; returns True if it must execute it (first time)."""

@@ -64,6 +64,21 @@ def _key(alert: dict[str, Any]) -> tuple[str, str]:
     return alert["labels"]["alertname"], repr(sorted(alert["labels"].items()))
 
 
+def firing_instances(settings: Settings, by_value: frozenset[str]) -> set[tuple[str, str]] | None:
+    """The alerts firing now as (name, labels) pairs, and for the alerts named in ``by_value``
+    (name, labels and value): ComponentRestarted's value is the newest restart's time, so a
+    second restart while it fires is a new instance (None if Prometheus does not answer)."""
+    alerts = _alerts(settings)
+    if alerts is None:
+        return None
+    out = set()
+    for a in alerts:
+        if a.get("state") == "firing":
+            name, labels = _key(a)
+            out.add((name, labels + (repr(a.get("value")) if name in by_value else "")))
+    return out
+
+
 def active_alerts(settings: Settings) -> set[str] | None:
     """Names of the alerts Prometheus has pending or firing now (None if it does not answer)."""
     alerts = _alerts(settings)

@@ -1,0 +1,78 @@
+"""The game day's plan and judgements (chaos/gameday.py): reproducible schedules that never
+act twice on one target at once, when an accepted item is due, alert detection and recovery."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from chaos import gameday
+from chaos.gameday_run import catalog, parse_halt_on
+
+KINDS = [
+    gameday.Kind("kill-postgres", ({"action": "kill", "target": "postgres"},), (), ("A",)),
+    gameday.Kind("postgres-latency", ({"action": "toxic_add", "target": "postgres"},), ()),
+    gameday.Kind("redis-down", ({"action": "proxy_disable", "target": "redis"},), ()),
+    gameday.Kind("kill-api-1", ({"action": "kill", "target": "api-1"},), ()),
+]
+
+
+def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
+    a = gameday.schedule(7, 3600, KINDS)
+    assert a == gameday.schedule(7, 3600, KINDS)
+    assert a != gameday.schedule(8, 3600, KINDS)
+    assert len(a) >= 60 and gameday.overlaps(a) > 10
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_windows_never_share_a_target_and_respect_the_concurrency(seed: int) -> None:
+    by_name = {k.name: k for k in KINDS}
+    windows = gameday.schedule(seed, 1800, KINDS, max_concurrent=2, mean_gap=5)
+    for w in windows:
+        assert 30 <= w.start and w.end <= 1800 - 30 + 1e-6
+        active = [v for v in windows if v is not w and v.start <= w.start < v.end]
+        assert len(active) < 2
+        for v in active:
+            assert not (by_name[v.kind].targets & by_name[w.kind].targets), (v, w)
+
+
+def test_an_item_is_due_after_base_or_after_the_heal_of_the_faults_around_it() -> None:
+    assert gameday.due(100, [], base=30, bound=60) == 130
+    assert gameday.due(100, [(200, 260)], base=30, bound=60) == 130  # the fault came later
+    assert gameday.due(100, [(110, 150)], base=30, bound=60) == 210  # heal + bound
+    assert gameday.due(100, [(50, 120)], base=30, bound=60) == 180  # accepted during it
+    # a chain: the second fault starts before the first one's deadline
+    assert gameday.due(100, [(110, 150), (200, 300)], base=30, bound=60) == 360
+    assert gameday.due(100, [(90, None)], base=30, bound=60) == math.inf  # still active
+    assert gameday.due(100, [(10, 40)], base=30, bound=60) == 130  # healed long before
+
+
+def test_time_to_detect_counts_only_alerts_that_start_with_the_fault() -> None:
+    w = gameday.Window(0, "kill-postgres", 0, 10, started=1000, ended=1010, expect_alert=["A"])
+    spans = gameday.spans([(990, {"B"}), (1005, {"A", "B"}), (1020, set())])
+    assert [(s.name, s.start, s.end) for s in spans] == [("B", 990, 1020), ("A", 1005, 1020)]
+    assert gameday.time_to_detect(w, spans, grace=60) == {"A": 5.0}
+    late = gameday.spans([(1100, {"A"})])
+    assert gameday.time_to_detect(w, late, grace=60) == {"A": None}
+
+
+def test_time_to_recover_is_from_the_heal_to_three_quiet_seconds() -> None:
+    w = gameday.Window(0, "redis-down", 0, 10, started=1000, ended=1010)
+    errors = [(1010.0, 4), (1011.0, 2), (1012.0, 0), (1013.0, 0), (1014.0, 0), (1015.0, 0)]
+    assert gameday.time_to_recover(w, errors) == 2.0
+    assert gameday.time_to_recover(w, [(1010.0, 1), (1011.0, 1)]) is None
+
+
+def test_the_catalog_and_the_halt_bounds() -> None:
+    names = {k.name for k in catalog([], cluster=False)}
+    assert "kill-postgres" in names and "redis-latency" in names
+    assert not any(n.startswith("rollout-") for n in names)
+    assert "auto-ack-consumer" not in names
+    assert [k.name for k in catalog(["auto-ack-consumer"], cluster=False)] == ["auto-ack-consumer"]
+    assert parse_halt_on("api-availability=200, ingest-lag=50") == {
+        "api-availability": 200.0,
+        "ingest-lag": 50.0,
+    }
+    with pytest.raises(ValueError, match="SLO=BURN_RATE"):
+        parse_halt_on("api-availability")
