@@ -198,7 +198,7 @@ def gameday(
     from chaos import gameday_report, gameday_run
 
     try:
-        o = gameday_run.Options(
+        o = plan_.Options(
             duration=_seconds(duration),
             seed=seed,
             faults=[f.strip() for f in faults.split(",") if f.strip()],
@@ -253,4 +253,61 @@ def gameday(
     if not result["passed"]:
         for p in result["problems"]:
             typer.echo(f"  - {p}")
+        raise typer.Exit(1)
+
+
+@app.command("degrade")
+def degrade(
+    link: Annotated[
+        str, typer.Option(help="Links to degrade, comma-separated: postgres, rabbitmq, redis.")
+    ] = "postgres,rabbitmq,redis",
+    kind: Annotated[
+        str, typer.Option(help="Kinds, comma-separated: latency, bandwidth, reset_peer, timeout.")
+    ] = "latency,bandwidth,reset_peer,timeout",
+    hold: Annotated[float, typer.Option(help="Seconds each strength is held.")] = 180,
+    grace: Annotated[float, typer.Option(help="Seconds after it for its alerts.")] = 60,
+    rest: Annotated[float, typer.Option(help="Seconds between strengths.")] = 60,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices of the fleet.")] = 20,
+    command_rate: Annotated[float, typer.Option(help="The operator's commands per second.")] = 2,
+    load: Annotated[int, typer.Option(help="Locust devices in the background (0: none).")] = 0,
+) -> None:
+    """For each link and kind of degradation, the smallest strength that breaks an SLO and the
+    alerts that fire then (a table for chaos/README.md). Strengths go from the mildest up, each
+    held --hold seconds under the fleet, judged by Prometheus over the held window; a kind stops
+    at its first breaking strength. Report under reports/chaos/degrade-*/. Exit status 1 if the
+    ledger lost anything."""
+    import json
+    import time
+
+    from chaos import degrade as degrade_
+
+    links = [x.strip() for x in link.split(",") if x.strip()]
+    kinds = [x.strip() for x in kind.split(",") if x.strip()]
+    bad = [x for x in links if x not in degrade_.LINKS] + [
+        x for x in kinds if x not in degrade_.LADDERS
+    ]
+    if bad:
+        raise typer.BadParameter(f"unknown link or kind: {', '.join(bad)}")
+    result = degrade_.run(
+        get_settings(),
+        links,
+        kinds,
+        hold=hold,
+        grace=grace,
+        rest=rest,
+        devices=devices,
+        command_rate=command_rate,
+        load=load,
+        progress=typer.echo,
+    )
+    folder = report.REPORTS / f"degrade-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(result, indent=2, default=str))
+    (folder / "report.md").write_text(
+        "\n".join(["# Degradations against the SLOs", "", *result["table"], ""])
+    )
+    typer.echo("\n".join(result["table"]))
+    typer.echo(f"report {folder / 'report.md'}")
+    if not result["passed"]:
+        typer.secho(f"the ledger found loss: {result['counts']}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)

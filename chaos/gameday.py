@@ -200,3 +200,22 @@ def time_to_recover(
         if since is not None and t - since >= quiet:
             return round(max(since - window.ended, 0.0), 1)
     return None
+
+
+@dataclass
+class Options:
+    duration: float = 3600
+    seed: int = 1
+    faults: list[str] = field(default_factory=list)  # empty: the whole catalog
+    max_concurrent: int = 2
+    min_length: float = 10
+    max_length: float = 60
+    mean_gap: float = 20
+    devices: int = 20
+    command_rate: float = 2.0
+    load: int = 0
+    base: float = 30.0  # seconds an item may take to be accounted for without a fault
+    bound: float = 60.0  # ... after the heal of the faults around it
+    recovery: float = 60.0
+    settle: float = 420.0  # then how long alerts may take to clear (0: not judged)
+    halt_on: dict[str, float] = field(default_factory=dict)  # slo -> 5 m burn rate

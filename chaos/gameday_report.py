@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -19,9 +19,6 @@ from chaos import gameday  # noqa: E402
 from chaos.fleet import Timeline  # noqa: E402
 from chaos.report import REPORTS  # noqa: E402
 from loadtest.prom import PromError, Prometheus  # noqa: E402
-
-if TYPE_CHECKING:
-    from chaos.gameday_run import Checker, Options
 
 ROUTES = 'job="api",route!~"/ping|/health|/metrics"'
 SLIS = {
@@ -48,7 +45,7 @@ def folder_for(seed: int, root: Path = REPORTS) -> Path:
     return root / f"gameday-{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
 
 
-def write_schedule(folder: Path, o: Options, plan: list[gameday.Window]) -> None:
+def write_schedule(folder: Path, o: gameday.Options, plan: list[gameday.Window]) -> None:
     (folder / "schedule.json").write_text(
         json.dumps({"options": asdict(o), "windows": [w.as_dict() for w in plan]}, indent=2)
     )
@@ -59,13 +56,14 @@ def _errors_per_second(timeline: Timeline) -> list[tuple[float, int]]:
 
 
 def build(
-    o: Options,
+    o: gameday.Options,
     plan: list[gameday.Window],
     t0: float,
     healed_at: float,
     end: float,
     counts: dict[str, dict[str, Any]],
-    checker: Checker,
+    breaches: list[dict[str, Any]],
+    checks: int,
     timeline: Timeline,
     alert_samples: list[tuple[float, set[tuple[str, str]]]],
     left: set[str],
@@ -108,8 +106,8 @@ def build(
         for k, v in counts.items()
         if not v["clean"]
     ]
-    if checker.breaches:
-        problems.append(f"{len(checker.breaches)} breach(es) of the continuous ledger")
+    if breaches:
+        problems.append(f"{len(breaches)} breach(es) of the continuous ledger")
     if not drained:
         problems.append("the fleet did not drain")
     still = sorted(left - sticky)
@@ -127,8 +125,8 @@ def build(
         "faults": faults,
         "overlapping": gameday.overlaps(plan),
         "counts": counts,
-        "breaches": checker.breaches,
-        "ledger_checks": checker.checks,
+        "breaches": breaches,
+        "ledger_checks": checks,
         "alerts": [asdict(s) for s in spans],
         "alerts_expected_but_missing": missed,
         "alerts_left_firing": still,

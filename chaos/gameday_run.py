@@ -16,13 +16,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from chaos import experiment, gameday, probes
+from chaos import experiment, gameday, gameday_report, probes
 from chaos.actions import Actions
 from chaos.fleet import Fleet, Timeline
 from chaos.identity import Identity
@@ -36,25 +35,6 @@ HALT_EVERY = 15.0
 PROGRESS_EVERY = 10.0
 ALERT_GRACE = 60.0  # an expected alert may start this long after its fault healed
 STICKY = experiment.STICKY_ALERTS
-
-
-@dataclass
-class Options:
-    duration: float = 3600
-    seed: int = 1
-    faults: list[str] = field(default_factory=list)  # empty: the whole catalog
-    max_concurrent: int = 2
-    min_length: float = 10
-    max_length: float = 60
-    mean_gap: float = 20
-    devices: int = 20
-    command_rate: float = 2.0
-    load: int = 0
-    base: float = 30.0  # seconds an item may take to be accounted for without a fault
-    bound: float = 60.0  # ... after the heal of the faults around it
-    recovery: float = 60.0
-    settle: float = 420.0  # then how long alerts may take to clear (0: not judged)
-    halt_on: dict[str, float] = field(default_factory=dict)  # slo -> 5 m burn rate
 
 
 def catalog(names: list[str], cluster: bool) -> list[gameday.Kind]:
@@ -91,7 +71,7 @@ def parse_halt_on(text: str) -> dict[str, float]:
 class Checker:
     """The continuous ledger: readings stored since the last look, breaches of :func:`due`."""
 
-    def __init__(self, settings: Settings, ledger: Ledger, o: Options) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, o: gameday.Options) -> None:
         self.url = settings.database_direct_url
         self.ledger = ledger
         self.o = o
@@ -161,15 +141,13 @@ def _halt_reason(prom: Prometheus, halt_on: dict[str, float], now: float) -> str
 
 
 def run(
-    o: Options,
+    o: gameday.Options,
     settings: Settings,
     folder: Path,
     progress: Callable[[str], None] = print,
     prom: Prometheus | None = None,
 ) -> dict[str, Any]:
     """Run the game day; returns its report (the report's writer renders it)."""
-    from chaos import gameday_report
-
     kinds = catalog(o.faults, settings.rabbitmq_cluster)
     plan = gameday.schedule(
         o.seed,
@@ -320,7 +298,8 @@ def run(
         healed_at,
         end,
         counts,
-        checker,
+        checker.breaches,
+        checker.checks,
         timeline,
         alert_samples,
         (left - before) if o.settle else set(),

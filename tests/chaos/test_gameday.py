@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos import gameday_report, gameday_run
+from chaos import gameday, gameday_report, gameday_run
 from iot.settings import get_settings
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(900)]
@@ -18,7 +18,7 @@ FAULTS = ["kill-api-1", "redis-latency", "postgres-latency", "kill-worker-sensor
 
 
 def test_a_short_game_day_loses_nothing_and_reports_every_fault(tmp_path: Path) -> None:
-    o = gameday_run.Options(
+    o = gameday.Options(
         duration=150,
         seed=11,
         faults=FAULTS,
@@ -48,7 +48,7 @@ def test_a_short_game_day_loses_nothing_and_reports_every_fault(tmp_path: Path) 
 
 
 def test_the_continuous_ledger_catches_the_unsafe_consumer_while_it_runs(tmp_path: Path) -> None:
-    o = gameday_run.Options(
+    o = gameday.Options(
         duration=100,
         seed=3,
         faults=["auto-ack-consumer"],

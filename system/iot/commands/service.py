@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from iot import db, messages
-from iot.commands import lifecycle, metrics, store
+from iot.commands import batch, lifecycle, metrics, store
 from iot.commands.wakeups import Wakeups
 from iot.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound, QueueFull
 
@@ -198,7 +198,7 @@ class Commands:
         metrics.COMMAND_EVENTS.labels(lifecycle.QUEUED).inc(len(commands))
         try:
             async with db.connection(self.pool) as conn:
-                await store.store_accepted_many(conn, commands)
+                await batch.store_accepted_many(conn, commands)
         except DatabaseUnavailable:
             pass  # the workers store them from the message
         try:

@@ -488,26 +488,3 @@ async def pending_devices(conn: psycopg.AsyncConnection[Any]) -> set[str]:
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(_PENDING_DEVICES)
         return {r[0] for r in await cur.fetchall()}
-
-
-# ----- many at once (rollouts) -----
-async def store_accepted_many(
-    conn: psycopg.AsyncConnection[Any], commands: list[dict[str, Any]]
-) -> None:
-    """:func:`store_accepted` for many confirmed commands, pipelined (one round trip)."""
-    async with conn.cursor() as cur:
-        await cur.executemany(_INSERT, [_insert_params(c) for c in commands])
-
-
-def insert_many(conn: psycopg.Connection[Any], commands: list[dict[str, Any]]) -> int:
-    """:func:`insert` for a message of many commands, pipelined; returns how many were new."""
-    if not commands:
-        return 0
-    added = 0
-    with conn.cursor() as cur:
-        cur.executemany(_INSERT, [_insert_params(c) for c in commands], returning=True)
-        while True:
-            added += len(cur.fetchall())
-            if not cur.nextset():
-                break
-    return added

@@ -16,6 +16,7 @@ import redis
 from celery.signals import worker_ready
 
 from iot import cache, maintenance, messages
+from iot.commands import batch as commands_batch
 from iot.commands import store as commands_store
 from iot.settings import get_settings
 from iot.workers import metrics, storage
@@ -70,7 +71,7 @@ def store_command(
             lambda c: (
                 commands_store.insert(c, todo[0])
                 if len(todo) == 1
-                else commands_store.insert_many(c, todo)
+                else commands_batch.insert_many(c, todo)
             ),
             single_statement=len(todo) == 1,
         )
