@@ -32,6 +32,8 @@ def bench_engines(
     patroni_timing: Annotated[str | None, typer.Option(
         help="Patroni's ttl/loop_wait/retry_timeout, e.g. 12/2/5 (default: its own 30/10/10).",
     )] = None,
+    patroni_dcs: Annotated[str, typer.Option(
+        help="etcd3 (etcd's v3 API) or etcd (its v2 API) for Patroni.")] = "etcd3",
 ) -> None:
     """Each engine × replication mode × fault on a fresh three-host cluster: failover time,
     what a client saw, acknowledged writes lost, whether a cut-off primary kept accepting
@@ -46,6 +48,8 @@ def bench_engines(
     for name in engines:
         if name not in bench.ENGINES:
             fail(f"unknown engine {name!r}: {', '.join(bench.ENGINES)}")
+    if patroni_dcs not in ("etcd3", "etcd"):
+        fail("--patroni-dcs is etcd3 or etcd")
     timing = None
     if patroni_timing:
         try:
@@ -57,6 +61,7 @@ def bench_engines(
         timing = (ttl, loop_wait, retry)
     path = bench.bench_engines(PROJECT_ROOT, engines, mode or ["sync", "async"],
                                fault or list(bench.FAULTS), typer.echo, rate=rate,
-                               hold=hold, keep=keep, patroni_timing=timing)
+                               hold=hold, keep=keep, patroni_timing=timing,
+                               patroni_dcs=patroni_dcs)
     typer.echo(path.read_text())
     typer.echo(f"report: {path}")

@@ -132,16 +132,19 @@ def _follow(engine: Engine, primary: Member, writer: Writer, fault: str, fault_a
 
 def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list[str],
                   say: Say, rate: float = 20, hold: float = 60, keep: bool = False,
-                  patroni_timing: tuple[int, int, int] | None = None) -> Path:
+                  patroni_timing: tuple[int, int, int] | None = None,
+                  patroni_dcs: str = "etcd3") -> Path:
     """Every engine × mode × fault; returns the Markdown report's path. ``patroni_timing``:
-    Patroni's ttl, loop_wait and retry_timeout instead of its defaults."""
+    Patroni's ttl, loop_wait and retry_timeout instead of its defaults; ``patroni_dcs``:
+    ``etcd3`` (etcd's v3 API) or ``etcd`` (v2)."""
     started = datetime.now(UTC)
     folder = home / "reports" / "ha-engines" / started.strftime("%Y%m%dT%H%M%SZ")
     folder.mkdir(parents=True, exist_ok=True)
     root = home / "var" / "ha-bench"
     meta = {"started": started.isoformat(timespec="seconds"), "rate": rate, "hold_s": hold,
             "engines": engines, "modes": modes, "faults": faults,
-            "patroni_timing": patroni_timing or "defaults (30, 10, 10)"}
+            "patroni_timing": patroni_timing or "defaults (30, 10, 10)",
+            "patroni_dcs": patroni_dcs}
     results: list[dict[str, Any]] = []
     net = Net(3)
     try:
@@ -150,7 +153,7 @@ def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list
             for mode in modes:
                 for fault in faults:
                     results.append(_run_one(net, root, folder, name, mode, fault, say,
-                                            rate, hold, patroni_timing))
+                                            rate, hold, patroni_timing, patroni_dcs))
                     report.write(folder, results, meta)
     finally:
         net.close()
@@ -161,12 +164,12 @@ def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list
 
 def _run_one(net: Net, root: Path, folder: Path, name: str, mode: str, fault: str, say: Say,
              rate: float, hold: float, timing: tuple[int, int, int] | None = None,
-             tries: int = 3) -> dict[str, Any]:
+             dcs: str = "etcd3", tries: int = 3) -> dict[str, Any]:
     """One run; again from the start when a CPU measurement interrupted it."""
     for _ in range(tries):
         wait_while_measuring(say)
-        engine = (Patroni(net, root, mode == "sync", *timing) if name == "patroni" and timing
-                  else ENGINES[name](net, root, mode == "sync"))
+        engine = (Patroni(net, root, mode == "sync", *(timing or (30, 10, 10)), dcs=dcs)
+                  if name == "patroni" else ENGINES[name](net, root, mode == "sync"))
         try:
             return run_fault(engine, fault, folder, say, rate=rate, hold=hold)
         except Measuring as exc:

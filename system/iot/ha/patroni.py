@@ -24,12 +24,15 @@ class Patroni(Engine):
     name = "patroni"
 
     def __init__(self, net: Net, root: Path, synchronous: bool, ttl: int = 30,
-                 loop_wait: int = 10, retry_timeout: int = 10) -> None:
+                 loop_wait: int = 10, retry_timeout: int = 10, dcs: str = "etcd3") -> None:
         super().__init__(net, root / "patroni", synchronous)
         self.timing: dict[str, Any] = {"ttl": ttl, "loop_wait": loop_wait,
                                        "retry_timeout": retry_timeout}
+        self.dcs = dcs  # "etcd3" (etcd's v3 API) or "etcd" (its v2 API)
+        extra = [f"etcd API {'v2' if dcs == 'etcd' else 'v3'}"] if dcs != "etcd3" else []
         if (ttl, loop_wait, retry_timeout) != (30, 10, 10):
-            self.variant = f" (ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry_timeout})"
+            extra.append(f"ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry_timeout}")
+        self.variant = f" ({'; '.join(extra)})" if extra else ""
 
     def start(self) -> None:
         hosts = self.net.hosts[:3]
@@ -87,7 +90,7 @@ class Patroni(Engine):
             "name": member.name,
             "restapi": {"listen": f"{member.address}:{REST_PORT}",
                         "connect_address": f"{member.address}:{REST_PORT}"},
-            "etcd3": {"hosts": [f"{h.address}:{ETCD_CLIENT}" for h in hosts]},
+            self.dcs: {"hosts": [f"{h.address}:{ETCD_CLIENT}" for h in hosts]},
             "bootstrap": {
                 "dcs": {
                     **self.timing,
