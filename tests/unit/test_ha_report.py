@@ -61,6 +61,8 @@ def test_fencing_counts_what_the_cut_off_primary_accepted_after_the_cut() -> Non
                  "refusing_after_s": 21.0,
                  "refusals": {"OperationalError: connection refused": 2}}
     assert report.fencing([{"t": 99.0, "done": 99.0, "result": "ok"}], 100.0) is None
+    # after the link came back: not the cut-off primary's doing any more
+    assert report.fencing(probe, 100.0, healed_at=101.0)["local_only_after_cut"] == 0
 
 
 def test_the_report_is_markdown_and_json(tmp_path: Path) -> None:

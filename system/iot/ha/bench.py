@@ -96,7 +96,7 @@ def run_fault(engine: Engine, fault: str, folder: Path, say: Say, rate: float = 
         result["notes"].append("monitor: " + " / ".join(
             " ".join(line.split()) for line in engine.state().splitlines()[2:]))
     result["summary"] = report.summarize(attempts, fault_at, primary.address, held,
-                                         probe_lines)
+                                         probe_lines, result.get("healed_at"))
     (folder / f"{tag}.attempts.json").write_text(json.dumps(
         {"fault_at": fault_at, "old_primary": primary.address, "attempts": attempts}))
     say(f"{tag}: {json.dumps(result['summary'])[:400]} rejoin: {result.get('rejoin')}")
@@ -113,7 +113,7 @@ def _follow(engine: Engine, primary: Member, writer: Writer, fault: str, fault_a
         sleep(max(0.0, fault_at + hold - time.time()))
         notes.append(f"roles while cut off: {engine.roles()}")
         engine.net.heal(primary.host)
-        healed_at = time.time()
+        healed_at = result["healed_at"] = time.time()
         back = _wait_role(primary, ("standby",), settle)
         result["rejoin"] = (f"standby {back[1] - healed_at:.0f} s after the link came back"
                             if back else f"{role(primary)} {settle:.0f} s after the link "

@@ -11,12 +11,13 @@ from typing import Any
 
 
 def summarize(attempts: Iterable[Mapping[str, Any]], fault_at: float, old_primary: str,
-              present: set[int], probe: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+              present: set[int], probe: Iterable[Mapping[str, Any]] = (),
+              healed_at: float | None = None) -> dict[str, Any]:
     """Failover time, what the client saw, data loss and the cut-off primary's writes.
 
     ``attempts``: the client's (``seq``, ``sent``, ``done``, ``server``, ``error``), seq 0 a
     failed connection. ``present``: the seqs the primary holds afterwards. ``probe``: the writes
-    made inside the faulty host (``t``, ``done``, ``result``)."""
+    made inside the faulty host (``t``, ``done``, ``result``), counted until ``healed_at``."""
     rows = sorted(attempts, key=lambda a: a["done"])
     acked = [a for a in rows if not a["error"]]
     before = [a for a in acked if a["done"] <= fault_at]
@@ -41,13 +42,15 @@ def summarize(attempts: Iterable[Mapping[str, Any]], fault_at: float, old_primar
         "errors": dict(errors.most_common()),
         "lost": sorted(acked_seqs - present),
         "committed_unacked": len(failed_seqs & present),
-        "fencing": fencing(probe, fault_at),
+        "fencing": fencing(probe, fault_at, healed_at),
     }
 
 
-def fencing(probe: Iterable[Mapping[str, Any]], fault_at: float) -> dict[str, Any] | None:
-    """Did the cut-off primary accept writes after the cut, and for how long?"""
-    lines = [p for p in probe if p["t"] >= fault_at]
+def fencing(probe: Iterable[Mapping[str, Any]], fault_at: float,
+            healed_at: float | None = None) -> dict[str, Any] | None:
+    """Did the cut-off primary accept writes while it was cut off, and for how long?"""
+    end = healed_at if healed_at is not None else float("inf")
+    lines = [p for p in probe if fault_at <= p["t"] < end]
     if not lines:
         return None
     ok = [p for p in lines if p["result"] == "ok"]
