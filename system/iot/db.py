@@ -154,8 +154,11 @@ def _connecting_fails(pool: AsyncConnectionPool) -> bool:
 
 @asynccontextmanager
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """A pooled connection; the whole block must finish within API_TIMEOUT_SECONDS (a database
-    that stops answering must not hold a request for ever).
+    """A pooled connection; its use must finish within API_TIMEOUT_SECONDS of getting it (a
+    database that stops answering must not hold a request for ever), the wait for it is bounded
+    by POOL_WAIT_SECONDS. The deadline counted the wait too: against a slow database a request
+    that queued for a connection had too little left for its round trip and was cut, which cut
+    a working connection and made the queue longer.
 
     While the database is down, requests do not each wait for their own deadline: for
     OUTAGE_HOLD_SECONDS after a failure they fail at once, then the next one tries again. A
@@ -176,7 +179,6 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
     if time.monotonic() < _outages.get(pool, 0.0):
         raise DatabaseUnavailable("database unavailable (failing at once while it is down)")
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + API_TIMEOUT_SECONDS
     timed_out = False
     used: psycopg.AsyncConnection[Any] | None = None
     watchdogs: list[asyncio.TimerHandle] = []
@@ -198,7 +200,7 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
             wait = min(POOL_WAIT_SECONDS, API_TIMEOUT_SECONDS)
             async with pool.connection(timeout=wait) as conn:
                 used = conn
-                watchdogs.append(loop.call_at(deadline, expire, conn))
+                watchdogs.append(loop.call_later(API_TIMEOUT_SECONDS, expire, conn))
                 try:
                     yield conn
                 finally:

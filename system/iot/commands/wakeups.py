@@ -173,11 +173,17 @@ class Wakeups:
 
     @staticmethod
     async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
-        """A bounded round trip: a connection that stopped answering is cut and replaced."""
+        """A bounded round trip: a connection that stopped answering is cut and replaced.
+
+        Never prepared: psycopg prepares a query at its sixth run on a connection, which costs
+        a second round trip; against a database 1.5 s away that sixth check (40 s after each
+        connect) outlived its bound, the listener was cut, every replica forgot which devices
+        are idle and every poll claimed (docs/decisions.md, "Commands through a slow
+        database")."""
         loop = asyncio.get_running_loop()
         watchdog = loop.call_later(db.CHECK_TIMEOUT_SECONDS, db.sever, conn)
         try:
-            await conn.execute("SELECT 1")
+            await conn.execute("SELECT 1", prepare=False)
         finally:
             watchdog.cancel()
 
