@@ -123,7 +123,8 @@ class Net:
         """Run ``command`` inside ``host`` to its end; its output, or NetError."""
         argv = host.argv(*(["env", *(f"{k}={v}" for k, v in (env or {}).items())]
                            if env else []), *command, user=user)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                              timeout=timeout)
         if done.returncode:
             raise NetError(f"{' '.join(command)} in {host.name}: "
                            f"{(done.stderr or done.stdout).strip()[-800:]}")
