@@ -30,6 +30,7 @@ def test_failover_is_last_ack_before_to_first_ack_after_on_the_new_primary() -> 
     assert s["failover_s"] == 13.0
     assert s["longest_gap_s"] == 13.0
     assert s["resumed_on"] == NEW and s["resumed_on_old_primary"] is False
+    assert s["acked_by_after_fault"] == [NEW]
     assert (s["writes_acked"], s["writes_failed"], s["connect_failures"]) == (4, 1, 1)
     assert s["errors"] == {"OperationalError: timeout": 2}
     assert s["lost"] == [] and s["committed_unacked"] == 0
@@ -40,6 +41,9 @@ def test_acknowledged_rows_missing_afterwards_are_lost_and_failed_ones_present_c
     attempts = [_ok(1, 99.0), _ok(2, 99.9), _failed(3, 103.0), _ok(4, 110.0, NEW)]
     s = report.summarize(attempts, 100.0, OLD, present={1, 3, 4})
     assert s["lost"] == [2]
+    restarted_then_replaced = [_ok(1, 99.0), _ok(2, 101.0), _ok(3, 102.0, NEW)]
+    s2 = report.summarize(restarted_then_replaced, 100.0, OLD, present={1, 3})
+    assert s2["acked_by_after_fault"] == [OLD, NEW] and s2["lost"] == [2]
     assert s["committed_unacked"] == 1  # seq 3: the client saw an error, the row is there
 
 

@@ -30,12 +30,17 @@ def summarize(attempts: Iterable[Mapping[str, Any]], fault_at: float, old_primar
     acked_seqs = {int(a["seq"]) for a in acked}
     failed_seqs = {int(a["seq"]) for a in rows if a["error"] and a["seq"]}
     errors = Counter(a["error"] for a in rows if a["error"])
+    servers: list[str] = []  # who acknowledged writes after the fault, in order
+    for a in after:
+        if not servers or servers[-1] != a["server"]:
+            servers.append(a["server"])
     return {
         "failover_s": failover,
         "longest_gap_s": round(max(gaps), 2) if gaps else None,
         "resumed_on": first_after["server"] if first_after else None,
         "resumed_on_old_primary": (first_after["server"] == old_primary
                                    if first_after else None),
+        "acked_by_after_fault": servers,
         "writes_acked": len(acked_seqs),
         "writes_failed": len(failed_seqs),
         "connect_failures": sum(1 for a in rows if a["error"] and not a["seq"]),
@@ -114,6 +119,8 @@ def markdown(results: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
             continue
         resumed = ("old primary (restarted)" if s.get("resumed_on_old_primary")
                    else "standby (promoted)" if s.get("resumed_on") else "never")
+        if len(s.get("acked_by_after_fault", [])) > 1:
+            resumed += ", then " + " → ".join(s["acked_by_after_fault"][1:])
         lines.append(
             f"| {r['engine']} | {r['mode']} | {r['fault']} | {_cell(s['failover_s'])} | "
             f"{_cell(s['longest_gap_s'])} | {resumed} | {s['writes_acked']} | "
