@@ -59,9 +59,12 @@ def bench_engines(
         if loop_wait + 2 * retry > ttl:
             fail("Patroni wants loop_wait + 2 × retry_timeout <= ttl")
         timing = (ttl, loop_wait, retry)
-    path = bench.bench_engines(PROJECT_ROOT, engines, mode or ["sync", "async"],
-                               fault or list(bench.FAULTS), typer.echo, rate=rate,
-                               hold=hold, keep=keep, patroni_timing=timing,
-                               patroni_dcs=patroni_dcs)
+    try:
+        path = bench.bench_engines(PROJECT_ROOT, engines, mode or ["sync", "async"],
+                                   fault or list(bench.FAULTS), typer.echo, rate=rate,
+                                   hold=hold, keep=keep, patroni_timing=timing,
+                                   patroni_dcs=patroni_dcs)
+    except RuntimeError as exc:  # another bench running, namespaces refused
+        fail(str(exc))
     typer.echo(path.read_text())
     typer.echo(f"report: {path}")

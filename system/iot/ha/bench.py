@@ -7,6 +7,7 @@ primary's host cut off the bridge for ``hold`` seconds, then joined again)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import sys
@@ -147,6 +148,14 @@ def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list
             "patroni_dcs": patroni_dcs}
     results: list[dict[str, Any]] = []
     net = Net(3)
+    lock_path = home / "var" / "ha-bench.lock"  # one bench at a time: the hosts' names are fixed
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_path.open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock.close()
+        raise RuntimeError(f"another bench is running ({lock_path})") from exc
     try:
         net.open()
         for name in engines:
@@ -159,6 +168,8 @@ def bench_engines(home: Path, engines: list[str], modes: list[str], faults: list
         net.close()
         if not keep and root.exists():
             shutil.rmtree(root)
+        lock_path.unlink(missing_ok=True)
+        lock.close()
     return report.write(folder, results, meta)
 
 
