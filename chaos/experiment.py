@@ -25,7 +25,7 @@ import httpx
 import psycopg
 import yaml
 
-from chaos import probes, rollout
+from chaos import alertwindows, probes, rollout
 from chaos.actions import Actions
 from chaos.fleet import Fleet, Timeline
 from chaos.identity import Identity
@@ -283,7 +283,13 @@ def _run(
             time.sleep(1)
         if time.time() < fault_end + exp.recovery_bound:
             progress(f"[{exp.name}] alerts: watching them to the end of the recovery window")
-        silence = probes.left_firing(sampler, fault_end + exp.recovery_bound, STICKY_ALERTS)
+        silence = probes.left_firing(
+            sampler,
+            fault_end + exp.recovery_bound,
+            STICKY_ALERTS,
+            healed_at=fault_end,
+            windows=alertwindows.load(),
+        )
         silent_at = round(time.time() - fault_end, 1)
         if fleet.failure:
             raise ExperimentError(f"the fleet failed: {fleet.failure!r}")

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from chaos import alertwindows
 from iot.settings import Settings
 from iot.stack.control import prometheus_api, rabbitmq_api, wait_healthy
 
@@ -137,14 +138,20 @@ class Sampler:
 
 
 def left_firing(
-    sampler: Sampler, until: float, by_design: frozenset[str]
+    sampler: Sampler,
+    until: float,
+    by_design: frozenset[str],
+    healed_at: float | None = None,
+    windows: dict[str, float] | None = None,
 ) -> dict[str, list[str]] | None:
     """The alerts still firing at ``until`` (the end of an experiment's recovery window),
     sampling until then; an alert that fired and resolved meanwhile does not count. By name:
     ``left_firing``, what the run left firing (it failed to leave the system silent);
     ``since_before``, firing without a break since before the fault (not this fault's);
     ``by_design``, the alerts of ``by_design`` (they outlast their cause on purpose, as
-    ComponentRestarted does for ten minutes after a restart). None if Prometheus does not
+    ComponentRestarted does for ten minutes after a restart); ``within_window``, alerts whose
+    expression still averages over the fault (``alertwindows``: less than their window has
+    passed since ``healed_at``; a game day waits those out). None if Prometheus does not
     answer by ``until``.
 
     Returns sooner once nothing else is pending or firing: only an alert of a new fault could
@@ -162,6 +169,7 @@ def left_firing(
             "left_firing": set(),
             "since_before": set(),
             "by_design": set(),
+            "within_window": set(),
         }
         busy = False
         for a in alerts:
@@ -170,6 +178,12 @@ def left_firing(
                 kind = "by_design"
             elif _key(a) in sampler.carried:
                 kind = "since_before"
+            elif (
+                healed_at is not None
+                and windows is not None
+                and now - healed_at < alertwindows.clears_within(a, windows)
+            ):
+                kind = "within_window"
             else:
                 kind, busy = "left_firing", True
             if a.get("state") == "firing":

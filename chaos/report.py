@@ -103,6 +103,7 @@ def _after_recovery_markdown(after: dict[str, Any] | None) -> list[str]:
     for kind, what in (
         ("since_before", "firing since before the fault, not counted"),
         ("by_design", "outlasting their cause by design, not counted"),
+        ("within_window", "still averaging over the fault (their own window), not counted"),
     ):
         if after.get(kind):
             lines.append(f"  - {what}: {', '.join(after[kind])}")

@@ -114,6 +114,7 @@ def test_an_alert_that_fired_and_resolved_is_not_left_firing(alerts, clock):
         "left_firing": [],
         "since_before": [],
         "by_design": [],
+        "within_window": [],
     }
     assert clock.now == 1_000.0  # nothing pending or firing: no need to wait for the window
 
@@ -140,6 +141,7 @@ def test_what_fired_before_the_fault_and_restarts_are_not_counted_against_the_ru
         "left_firing": [],
         "since_before": ["APIAvailabilityBudgetBurn"],
         "by_design": ["ComponentRestarted"],
+        "within_window": [],
     }
 
 
@@ -159,3 +161,21 @@ def test_no_answer_from_prometheus_by_the_end_of_the_window_is_unknown(alerts, c
     sampler.start_fault()
     monkeypatch.setattr(probes, "_alerts", lambda settings: None)
     assert probes.left_firing(sampler, clock.now + 5, STICKY) is None
+
+
+def test_an_alert_still_inside_its_own_window_is_not_left_firing_but_after_it_is(alerts, clock):
+    windows = {"IngestLagHigh": 120.0, "RolloutStalled": 0.0}
+    lag = {"alertname": "IngestLagHigh", "severity": "page"}
+    stalled = {"alertname": "RolloutStalled", "severity": "ticket"}
+    sampler = _sampler()
+    sampler.start_fault()
+    burn = {**BURN, "short": "5m", "long": "1h"}
+    alerts += [_firing(lag, "30"), _firing(burn, "0.5"), _firing(stalled, "901")]
+    healed = clock.now
+    result = probes.left_firing(sampler, healed + 45, STICKY, healed_at=healed, windows=windows)
+    assert result is not None
+    assert result["within_window"] == ["APIAvailabilityBudgetBurn", "IngestLagHigh"]
+    assert result["left_firing"] == ["RolloutStalled"]  # a gauge: no window to wait out
+    late = probes.left_firing(sampler, healed + 400, STICKY, healed_at=healed, windows=windows)
+    assert late is not None
+    assert late["left_firing"] == ["APIAvailabilityBudgetBurn", "IngestLagHigh", "RolloutStalled"]
