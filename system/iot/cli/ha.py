@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from typing import Annotated
 
 import typer
@@ -59,6 +60,10 @@ def bench_engines(
         if loop_wait + 2 * retry > ttl:
             fail("Patroni wants loop_wait + 2 × retry_timeout <= ttl")
         timing = (ttl, loop_wait, retry)
+    def _terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # so that the bench removes its namespaces and data
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         path = bench.bench_engines(PROJECT_ROOT, engines, mode or ["sync", "async"],
                                    fault or list(bench.FAULTS), typer.echo, rate=rate,
