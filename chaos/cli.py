@@ -222,15 +222,7 @@ def gameday(
     except experiment.ExperimentError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if schedule_only:
-        windows = plan_.schedule(
-            o.seed,
-            o.duration,
-            kinds,
-            max_concurrent=o.max_concurrent,
-            min_length=o.min_length,
-            max_length=o.max_length,
-            mean_gap=o.mean_gap,
-        )
+        windows = plan_.plan(o, kinds)
         for w in windows:
             typer.echo(f"{w.start:8.1f} s  {w.length:5.1f} s  {w.kind}")
         typer.echo(f"{len(windows)} faults, {plan_.overlaps(windows)} overlapping")

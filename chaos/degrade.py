@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaos import probes
+from chaos.experiment import STICKY_ALERTS
 from chaos.toxiproxy import Toxiproxy
 
 LINKS = ("postgres", "rabbitmq", "redis")
@@ -176,7 +177,7 @@ def table(steps: list[Step]) -> list[str]:
 
 
 def firing(settings: Any) -> set[tuple[str, str]] | None:
-    return probes.firing_instances(settings, frozenset({"ComponentRestarted"}))
+    return probes.firing_instances(settings, STICKY_ALERTS)
 
 
 def run(
@@ -193,13 +194,12 @@ def run(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Sweep every (link, kind) with a fleet running throughout; returns the report."""
-    from chaos.fleet import Fleet, Timeline
     from chaos.identity import Identity
-    from chaos.ledger import Ledger, check
+    from chaos.ledger import check
     from loadtest.background import BackgroundLoad, LoadOptions
     from loadtest.prom import Prometheus, load_slos, step_figures
 
-    prom = Prometheus(f"http://{settings.host}:{settings.prometheus_port}")
+    prom = Prometheus.of(settings)
     slos = load_slos()
     toxiproxy = Toxiproxy(f"http://{settings.host}:{settings.toxiproxy_port}")
     toxiproxy.reset()
@@ -207,15 +207,7 @@ def run(
     if background is not None:
         background.start(lambda m: progress(f"load: {m}"))
     identity = Identity(settings, devices)
-    ledger = Ledger(devices=[d.id for d in identity.devices])
-    fleet = Fleet(
-        settings.base_url,
-        identity.devices,
-        identity.token,
-        ledger,
-        Timeline(),
-        command_rate=command_rate,
-    )
+    ledger, _, fleet = identity.fleet(command_rate)
     steps: list[Step] = []
     started = time.time()
     try:
@@ -237,9 +229,7 @@ def run(
     finally:
         toxiproxy.reset()
         fleet.stop_load.set()
-        deadline = time.time() + 120
-        while not fleet.drained() and time.time() < deadline:
-            time.sleep(1)
+        fleet.wait_drained(120)
         fleet.stop()
         if background is not None:
             background.stop()

@@ -27,9 +27,9 @@ import yaml
 
 from chaos import alertwindows, probes, rollout
 from chaos.actions import Actions
-from chaos.fleet import Fleet, Timeline
+from chaos.fleet import Timeline
 from chaos.identity import Identity
-from chaos.ledger import Ledger, check
+from chaos.ledger import Ledger, check, loss_problems
 from iot.settings import Settings
 from loadtest.background import BackgroundLoad, LoadOptions
 from loadtest.runner import LoadError
@@ -185,16 +185,7 @@ def _run(
     if lingering:
         progress(f"[{exp.name}] warning: still active from before: {', '.join(sorted(lingering))}")
     identity = Identity(settings, exp.devices)
-    ledger = Ledger(devices=[d.id for d in identity.devices])
-    timeline = Timeline()
-    fleet = Fleet(
-        settings.base_url,
-        identity.devices,
-        identity.token,
-        ledger,
-        timeline,
-        command_rate=exp.command_rate,
-    )
+    ledger, timeline, fleet = identity.fleet(exp.command_rate)
     report: dict[str, Any] = {
         "experiment": exp.name,
         "title": exp.title,
@@ -320,11 +311,7 @@ def _run(
                 "targets": actions.resolved,
             }
         )
-        problems = [
-            f"{k}: lost {v['lost']}, duplicated {v['duplicated']}, unexpected {v['unexpected']}"
-            for k, v in counts.items()
-            if not v["clean"]
-        ]
+        problems = loss_problems(counts)
         if under_way is not None:
             problems += rollout.finish(settings.base_url, identity.headers, under_way)
             report["rollout"] = rollout.summary(under_way)

@@ -156,6 +156,13 @@ class Fleet:
             self.buffered_readings() == 0 and self.pending_commands == 0 and self.ledger.drained()
         )
 
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for :meth:`drained`; returns it."""
+        deadline = time.time() + timeout
+        while not self.drained() and time.time() < deadline:
+            time.sleep(1)
+        return self.drained()
+
     def _main(self) -> None:
         try:
             asyncio.run(self._run())

@@ -110,6 +110,19 @@ def schedule(
     return out
 
 
+def plan(o: Options, kinds: Sequence[Kind]) -> list[Window]:
+    """The schedule a game day of these options draws from ``kinds``."""
+    return schedule(
+        o.seed,
+        o.duration,
+        kinds,
+        max_concurrent=o.max_concurrent,
+        min_length=o.min_length,
+        max_length=o.max_length,
+        mean_gap=o.mean_gap,
+    )
+
+
 def overlaps(windows: Iterable[Window]) -> int:
     """How many windows start while another one is active."""
     ws = sorted(windows, key=lambda w: w.start)

@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 from chaos import gameday  # noqa: E402
 from chaos.fleet import Timeline  # noqa: E402
-from chaos.report import REPORTS  # noqa: E402
+from chaos.ledger import loss_problems  # noqa: E402
+from chaos.report import REPORTS, counts_table  # noqa: E402
 from loadtest.prom import PromError, Prometheus  # noqa: E402
 
 ROUTES = 'job="api",route!~"/ping|/health|/metrics"'
@@ -101,11 +102,7 @@ def build(
             sli[name] = next(iter(series.values()), [])
         except PromError:
             sli[name] = []
-    problems = [
-        f"{k}: lost {v['lost']}, duplicated {v['duplicated']}, unexpected {v['unexpected']}"
-        for k, v in counts.items()
-        if not v["clean"]
-    ]
+    problems = loss_problems(counts)
     if breaches:
         problems.append(f"{len(breaches)} breach(es) of the continuous ledger")
     if not drained:
@@ -155,13 +152,8 @@ def markdown(r: dict[str, Any]) -> str:
         + (f", {o['load']} load devices" if o["load"] else "")
         + f"; the ledger checked {r['ledger_checks']} times while it ran.",
         "",
-        "| what | accepted | lost | duplicated | unexpected |",
-        "|---|---|---|---|---|",
+        *counts_table(r["counts"]),
     ]
-    for kind, c in r["counts"].items():
-        lines.append(
-            f"| {kind} | {c['accepted']} | {c['lost']} | {c['duplicated']} | {c['unexpected']} |"
-        )
     lines += [
         "",
         "## Faults",

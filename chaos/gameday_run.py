@@ -23,7 +23,6 @@ import psycopg
 
 from chaos import experiment, gameday, gameday_report, probes
 from chaos.actions import Actions
-from chaos.fleet import Fleet, Timeline
 from chaos.identity import Identity
 from chaos.ledger import Ledger, ReadingKey, check
 from iot.settings import Settings
@@ -149,15 +148,7 @@ def run(
 ) -> dict[str, Any]:
     """Run the game day; returns its report (the report's writer renders it)."""
     kinds = catalog(o.faults, settings.rabbitmq_cluster)
-    plan = gameday.schedule(
-        o.seed,
-        o.duration,
-        kinds,
-        max_concurrent=o.max_concurrent,
-        min_length=o.min_length,
-        max_length=o.max_length,
-        mean_gap=o.mean_gap,
-    )
+    plan = gameday.plan(o, kinds)
     by_name = {k.name: k for k in kinds}
     folder.mkdir(parents=True, exist_ok=True)
     gameday_report.write_schedule(folder, o, plan)
@@ -174,18 +165,9 @@ def run(
     actions = Actions(settings)
     actions.reset_all()
     identity = Identity(settings, o.devices)
-    ledger = Ledger(devices=[d.id for d in identity.devices])
-    timeline = Timeline()
-    fleet = Fleet(
-        settings.base_url,
-        identity.devices,
-        identity.token,
-        ledger,
-        timeline,
-        command_rate=o.command_rate,
-    )
+    ledger, timeline, fleet = identity.fleet(o.command_rate)
     checker = Checker(settings, ledger, o)
-    prom = prom or Prometheus(f"http://{settings.host}:{settings.prometheus_port}")
+    prom = prom or Prometheus.of(settings)
     alert_samples: list[tuple[float, set[tuple[str, str]]]] = []
     halted: str | None = None
     active: list[gameday.Window] = []
@@ -244,11 +226,12 @@ def run(
             if now - last_note >= PROGRESS_EVERY:
                 last_note = now
                 load = f"; load {background.status()}" if background else ""
+                seen = ledger.snapshot()
                 progress(
                     f"gameday: {now - t0:6.0f} s, active: "
                     f"{', '.join(w.kind for w in active) or 'none'}; ledger "
-                    f"{ledger.snapshot()['commands_accepted']} commands, "
-                    f"{ledger.snapshot()['readings_accepted']} readings; breaches "
+                    f"{seen['commands_accepted']} commands, "
+                    f"{seen['readings_accepted']} readings; breaches "
                     f"{len(checker.breaches)}{load}"
                 )
             time.sleep(1)
@@ -273,10 +256,7 @@ def run(
         left = probes.active_alerts(settings) or left
     quiet_after = round(time.time() - healed_at, 1)
     fleet.stop_load.set()
-    deadline = time.time() + experiment.DRAIN_TIMEOUT
-    while not fleet.drained() and time.time() < deadline:
-        time.sleep(1)
-    drained = fleet.drained()
+    drained = fleet.wait_drained(experiment.DRAIN_TIMEOUT)
     fleet.stop()
     load_figures = None
     if background is not None:

@@ -7,7 +7,8 @@ import uuid
 import httpx
 import psycopg
 
-from chaos.fleet import SimDevice
+from chaos.fleet import Fleet, SimDevice, Timeline
+from chaos.ledger import Ledger
 from iot import security
 from iot.settings import Settings
 
@@ -45,3 +46,13 @@ class Identity:
                 http.delete(f"/devices/{d.id}", headers=self.headers)
         with psycopg.connect(self.s.database_direct_url, autocommit=True) as conn:
             conn.execute("DELETE FROM users WHERE username = %s", (self.username,))
+
+    def fleet(self, command_rate: float) -> tuple[Ledger, Timeline, Fleet]:
+        """A fleet of these devices and an operator at ``command_rate``, with its ledger and
+        timeline (the fleet is not started)."""
+        ledger = Ledger(devices=[d.id for d in self.devices])
+        timeline = Timeline()
+        fleet = Fleet(
+            self.s.base_url, self.devices, self.token, ledger, timeline, command_rate=command_rate
+        )
+        return ledger, timeline, fleet

@@ -185,3 +185,12 @@ def check(ledger: Ledger, database_url: str) -> dict[str, dict[str, Any]]:
             "command_log": check_command_log(ledger, conn),
         }
     return {k: {**asdict(v), "clean": v.clean} for k, v in results.items()}
+
+
+def loss_problems(counts: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per check of :func:`check` that found loss, duplicates or unexpected items."""
+    return [
+        f"{k}: lost {v['lost']}, duplicated {v['duplicated']}, unexpected {v['unexpected']}"
+        for k, v in counts.items()
+        if not v["clean"]
+    ]

@@ -110,6 +110,18 @@ def _after_recovery_markdown(after: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def counts_table(counts: dict[str, dict[str, Any]]) -> list[str]:
+    """The ledger's counts as a Markdown table."""
+    return [
+        "| what | accepted | lost | duplicated | unexpected |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {kind} | {c['accepted']} | {c['lost']} | {c['duplicated']} | {c['unexpected']} |"
+            for kind, c in counts.items()
+        ),
+    ]
+
+
 def markdown(r: dict[str, Any]) -> str:
     verdict = "PASSED" if r.get("passed") else "FAILED"
     lines = [
@@ -124,13 +136,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"- accepted: {r['ledger']['readings_accepted']} readings, "
         f"{r['ledger']['commands_accepted']} commands",
         "",
-        "| what | accepted | lost | duplicated | unexpected |",
-        "|---|---|---|---|---|",
+        *counts_table(r["counts"]),
     ]
-    for kind, c in r["counts"].items():
-        lines.append(
-            f"| {kind} | {c['accepted']} | {c['lost']} | {c['duplicated']} | {c['unexpected']} |"
-        )
     lines += ["", "Alerts (seconds after the fault started):"]
     for name in r.get("expected_alerts", []):
         t = r["time_to_detect"].get(name)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
-from iot.settings import get_settings
+from iot.settings import Settings, get_settings
 
 SLO_RULES = Path(__file__).resolve().parent.parent / "monitoring" / "rules" / "slos.yml"
 # Queues not worth a row: Celery's delayed-delivery and event queues, reply queues.
@@ -100,6 +100,11 @@ class Prometheus:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.auth = auth or get_settings().monitoring_auth
+
+    @classmethod
+    def of(cls, s: Settings) -> Prometheus:
+        """The stack's own Prometheus."""
+        return cls(f"http://{s.host}:{s.prometheus_port}")
 
     def _get(self, path: str, params: dict[str, Any]) -> Any:
         try:
