@@ -262,12 +262,19 @@ def degrade(
     devices: Annotated[int, typer.Option(min=1, help="Simulated devices of the fleet.")] = 20,
     command_rate: Annotated[float, typer.Option(help="The operator's commands per second.")] = 2,
     load: Annotated[int, typer.Option(help="Locust devices in the background (0: none).")] = 0,
+    search: Annotated[
+        str,
+        typer.Option(
+            help="bisect: halve the ladder each trial (about 3 trials a kind); up: from the "
+            "mildest until one breaks."
+        ),
+    ] = "bisect",
 ) -> None:
     """For each link and kind of degradation, the smallest strength that breaks an SLO and the
-    alerts that fire then (a table for chaos/README.md). Strengths go from the mildest up, each
-    held --hold seconds under the fleet, judged by Prometheus over the held window; a kind stops
-    at its first breaking strength. Report under reports/chaos/degrade-*/. Exit status 1 if the
-    ledger lost anything."""
+    alerts that fire then (a table for chaos/README.md). Each strength tried is held --hold
+    seconds under the fleet and judged by Prometheus over the held window. Report under
+    reports/chaos/degrade-*/, rewritten after every strength (an interrupted run keeps what it
+    measured). Exit status 1 if the ledger lost anything."""
     import json
     import time
 
@@ -280,6 +287,21 @@ def degrade(
     ]
     if bad:
         raise typer.BadParameter(f"unknown link or kind: {', '.join(bad)}")
+    if search not in ("bisect", "up"):
+        raise typer.BadParameter(f"--search is bisect or up, not {search!r}")
+    folder = report.REPORTS / f"degrade-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(body: dict[str, object], table: list[str], title: str) -> None:
+        (folder / "report.json").write_text(json.dumps(body, indent=2, default=str))
+        (folder / "report.md").write_text("\n".join([f"# {title}", "", *table, ""]))
+
+    def partial(steps: list[degrade_.Step]) -> None:
+        table = degrade_.table(steps)
+        body = {"steps": [{**s.__dict__, "broken": s.broken} for s in steps], "table": table}
+        write(body, table, "Degradations against the SLOs (partial: still running)")
+
+    typer.echo(f"degrade: report in {folder} (rewritten after every strength)")
     result = degrade_.run(
         get_settings(),
         links,
@@ -290,14 +312,11 @@ def degrade(
         devices=devices,
         command_rate=command_rate,
         load=load,
+        search=search,
         progress=typer.echo,
+        on_step=partial,
     )
-    folder = report.REPORTS / f"degrade-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(result, indent=2, default=str))
-    (folder / "report.md").write_text(
-        "\n".join(["# Degradations against the SLOs", "", *result["table"], ""])
-    )
+    write(result, result["table"], "Degradations against the SLOs")
     typer.echo("\n".join(result["table"]))
     typer.echo(f"report {folder / 'report.md'}")
     if not result["passed"]:

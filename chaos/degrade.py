@@ -81,11 +81,49 @@ class Step:
     def broken(self) -> list[str]:
         return sorted(n for n, v in self.slos.items() if v.get("held") is False)
 
+    def burns(self) -> str:
+        """The broken SLOs with their burn rate over the held window (error ratio / budget:
+        1x spends the budget exactly over the SLO period; the fast page is for 14.4x)."""
+        out = []
+        for name in self.broken:
+            v = self.slos[name]
+            ratio, objective = v.get("error_ratio"), v.get("objective")
+            if ratio is None or objective is None or objective >= 1:
+                out.append(name)
+            else:
+                out.append(f"{name} ({ratio / (1 - objective):.1f}x)")
+        return ", ".join(out)
+
 
 def new_alerts(before: set[tuple[str, str]], during: list[set[tuple[str, str]]]) -> list[str]:
     """Names of the alert instances firing in any of the ``during`` samples that were not
     firing in the ``before`` sample."""
     return sorted({name for name, _ in set().union(*during) - before})
+
+
+def order(strengths: int, broke: Callable[[int], bool], search: str) -> list[int]:
+    """The ladder's indices tried, in order, to find the smallest that breaks an SLO.
+
+    ``up``: from the mildest until the first that breaks. ``bisect``: halve the ladder each
+    time (a strength that breaks makes every stronger one assumed broken too, one that holds
+    every milder one), about log2 of the ladder's trials instead of up to all of them.
+    """
+    tried: list[int] = []
+    if search == "up":
+        for i in range(strengths):
+            tried.append(i)
+            if broke(i):
+                break
+        return tried
+    lo, hi = 0, strengths  # the answer is in [lo, hi]; hi == strengths: none breaks
+    while lo < hi:
+        mid = (lo + hi) // 2
+        tried.append(mid)
+        if broke(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return tried
 
 
 def sweep(
@@ -99,10 +137,13 @@ def sweep(
     grace: float,
     rest: float,
     progress: Callable[[str], None],
+    search: str = "up",
+    on_step: Callable[[Step], None] = lambda step: None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Step]:
-    """Try ``kind``'s ladder on ``link`` until a strength breaks an SLO; returns the steps."""
+    """Find the smallest strength of ``kind``'s ladder on ``link`` that breaks an SLO (see
+    ``order`` for ``search``); returns the steps tried, in the order tried."""
     ladder = LADDERS[kind]
     samples: list[tuple[float, set[tuple[str, str]]]] = []
 
@@ -114,8 +155,12 @@ def sweep(
                 samples.append((clock(), firing))
             sleep(min(2.0, max(until - clock(), 0)))
 
-    steps = []
-    for strength in ladder.strengths:
+    steps: list[Step] = []
+
+    def trial(index: int) -> bool:
+        if steps:
+            wait(rest)
+        strength = ladder.strengths[index]
         attributes, toxicity = ladder.toxic_args(strength)
         name = f"degrade_{kind}"
         start = clock()
@@ -141,37 +186,49 @@ def sweep(
             new_alerts(before, [f for _, f in samples[first:]]),
         )
         steps.append(step)
+        on_step(step)
         progress(
             f"[{link} {kind}] {strength:g} {ladder.unit}: SLOs broken "
             f"{', '.join(step.broken) or 'none'}; alerts {', '.join(step.alerts) or 'none'}"
         )
-        if step.broken:
-            break
-        wait(rest)
+        return bool(step.broken)
+
+    order(len(ladder.strengths), trial, search)
     return steps
 
 
 def table(steps: list[Step]) -> list[str]:
-    """The chaos/README table: per link and kind, the smallest strength that broke an SLO."""
+    """The chaos/README table: per link and kind, the strongest strength tried that held, with
+    the alerts then (none is right), and the smallest that broke an SLO with the alerts then
+    (one naming the cause is right)."""
     lines = [
-        "| link | kind | held, not broken | smallest that breaks | SLOs broken | alerts then |",
-        "|---|---|---|---|---|---|",
+        "| link | kind | strongest that held | alerts then | smallest that breaks "
+        "| SLOs broken (burn rate) | alerts then |",
+        "|---|---|---|---|---|---|---|",
     ]
     pairs: dict[tuple[str, str], list[Step]] = {}
     for s in steps:
         pairs.setdefault((s.link, s.kind), []).append(s)
     for (link, kind), ss in pairs.items():
-        unit = LADDERS[kind].unit
-        held = [s for s in ss if not s.broken]
+        ladder = LADDERS[kind]
+        rank = ladder.strengths.index  # from the mildest (a narrower bandwidth is stronger)
+        ss = sorted(ss, key=lambda s: rank(s.strength))
         broke = next((s for s in ss if s.broken), None)
-        ok = f"{held[-1].strength:g} {unit}" if held else "–"
+        below = len(ladder.strengths) if broke is None else rank(broke.strength)
+        held = [s for s in ss if not s.broken and rank(s.strength) < below]
+        unit = ladder.unit
+        if held:
+            ok = f"{held[-1].strength:g} {unit}"
+            ok_alerts = ", ".join(held[-1].alerts) or "none"
+        else:
+            ok, ok_alerts = "–", "–"
         if broke is None:
-            lines.append(f"| {link} | {kind} | {ok} | none of the ladder | – | – |")
+            lines.append(f"| {link} | {kind} | {ok} | {ok_alerts} | none of the ladder | – | – |")
         else:
             alerts = ", ".join(broke.alerts) or "**none**"
             lines.append(
-                f"| {link} | {kind} | {ok} | {broke.strength:g} {unit} | "
-                f"{', '.join(broke.broken)} | {alerts} |"
+                f"| {link} | {kind} | {ok} | {ok_alerts} | {broke.strength:g} {unit} | "
+                f"{broke.burns()} | {alerts} |"
             )
     return lines
 
@@ -191,9 +248,12 @@ def run(
     devices: int = 20,
     command_rate: float = 2.0,
     load: int = 0,
+    search: str = "bisect",
     progress: Callable[[str], None] = print,
+    on_step: Callable[[list[Step]], None] = lambda steps: None,
 ) -> dict[str, Any]:
-    """Sweep every (link, kind) with a fleet running throughout; returns the report."""
+    """Sweep every (link, kind) with a fleet running throughout; returns the report.
+    ``on_step`` gets every step so far after each one (to keep a partial report)."""
     from chaos.identity import Identity
     from chaos.ledger import check
     from loadtest.background import BackgroundLoad, LoadOptions
@@ -209,13 +269,18 @@ def run(
     identity = Identity(settings, devices)
     ledger, _, fleet = identity.fleet(command_rate)
     steps: list[Step] = []
+
+    def record(step: Step) -> None:
+        steps.append(step)
+        on_step(steps)
+
     started = time.time()
     try:
         fleet.start()
         time.sleep(rest)  # a baseline before the first toxic
         for link in links:
             for kind in kinds:
-                steps += sweep(
+                sweep(
                     toxiproxy,
                     link,
                     kind,
@@ -225,6 +290,8 @@ def run(
                     grace=grace,
                     rest=rest,
                     progress=progress,
+                    search=search,
+                    on_step=record,
                 )
     finally:
         toxiproxy.reset()
@@ -246,6 +313,7 @@ def run(
             "devices": devices,
             "command_rate": command_rate,
             "load": load,
+            "search": search,
         },
         "steps": [{**s.__dict__, "broken": s.broken} for s in steps],
         "table": table(steps),

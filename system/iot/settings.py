@@ -209,6 +209,11 @@ class Settings(BaseSettings):
     # answered 422 before anything is accepted (api/sensor_names.py, per replica, in memory).
     max_sensors_per_device: int = Field(default=64, ge=1)
 
+    # The stack's Postgres archives its WAL into <backup_dir>/wal and `iotctl backup create`
+    # writes base backups into <backup_dir>/base (iot/backup.py). Default: <home>/backups,
+    # outside var/ (which `iotctl down --purge` deletes). Copy it off the machine.
+    backup_dir: Path | None = None
+
     # Binaries that do not come from the virtualenv.
     toxiproxy_bin: Path = PROJECT_ROOT / "var" / "bin" / "toxiproxy-server"
     postgres_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
@@ -247,6 +252,12 @@ class Settings(BaseSettings):
         for service in ("postgres", "rabbitmq", "redis"):
             if service not in self.external_services or not getattr(self, f"{service}_host"):
                 setattr(self, f"{service}_host", self.host)
+        return self
+
+    @model_validator(mode="after")
+    def _backup_dir(self) -> Settings:
+        if self.backup_dir is None:
+            self.backup_dir = self.home / "backups"
         return self
 
     @model_validator(mode="after")

@@ -65,7 +65,37 @@ def test_the_ladder_stops_at_the_first_strength_that_breaks_an_slo() -> None:
     assert [c[0] for c in proxy.calls] == ["add", "remove"] * 5  # every toxic removed
     table = degrade.table(steps)
     assert table[2] == (
-        "| postgres | latency | 200 ms | 400 ms | command-latency | CommandLatencyBudgetBurn |"
+        "| postgres | latency | 200 ms | none | 400 ms | command-latency "
+        "| CommandLatencyBudgetBurn |"
+    )
+
+
+def test_bisect_finds_the_same_strength_in_fewer_trials() -> None:
+    # Ladder of 7 (latency): the first breaking index is 4 (400 ms).
+    tried: list[int] = []
+
+    def broke(i: int) -> bool:
+        tried.append(i)
+        return i >= 4
+
+    degrade.order(7, broke, "bisect")
+    assert tried == [3, 5, 4]  # 200 held, 800 broke, 400 broke: 400 is the smallest
+    assert degrade.order(7, lambda i: i >= 4, "up") == [0, 1, 2, 3, 4]
+    assert degrade.order(5, lambda i: False, "bisect") == [2, 4]  # none breaks
+    assert degrade.order(5, lambda i: True, "bisect") == [2, 1, 0]  # the mildest breaks
+
+
+def test_the_table_reads_bisected_steps_in_ladder_order() -> None:
+    # Bandwidth narrows as it gets stronger: 256 KB/s held (silent), 64 broke, 16 broke.
+    ok = {"ingest-lag": {"held": True}}
+    bad = {"ingest-lag": {"held": False, "error_ratio": 0.05, "objective": 0.99}}
+    steps = [
+        degrade.Step("postgres", "bandwidth", 256, 0, 1, ok),
+        degrade.Step("postgres", "bandwidth", 16, 2, 3, bad, ["DependencySlow"]),
+        degrade.Step("postgres", "bandwidth", 64, 4, 5, bad, ["DependencySlow"]),
+    ]
+    assert degrade.table(steps)[2] == (
+        "| postgres | bandwidth | 256 KB/s | none | 64 KB/s | ingest-lag (5.0x) | DependencySlow |"
     )
 
 

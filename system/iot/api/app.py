@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from iot import cache, db
 from iot.api.broker import Publisher
+from iot.api.dependency_probe import DependencyProbe
 from iot.api.deps import DEVICE_CACHE_MAX, State, forget_devices
 from iot.api.ingest import Coalescer, IngestShortcut
 from iot.api.metrics import UNAVAILABLE, MetricsMiddleware
@@ -81,10 +82,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await state.commands.start()
         state.rollouts = Rollouts(pool, state.commands, settings.replica_name)
         await state.rollouts.start()
+        probe = DependencyProbe(settings.database_url, settings.redis_url)
+        probe.start()
         app.state.iot = state
         try:
             yield
         finally:
+            probe.stop()
             await state.rollouts.stop()
             await state.commands.stop()
             await publisher.stop()

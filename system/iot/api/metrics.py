@@ -67,6 +67,24 @@ BROKER_CONNECTED = Gauge("iot_broker_connected", "1 while this process holds a b
 READINGS_ACCEPTED = Counter("iot_readings_accepted_total", "Sensor readings answered with 201")
 SENSOR_READS = Counter("iot_sensor_reads_total", "GET /sensors answers by source", ["source"])
 CACHE_ERRORS = Counter("iot_cache_errors_total", "Redis calls that failed in the API")
+DEPENDENCY_ROUNDTRIP = Histogram(
+    "iot_dependency_roundtrip_seconds",
+    "Time of the dependency probe's fixed exchange with a backing service (one round trip, "
+    "16 KiB of answer), on a connection of its own; failed probes are not observed",
+    ["dependency"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DEPENDENCY_PROBES = Counter(
+    "iot_dependency_probes_total", "Dependency probes started", ["dependency"]
+)
+DEPENDENCY_PROBE_FAILURES = Counter(
+    "iot_dependency_probe_failures_total",
+    "Dependency probes that got no full answer in time (timeout, reset, refused)",
+    ["dependency"],
+)
+for _dependency in ("postgres", "redis"):
+    DEPENDENCY_PROBES.labels(_dependency)
+    DEPENDENCY_PROBE_FAILURES.labels(_dependency)
 
 
 class MetricsMiddleware:

@@ -21,7 +21,7 @@ import sys
 
 import typer
 
-from iot.cli import cache, commands, device, ha, queues, rollouts, stack, users
+from iot.cli import backup, cache, commands, device, ha, queues, rollouts, stack, users
 
 app = typer.Typer(
     help="Run and operate the IoT remote-control stack: RabbitMQ, Postgres, Redis, nginx, "
@@ -49,6 +49,7 @@ app.add_typer(commands.app, name="commands")
 app.add_typer(rollouts.app, name="rollouts")
 app.add_typer(cache.app, name="cache")
 app.add_typer(ha.app, name="ha")
+app.add_typer(backup.app, name="backup")
 
 
 def _register_plugins() -> None:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from iot import backup
 from iot.cli.common import fail, settings
 from iot.settings import Settings
 from iot.stack import cluster as rabbit_cluster
@@ -114,6 +115,8 @@ def up(
         stack_setup.make_dirs(s)
         stack_setup.ensure_certificate(s)
         stack_setup.ensure_postgres_cluster(s)
+        if "postgres" not in s.external_services:
+            backup.prepare(s)  # the WAL archive, before Postgres starts archiving into it
         sup = Supervisor(s)
         was_running = sup.running()
         before = set(sup.info()) if was_running else set()

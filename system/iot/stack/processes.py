@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iot import backup
 from iot.settings import RabbitNode, Settings
 from iot.stack import connections
 
@@ -66,6 +67,9 @@ def programs(s: Settings) -> list[Program]:
                 "shared_buffers=256MB",
                 "-c",
                 "log_min_messages=warning",
+                # supervisord expands %(...)s in a command: the archive command's %p and %f
+                # reach Postgres as written only when doubled
+                *(c.replace("%", "%%") for c in backup.archive_settings(s)),
             ],
             "data",
             10,
