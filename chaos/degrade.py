@@ -12,12 +12,16 @@ system given ``rest`` seconds. At the end the ledger checks that nothing was los
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from chaos import probes
+import yaml
+
+from chaos import alertwindows, probes
 from chaos.experiment import STICKY_ALERTS
 from chaos.toxiproxy import Toxiproxy
 
@@ -81,18 +85,72 @@ class Step:
     def broken(self) -> list[str]:
         return sorted(n for n, v in self.slos.items() if v.get("held") is False)
 
+    def burn(self, slo: str) -> float | None:
+        """The SLO's burn rate over the held window: error ratio / budget (1x spends the
+        budget exactly over the SLO's period; the fast page is for 14.4x)."""
+        v = self.slos[slo]
+        ratio, objective = v.get("error_ratio"), v.get("objective")
+        if ratio is None or objective is None or objective >= 1:
+            return None
+        return float(ratio) / (1 - float(objective))
+
     def burns(self) -> str:
-        """The broken SLOs with their burn rate over the held window (error ratio / budget:
-        1x spends the budget exactly over the SLO period; the fast page is for 14.4x)."""
+        """The broken SLOs with their burn rates."""
         out = []
         for name in self.broken:
-            v = self.slos[name]
-            ratio, objective = v.get("error_ratio"), v.get("objective")
-            if ratio is None or objective is None or objective >= 1:
-                out.append(name)
-            else:
-                out.append(f"{name} ({ratio / (1 - objective):.1f}x)")
+            b = self.burn(name)
+            out.append(name if b is None else f"{name} ({b:.1f}x)")
         return ", ".join(out)
+
+    def sustained(self, rules: list[BurnRule]) -> str:
+        """For each broken SLO, the burn-rate alert that fires if the degradation lasts."""
+        out = []
+        for name in self.broken:
+            b = self.burn(name)
+            if b is not None:
+                out.append(if_sustained(name, b, rules))
+        return "; ".join(out) or "–"
+
+
+@dataclass(frozen=True)
+class BurnRule:
+    slo: str
+    alert: str
+    severity: str
+    windows: str  # "1h/5m"
+    factor: float
+    hold: str  # its `for:`
+
+
+def burn_rules(path: Path = alertwindows.RULES / "slo-burn.yml") -> list[BurnRule]:
+    """The multi-window burn-rate rules (monitoring/alerts/slo-burn.yml), fastest first."""
+    out = []
+    for group in yaml.safe_load(path.read_text())["groups"]:
+        for rule in group["rules"]:
+            labels = rule.get("labels", {})
+            factor = re.search(r">\s*\(\s*([\d.]+)\s*\*", str(rule["expr"]))
+            if "slo" not in labels or factor is None:
+                continue
+            out.append(
+                BurnRule(
+                    labels["slo"],
+                    rule["alert"],
+                    labels.get("severity", ""),
+                    f"{labels.get('long')}/{labels.get('short')}",
+                    float(factor.group(1)),
+                    str(rule.get("for", "0s")),
+                )
+            )
+    return sorted(out, key=lambda r: -r.factor)
+
+
+def if_sustained(slo: str, burn: float, rules: list[BurnRule]) -> str:
+    """The burn-rate alert that fires if a burn this fast goes on (the fastest whose factor
+    it passes), e.g. ``CommandLatencyBudgetBurn page (1h/5m > 14.4x, for 2m)``."""
+    for r in rules:
+        if r.slo == slo and burn > r.factor:
+            return f"{r.alert} {r.severity} ({r.windows} > {r.factor:g}x, for {r.hold})"
+    return "none (below every burn-rate rule)"
 
 
 def new_alerts(before: set[tuple[str, str]], during: list[set[tuple[str, str]]]) -> list[str]:
@@ -197,14 +255,16 @@ def sweep(
     return steps
 
 
-def table(steps: list[Step]) -> list[str]:
+def table(steps: list[Step], rules: list[BurnRule] | None = None) -> list[str]:
     """The chaos/README table: per link and kind, the strongest strength tried that held, with
-    the alerts then (none is right), and the smallest that broke an SLO with the alerts then
-    (one naming the cause is right)."""
+    the alerts then (none is right), and the smallest that broke an SLO, its burn rates, the
+    alerts that fired while it was held (or within the grace after), and the burn-rate alert
+    that fires if it goes on longer than the hold."""
+    rules = burn_rules() if rules is None else rules
     lines = [
         "| link | kind | strongest that held | alerts then | smallest that breaks "
-        "| SLOs broken (burn rate) | alerts then |",
-        "|---|---|---|---|---|---|---|",
+        "| SLOs broken (burn rate) | alerts then | if it lasts |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     pairs: dict[tuple[str, str], list[Step]] = {}
     for s in steps:
@@ -223,12 +283,14 @@ def table(steps: list[Step]) -> list[str]:
         else:
             ok, ok_alerts = "–", "–"
         if broke is None:
-            lines.append(f"| {link} | {kind} | {ok} | {ok_alerts} | none of the ladder | – | – |")
+            lines.append(
+                f"| {link} | {kind} | {ok} | {ok_alerts} | none of the ladder | – | – | – |"
+            )
         else:
             alerts = ", ".join(broke.alerts) or "**none**"
             lines.append(
                 f"| {link} | {kind} | {ok} | {ok_alerts} | {broke.strength:g} {unit} | "
-                f"{broke.burns()} | {alerts} |"
+                f"{broke.burns()} | {alerts} | {broke.sustained(rules)} |"
             )
     return lines
 

@@ -66,7 +66,7 @@ def test_the_ladder_stops_at_the_first_strength_that_breaks_an_slo() -> None:
     table = degrade.table(steps)
     assert table[2] == (
         "| postgres | latency | 200 ms | none | 400 ms | command-latency "
-        "| CommandLatencyBudgetBurn |"
+        "| CommandLatencyBudgetBurn | – |"
     )
 
 
@@ -95,12 +95,24 @@ def test_the_table_reads_bisected_steps_in_ladder_order() -> None:
         degrade.Step("postgres", "bandwidth", 64, 4, 5, bad, ["DependencySlow"]),
     ]
     assert degrade.table(steps)[2] == (
-        "| postgres | bandwidth | 256 KB/s | none | 64 KB/s | ingest-lag (5.0x) | DependencySlow |"
+        "| postgres | bandwidth | 256 KB/s | none | 64 KB/s | ingest-lag (5.0x) | DependencySlow "
+        "| IngestLagBudgetBurn ticket (3d/6h > 1x, for 3h) |"
     )
+
+
+def test_the_burn_rate_alert_if_a_breach_lasts_comes_from_the_rules() -> None:
+    rules = degrade.burn_rules()
+    assert {r.factor for r in rules} == {14.4, 6.0, 1.0}
+    fast = degrade.if_sustained("api-availability", 20.0, rules)
+    assert fast == "APIAvailabilityBudgetBurn page (1h/5m > 14.4x, for 2m)"
+    assert degrade.if_sustained("ingest-lag", 7.0, rules).startswith(
+        "IngestLagBudgetBurn page (6h/30m"
+    )
+    assert degrade.if_sustained("ingest-lag", 0.5, rules).startswith("none")
 
 
 def test_a_share_of_connections_is_the_toxicity_and_a_silent_breach_is_flagged() -> None:
     attributes, toxicity = degrade.LADDERS["reset_peer"].toxic_args(0.2)
     assert toxicity == 0.2 and attributes == {"timeout": 500}
     step = degrade.Step("redis", "reset_peer", 0.2, 0, 1, {"api-availability": {"held": False}})
-    assert degrade.table([step])[2].endswith("| api-availability | **none** |")
+    assert degrade.table([step])[2].endswith("| api-availability | **none** | – |")
