@@ -105,35 +105,45 @@ def bases(s: Settings) -> list[Base]:
     root = base_dir(s)
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if not (d / "base.tar").exists() and not (d / "base.tar.gz").exists():
-            continue  # unfinished or not ours
-        taken = datetime.strptime(d.name, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            continue  # unfinished (a hidden .partial directory) or not ours
+        try:
+            taken = datetime.strptime(d.name, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue
         size = sum(f.stat().st_size for f in d.iterdir())
         out.append(Base(d, taken, size))
     return out
 
 
-def _psql_superuser(s: Settings) -> list[str]:
-    return [
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        str(s.postgres_bin_dir / "psql"),
+def _as_postgres(
+    s: Settings, tool: str, *args: str, timeout: float | None = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run one of Postgres's programs (psql, pg_ctl) as the postgres user."""
+    command = ["runuser", "-u", "postgres", "--", str(s.postgres_bin_dir / tool), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def _psql(s: Settings, socket_dir: Path, port: int, sql: str) -> subprocess.CompletedProcess[str]:
+    return _as_postgres(
+        s,
+        "psql",
         "-h",
-        str(s.var / "run" / "postgres"),
+        str(socket_dir),
         "-p",
-        str(s.postgres_port),
+        str(port),
         "-d",
         s.postgres_db,
         "-XAtq",
         "-v",
         "ON_ERROR_STOP=1",
-    ]
+        "-c",
+        sql,
+    )
 
 
 def superuser_sql(s: Settings, sql: str) -> str:
     """Run ``sql`` as the postgres superuser over the stack's local socket; its output."""
-    r = subprocess.run([*_psql_superuser(s), "-c", sql], capture_output=True, text=True, timeout=60)
+    r = _psql(s, s.var / "run" / "postgres", s.postgres_port, sql)
     if r.returncode != 0:
         raise BackupError(f"psql: {r.stderr.strip() or r.stdout.strip()}")
     return r.stdout.strip()
@@ -274,26 +284,21 @@ def restore(
         os.chown(p, _uid("postgres"), _gid("postgres"))
     data_dir.chmod(0o700)
     log = data_dir / "restore.log"
-    r = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(s.postgres_bin_dir / "pg_ctl"),
-            "-D",
-            str(data_dir),
-            "-l",
-            str(log),
-            "-w",
-            "-t",
-            str(int(timeout)),
-            "-o",
-            f"-p {port} -k {data_dir} -c listen_addresses={s.host} -c max_connections=20",
-            "start",
-        ],
-        capture_output=True,
-        text=True,
+    options = f"-p {port} -k {data_dir} -c listen_addresses={s.host} -c max_connections=20"
+    r = _as_postgres(
+        s,
+        "pg_ctl",
+        "-D",
+        str(data_dir),
+        "-l",
+        str(log),
+        "-w",
+        "-t",
+        str(int(timeout)),
+        "-o",
+        options,
+        "start",
+        timeout=None,
     )
     if r.returncode != 0:
         tail = log.read_text()[-2000:] if log.exists() else ""
@@ -308,29 +313,7 @@ def restore(
 
 def restored_sql(s: Settings, data_dir: Path, port: int, sql: str) -> str:
     """Run ``sql`` as the superuser on the restored instance (its socket in ``data_dir``)."""
-    r = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(s.postgres_bin_dir / "psql"),
-            "-h",
-            str(data_dir),
-            "-p",
-            str(port),
-            "-d",
-            s.postgres_db,
-            "-XAtq",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = _psql(s, data_dir, port, sql)
     if r.returncode != 0:
         raise BackupError(f"psql on the restored instance: {r.stderr.strip()}")
     return r.stdout.strip()
@@ -344,24 +327,7 @@ def stop_restored(s: Settings, data_dir: Path) -> None:
     """Stop the Postgres a restore started on ``data_dir`` (by its own pid file)."""
     if not (data_dir / "postmaster.pid").exists():
         return
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(s.postgres_bin_dir / "pg_ctl"),
-            "-D",
-            str(data_dir),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    _as_postgres(s, "pg_ctl", "-D", str(data_dir), "-m", "fast", "-w", "stop", timeout=120)
 
 
 def _uid(user: str) -> int:
