@@ -265,8 +265,8 @@ def degrade(
     search: Annotated[
         str,
         typer.Option(
-            help="bisect: halve the ladder each trial (about 3 trials a kind); up: from the "
-            "mildest until one breaks."
+            help="bisect: the mildest, then halve the rest each trial (1 to 4 trials a "
+            "kind); up: from the mildest until one breaks."
         ),
     ] = "bisect",
 ) -> None:

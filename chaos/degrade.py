@@ -162,9 +162,10 @@ def new_alerts(before: set[tuple[str, str]], during: list[set[tuple[str, str]]])
 def order(strengths: int, broke: Callable[[int], bool], search: str) -> list[int]:
     """The ladder's indices tried, in order, to find the smallest that breaks an SLO.
 
-    ``up``: from the mildest until the first that breaks. ``bisect``: halve the ladder each
-    time (a strength that breaks makes every stronger one assumed broken too, one that holds
-    every milder one), about log2 of the ladder's trials instead of up to all of them.
+    ``up``: from the mildest until the first that breaks. ``bisect``: the mildest first (a
+    share of connections reset often breaks an SLO at once: one trial), then halve the rest
+    each time (a strength that breaks makes every stronger one assumed broken too, one that
+    holds every milder one): 1 + log2 of the ladder's trials instead of up to all of them.
     """
     tried: list[int] = []
     if search == "up":
@@ -173,7 +174,10 @@ def order(strengths: int, broke: Callable[[int], bool], search: str) -> list[int
             if broke(i):
                 break
         return tried
-    lo, hi = 0, strengths  # the answer is in [lo, hi]; hi == strengths: none breaks
+    tried.append(0)
+    if broke(0):
+        return tried
+    lo, hi = 1, strengths  # the answer is in [lo, hi]; hi == strengths: none breaks
     while lo < hi:
         mid = (lo + hi) // 2
         tried.append(mid)

@@ -79,10 +79,11 @@ def test_bisect_finds_the_same_strength_in_fewer_trials() -> None:
         return i >= 4
 
     degrade.order(7, broke, "bisect")
-    assert tried == [3, 5, 4]  # 200 held, 800 broke, 400 broke: 400 is the smallest
+    assert tried == [0, 4, 2, 3]  # 25 held, 400 broke, 100 and 200 held: 400 is the smallest
     assert degrade.order(7, lambda i: i >= 4, "up") == [0, 1, 2, 3, 4]
-    assert degrade.order(5, lambda i: False, "bisect") == [2, 4]  # none breaks
-    assert degrade.order(5, lambda i: True, "bisect") == [2, 1, 0]  # the mildest breaks
+    assert degrade.order(7, lambda i: i >= 6, "bisect") == [0, 4, 6, 5]
+    assert degrade.order(5, lambda i: False, "bisect") == [0, 3, 4]  # none breaks
+    assert degrade.order(5, lambda i: True, "bisect") == [0]  # the mildest breaks: one trial
 
 
 def test_the_table_reads_bisected_steps_in_ladder_order() -> None:
