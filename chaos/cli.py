@@ -248,6 +248,38 @@ def gameday(
         raise typer.Exit(1)
 
 
+@app.command("gameday-report")
+def gameday_report_(
+    folder: Annotated[
+        Path, typer.Argument(help="A game day's report folder (reports/chaos/gameday-*).")
+    ],
+) -> None:
+    """Judge a finished game day again from its report.json and Prometheus (kept 7 days): each
+    fault's SLO breaches, burn rates and budget spent, the alerts then and the silent
+    breaches; rewrites report.json, report.md and timeline.png."""
+    import json
+
+    from chaos import gameday_report
+    from chaos.experiment import STICKY_ALERTS
+    from loadtest.prom import Prometheus
+
+    path = folder / "report.json"
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} does not exist: give a game day's report folder")
+    r = json.loads(path.read_text())
+    gameday_report.judge(r, Prometheus.of(get_settings()), STICKY_ALERTS)
+    gameday_report.write(r, folder)
+    silent = r["silent_breaches"]
+    typer.echo(
+        f"{len(r['faults'])} faults judged; {sum(bool(f['slos_broken']) for f in r['faults'])} "
+        f"broke an SLO; silent breaches: {len(silent)}; report {folder / 'report.md'}"
+    )
+    if not r["passed"]:
+        for p in r["problems"]:
+            typer.echo(f"  - {p}")
+        raise typer.Exit(1)
+
+
 @app.command("degrade")
 def degrade(
     link: Annotated[

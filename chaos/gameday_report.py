@@ -5,6 +5,7 @@ second, the SLIs from Prometheus) in ``reports/chaos/gameday-<time>-seed<S>/``."
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from chaos import gameday  # noqa: E402
 from chaos.fleet import Timeline  # noqa: E402
 from chaos.ledger import loss_problems  # noqa: E402
 from chaos.report import REPORTS, counts_table  # noqa: E402
-from loadtest.prom import PromError, Prometheus  # noqa: E402
+from loadtest.prom import PromError, Prometheus, Slo, load_slos, slo_figures  # noqa: E402
 
 ROUTES = 'job="api",route!~"/ping|/health|/metrics"'
 SLIS = {
@@ -40,6 +41,50 @@ SLIS = {
         'iot_ingest_lag_seconds_bucket{job="worker"}[1m])))'
     ),
 }
+
+
+GRACE = 60.0  # seconds after a heal an alert may start and still be the fault's
+COUNTED = 30.0  # seconds after a heal its slow events are still being counted
+PERIOD = 30 * 86400.0  # the SLOs' period: their budget is spent over 30 days at burn 1x
+PAGE_SPEND = 0.02  # the fast-burn page's policy: 2 % of the period's budget (1 h at 14.4x)
+
+
+def judge_faults(
+    r: dict[str, Any], prom: Prometheus, slos: list[Slo], sticky: frozenset[str]
+) -> list[dict[str, Any]]:
+    """For each fault of report ``r``: the SLOs broken over its window (its start to
+    ``COUNTED`` s after its heal), their burn rates and the share of the 30-day budget spent;
+    the alerts that started within it (or ``GRACE`` s after), or were already firing then
+    (not the ``sticky`` ones, which fire for minutes after any earlier fault). Returns the
+    silent breaches: faults that spent a page's worth of budget (2 %, the fast-burn policy)
+    with no alert at all. A shorter blip burns less than the pages are for, by design."""
+    spans = [gameday.AlertSpan(**a) for a in r["alerts"]]
+    silent = []
+    for f in r["faults"]:
+        start, healed = f["started"], f["ended"] or r["ended_at"]
+        try:
+            figures = slo_figures(prom, slos, start, healed + COUNTED)
+        except PromError:
+            figures = {}
+        seconds = healed + COUNTED - start
+        broken = {}
+        for name, v in figures.items():
+            if v["held"] is False and v["error_ratio"] is not None:
+                burn = v["error_ratio"] / (1 - v["objective"])
+                broken[name] = {"burn": round(burn, 1), "spent": burn * seconds / PERIOD}
+        f["slos_broken"] = broken
+        f["alerts_during"] = sorted(
+            {
+                a.name
+                for a in spans
+                if start <= a.start <= healed + GRACE
+                or (a.name not in sticky and a.start < start and (a.end or math.inf) >= start)
+            }
+        )
+        spent = max((b["spent"] for b in broken.values()), default=0.0)
+        if spent >= PAGE_SPEND and not f["alerts_during"]:
+            silent.append({"window": f["index"], "kind": f["kind"], "slos": broken})
+    return silent
 
 
 def folder_for(seed: int, root: Path = REPORTS) -> Path:
@@ -114,7 +159,7 @@ def build(
         problems.append(f"halted: {halted}")
     if load and load.get("readings", {}).get("missing"):
         problems.append(f"load: {load['readings']['missing']} readings answered 201 not stored")
-    return {
+    r = {
         "options": asdict(o),
         "started_at": t0,
         "healed_at": healed_at,
@@ -138,6 +183,25 @@ def build(
         "problems": problems,
         "passed": not problems,
     }
+    judge(r, prom, sticky)
+    return r
+
+
+def judge(r: dict[str, Any], prom: Prometheus, sticky: frozenset[str]) -> None:
+    """Add each fault's SLO breaches and alerts to report ``r``; a silent breach is a
+    problem (every fault that spends a page's worth of budget must alert someone)."""
+    try:
+        slos = load_slos()
+    except PromError:
+        slos = []
+    r["silent_breaches"] = judge_faults(r, prom, slos, sticky)
+    r["problems"] = [p for p in r["problems"] if not p.startswith("silent breach")]
+    for b in r["silent_breaches"]:
+        r["problems"].append(
+            f"silent breach: fault {b['window']} ({b['kind']}) broke "
+            f"{', '.join(b['slos'])} with no alert"
+        )
+    r["passed"] = not r["problems"]
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -158,8 +222,9 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Faults",
         "",
-        "| # | kind | start s | length s | errors | time to detect | recovered s after heal |",
-        "|---|---|---|---|---|---|---|",
+        "| # | kind | start s | length s | errors | time to detect | recovered s after heal "
+        "| SLOs broken (burn, budget spent) | alerts then |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for f in r["faults"]:
         ttd = (
@@ -170,10 +235,31 @@ def markdown(r: dict[str, Any]) -> str:
             or "–"
         )
         ttr = "–" if f["time_to_recover"] is None else f"{f['time_to_recover']:g}"
+        broken = (
+            ", ".join(
+                f"{n} ({b['burn']:g}x, {100 * b['spent']:.2f} %)"
+                for n, b in f.get("slos_broken", {}).items()
+            )
+            or "none"
+        )
+        alerts = ", ".join(f.get("alerts_during", [])) or "none"
         lines.append(
             f"| {f['index']} | {f['kind']} | {f['started'] - r['started_at']:.0f} | "
-            f"{(f['ended'] or r['ended_at']) - f['started']:.0f} | {f['errors']} | {ttd} | {ttr} |"
+            f"{(f['ended'] or r['ended_at']) - f['started']:.0f} | {f['errors']} | {ttd} | {ttr} "
+            f"| {broken} | {alerts} |"
         )
+    lines += [
+        "",
+        "SLOs broken: over the fault's window (its start to 30 s after its heal); the burn rate "
+        "is the error ratio over the budget, the spend the share of the 30-day budget it used. "
+        "A fault that spends 2 % (what the fast-burn page is for) must have an alert. ",
+    ]
+    silent = r.get("silent_breaches", [])
+    lines.append(
+        "Silent breaches (2 % spent, no alert): "
+        + (", ".join(f"fault {b['window']} ({b['kind']})" for b in silent) or "none")
+        + "."
+    )
     lines += ["", "## Alerts", ""]
     names = sorted({a["name"] for a in r["alerts"]})
     lines.append("Fired: " + (", ".join(names) or "none") + ".")
@@ -211,35 +297,59 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
+    """One figure, time on a shared axis: a lane per fault kind (its windows as bars), a lane
+    per alert (its firing spans), the fleet's answers and errors per second, then each SLI.
+    Lanes get height by their count so that an hour of a hundred faults stays readable."""
     t0 = r["started_at"]
     kinds = sorted({f["kind"] for f in r["faults"]})
+    names = sorted({a["name"] for a in r["alerts"]})
+    heights = [max(1.0, 0.22 * len(kinds)), max(0.8, 0.22 * len(names)), 1.8]
+    heights += [1.3] * len(r["sli"])
+    width = 16 if r["ended_at"] - t0 > 900 else 12
     fig, axes = plt.subplots(
-        2 + len(r["sli"]), 1, figsize=(12, 3 + 2 * (1 + len(r["sli"]))), sharex=True
+        len(heights),
+        1,
+        figsize=(width, sum(heights) + 1),
+        sharex=True,
+        gridspec_kw={"height_ratios": heights},
     )
     lanes = axes[0]
     for f in r["faults"]:
         start = f["started"] - t0
         length = (f["ended"] or r["ended_at"]) - f["started"]
         lanes.broken_barh(
-            [(start, length)], (kinds.index(f["kind"]) - 0.4, 0.8), color="tab:red", alpha=0.6
+            [(start, length)], (kinds.index(f["kind"]) - 0.4, 0.8), color="tab:red", alpha=0.7
         )
     lanes.set_yticks(range(len(kinds)), kinds, fontsize=7)
-    lanes.set_title("faults")
-    answers = axes[1]
+    lanes.set_ylim(-0.6, max(len(kinds), 1) - 0.4)
+    lanes.set_title("faults (bars), alerts firing, the fleet's answers, SLIs", fontsize=10)
+    alerts = axes[1]
+    for a in r["alerts"]:
+        end = a["end"] if a["end"] is not None else r["ended_at"]
+        alerts.broken_barh(
+            [(a["start"] - t0, end - a["start"])],
+            (names.index(a["name"]) - 0.4, 0.8),
+            color="tab:orange",
+        )
+    alerts.set_yticks(range(len(names)), names, fontsize=7)
+    alerts.set_ylim(-0.6, max(len(names), 1) - 0.4)
+    answers = axes[2]
     series = r["timeline"]
     xs = [s["t"] - t0 for s in series]
     answers.plot(xs, [sum(s["ok"].values()) for s in series], label="2xx", color="tab:green")
     answers.plot(xs, [sum(s["err"].values()) for s in series], label="errors", color="tab:red")
-    answers.set_ylabel("answers/s")
-    answers.legend(loc="upper right")
-    for ax, (name, points) in zip(axes[2:], r["sli"].items(), strict=True):
+    answers.set_ylabel("fleet answers/s", fontsize=8)
+    answers.legend(loc="upper right", fontsize=7)
+    for ax, (name, points) in zip(axes[3:], r["sli"].items(), strict=True):
         ax.plot([p[0] - t0 for p in points], [p[1] for p in points], color="tab:blue")
         ax.set_ylabel(name, fontsize=8)
-    for ax in axes[1:]:
-        for f in r["faults"]:
-            ax.axvspan(
-                f["started"] - t0, (f["ended"] or r["ended_at"]) - t0, color="tab:red", alpha=0.08
-            )
+    if len(r["faults"]) <= 30:  # more would only grey the plots
+        for ax in axes[2:]:
+            for f in r["faults"]:
+                end = (f["ended"] or r["ended_at"]) - t0
+                ax.axvspan(f["started"] - t0, end, color="tab:red", alpha=0.08)
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
     axes[-1].set_xlabel("seconds since the game day started")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -167,6 +167,31 @@ def _quantile(metric: str, q: float, w: str, selector: str) -> str:
     return f"histogram_quantile({q}, sum by (le) (increase({metric}_bucket{{{selector}}}[{w}])))"
 
 
+def slo_figures(prom: Prometheus, slos: list[Slo], start: float, end: float) -> dict[str, Any]:
+    """Each SLO over the window ``[start, end]``: objective, error ratio, events, and whether
+    it held (None when the window had fewer than ``MIN_EVENTS`` events).
+
+    Raises:
+        PromError: Prometheus did not answer.
+    """
+    seconds = max(end - start, 10.0)
+    out: dict[str, Any] = {}
+    for slo in slos:
+        ratio = prom.scalar(slo.expr(seconds), end)
+        events_expr = slo.events_expr(seconds)
+        rate = prom.scalar(events_expr, end) if events_expr else None
+        count = None if rate is None else round(rate * seconds)
+        budget = 1 - slo.objective
+        judged = ratio is not None and (count is None or count >= MIN_EVENTS)
+        out[slo.name] = {
+            "objective": slo.objective,
+            "error_ratio": ratio,
+            "events": count,
+            "held": (ratio <= budget + 1e-12) if judged and ratio is not None else None,
+        }
+    return out
+
+
 def step_figures(prom: Prometheus, slos: list[Slo], start: float, end: float) -> dict[str, Any]:
     """Prometheus's view of the window ``[start, end]``: the SLOs (error ratio, events, held or
     not: None when the window had fewer than ``MIN_EVENTS`` events), queue depths (max and
@@ -178,20 +203,7 @@ def step_figures(prom: Prometheus, slos: list[Slo], start: float, end: float) ->
     seconds = max(end - start, 10.0)
     w = f"{int(seconds)}s"
     at = end
-    out: dict[str, Any] = {"slos": {}}
-    for slo in slos:
-        ratio = prom.scalar(slo.expr(seconds), at)
-        events_expr = slo.events_expr(seconds)
-        rate = prom.scalar(events_expr, at) if events_expr else None
-        count = None if rate is None else round(rate * seconds)
-        budget = 1 - slo.objective
-        judged = ratio is not None and (count is None or count >= MIN_EVENTS)
-        out["slos"][slo.name] = {
-            "objective": slo.objective,
-            "error_ratio": ratio,
-            "events": count,
-            "held": (ratio <= budget + 1e-12) if judged and ratio is not None else None,
-        }
+    out: dict[str, Any] = {"slos": slo_figures(prom, slos, start, end)}
     ready = f"rabbitmq_queue_messages_ready{{queue!~`{_QUIET}|{_PER_DEVICE}`}}"
     queues_max = prom.by_label(f"max by (queue) (max_over_time({ready}[{w}]))", at, "queue")
     queues_growth = prom.by_label(f"sum by (queue) (deriv({ready}[{w}]))", at, "queue")

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from chaos import gameday
+from chaos import gameday, gameday_report
 from chaos.gameday_run import catalog, parse_halt_on
+from loadtest.prom import Slo
 
 KINDS = [
     gameday.Kind("kill-postgres", ({"action": "kill", "target": "postgres"},), (), ("A",)),
@@ -76,3 +77,38 @@ def test_the_catalog_and_the_halt_bounds() -> None:
     }
     with pytest.raises(ValueError, match="SLO=BURN_RATE"):
         parse_halt_on("api-availability")
+
+
+class FakeProm:
+    """Answers an SLO's error ratio by the window's end time, and one event a second."""
+
+    def __init__(self, ratios: dict[float, float]) -> None:
+        self.ratios = ratios
+
+    def scalar(self, expr: str, at: float) -> float:
+        return self.ratios.get(at, 0.0) if expr.startswith("ERR") else 1.0
+
+
+def test_a_fault_that_spends_a_page_of_budget_without_any_alert_is_a_silent_breach() -> None:
+    slos = [Slo("api-availability", 0.999, "ERR[5m]", "EV[5m]")]
+    faults = [
+        # 120 s at half the answers failing: burn 500x over 150 s, 2.9 % of the 30-day budget
+        {"index": 0, "kind": "postgres-timeout", "started": 1000.0, "ended": 1120.0},
+        # the same, but an alert started 40 s in
+        {"index": 1, "kind": "redis-timeout", "started": 2000.0, "ended": 2120.0},
+        # a 10 s blip at the same ratio: 0.5 % of the budget, less than a page is for
+        {"index": 2, "kind": "kill-api-1", "started": 3000.0, "ended": 3010.0},
+    ]
+    alerts = [
+        # ComponentRestarted from an earlier kill, still firing: sticky, does not count
+        {"name": "ComponentRestarted", "start": 900.0, "end": 1500.0},
+        {"name": "DependencyProbeFailing", "start": 2040.0, "end": 2200.0},
+    ]
+    r = {"faults": faults, "alerts": alerts, "ended_at": 4000.0}
+    prom = FakeProm({1150.0: 0.5, 2150.0: 0.5, 3040.0: 0.5})
+    silent = gameday_report.judge_faults(r, prom, slos, frozenset({"ComponentRestarted"}))
+    assert [b["window"] for b in silent] == [0]
+    assert faults[0]["slos_broken"]["api-availability"]["burn"] == 500.0
+    assert faults[0]["alerts_during"] == []
+    assert faults[1]["alerts_during"] == ["DependencyProbeFailing"]
+    assert faults[2]["slos_broken"]["api-availability"]["spent"] < gameday_report.PAGE_SPEND
