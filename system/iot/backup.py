@@ -33,6 +33,7 @@ from pathlib import Path
 
 from iot.errors import IotError
 from iot.settings import Settings
+from iot.stack import ha
 
 ARCHIVE_TIMEOUT_SECONDS = 300
 
@@ -70,16 +71,19 @@ def archive_command(s: Settings) -> str:
     )
 
 
+def archive_parameters(s: Settings) -> dict[str, str]:
+    """The Postgres parameters that make it archive its WAL (Patroni's members take them as
+    parameters, the single Postgres as ``-c`` options)."""
+    return {
+        "archive_mode": "on",
+        "archive_command": archive_command(s),
+        "archive_timeout": str(ARCHIVE_TIMEOUT_SECONDS),
+    }
+
+
 def archive_settings(s: Settings) -> list[str]:
-    """The ``-c`` settings that make the stack's Postgres archive its WAL."""
-    return [
-        "-c",
-        "archive_mode=on",
-        "-c",
-        f"archive_command={archive_command(s)}",
-        "-c",
-        f"archive_timeout={ARCHIVE_TIMEOUT_SECONDS}",
-    ]
+    """The ``-c`` options that make the stack's single Postgres archive its WAL."""
+    return [a for k, v in archive_parameters(s).items() for a in ("-c", f"{k}={v}")]
 
 
 def prepare(s: Settings) -> None:
@@ -115,6 +119,14 @@ def bases(s: Settings) -> list[Base]:
     return out
 
 
+def _local(s: Settings) -> tuple[Path, int]:
+    """The stack's Postgres for superuser tools: the single one, or the HA primary."""
+    try:
+        return ha.local_postgres(s)
+    except ha.NoPrimary as exc:
+        raise BackupError(str(exc)) from exc
+
+
 def _as_postgres(
     s: Settings, tool: str, *args: str, timeout: float | None = 60
 ) -> subprocess.CompletedProcess[str]:
@@ -143,7 +155,7 @@ def _psql(s: Settings, socket_dir: Path, port: int, sql: str) -> subprocess.Comp
 
 def superuser_sql(s: Settings, sql: str) -> str:
     """Run ``sql`` as the postgres superuser over the stack's local socket; its output."""
-    r = _psql(s, s.var / "run" / "postgres", s.postgres_port, sql)
+    r = _psql(s, *_local(s), sql)
     if r.returncode != 0:
         raise BackupError(f"psql: {r.stderr.strip() or r.stdout.strip()}")
     return r.stdout.strip()
@@ -174,12 +186,13 @@ def create(s: Settings, *, compress: bool = False) -> Base:
     partial = base_dir(s) / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
+    socket_dir, port = _local(s)
     command = [
         str(s.postgres_bin_dir / "pg_basebackup"),
         "-h",
-        str(s.var / "run" / "postgres"),
+        str(socket_dir),
         "-p",
-        str(s.postgres_port),
+        str(port),
         "-U",
         "postgres",
         "-D",

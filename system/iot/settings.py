@@ -213,6 +213,11 @@ class Settings(BaseSettings):
     # writes base backups into <backup_dir>/base (iot/backup.py). Default: <home>/backups,
     # outside var/ (which `iotctl down --purge` deletes). Copy it off the machine.
     backup_dir: Path | None = None
+    # `iotctl up --ha` (kept in var/stack.env): Postgres under Patroni (two members, etcd),
+    # Redis under Sentinel, haproxy on postgres_port and redis_port (iot/stack/ha.py).
+    ha: bool = False
+    postgres_superuser_password: str = ""  # the HA members' superuser (Patroni), var/secrets.env
+    postgres_replication_password: str = ""  # the HA members' replication role
 
     # Binaries that do not come from the virtualenv.
     toxiproxy_bin: Path = PROJECT_ROOT / "var" / "bin" / "toxiproxy-server"

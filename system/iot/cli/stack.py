@@ -15,7 +15,7 @@ from iot import backup
 from iot.cli.common import fail, settings
 from iot.settings import Settings
 from iot.stack import cluster as rabbit_cluster
-from iot.stack import connections, external
+from iot.stack import connections, external, ha
 from iot.stack import setup as stack_setup
 from iot.stack.control import ControlError, Supervisor, probe, wait_healthy
 from iot.stack.processes import external_programs, programs, runs_here, service_of
@@ -83,6 +83,13 @@ def up(
         help="Three RabbitMQ nodes (rabbitmq, rabbitmq-2, rabbitmq-3) with every shared queue "
         "on each, or back to the one node (default). Kept like --api-replicas.",
     ),
+    ha_: bool | None = typer.Option(
+        None,
+        "--ha/--no-ha",
+        help="Postgres as a primary and a synchronous standby under Patroni (with a "
+        "three-member etcd), Redis with a replica under three Sentinels, haproxy on their "
+        "usual ports; or back to one of each (default). Kept like --api-replicas.",
+    ),
 ) -> None:
     """Prepare var/ (secrets, TLS, Postgres cluster, configs), start every process under the
     supervisor, apply database migrations, wait until all are healthy and print the URLs.
@@ -96,10 +103,29 @@ def up(
             "machine. Cluster it where it runs, give IOT_RABBITMQ_HOST one address for it, and "
             "run `iotctl up --no-cluster` here"
         )
+    if ha_ and {"postgres", "redis"} & set(now.external_services):
+        fail(
+            "Postgres or Redis is external (IOT_EXTERNAL_SERVICES): --ha runs their members on "
+            "this machine. Make them highly available where they run, and run "
+            "`iotctl up --no-ha` here"
+        )
+    if now.ha and ha_ is False:
+        # The single Postgres runs on patroni-1's data directory: it must be the primary's.
+        try:
+            leader = ha.primary(now)
+        except Exception:  # noqa: BLE001 - nothing answers: the stack is down, the data as left
+            leader = None
+        if leader is not None and leader.name != "patroni-1":
+            fail(
+                f"{leader.name} is the Postgres primary: switch back first "
+                f"(patronictl -c var/ha/patroni-1/patroni.yml switchover --leader {leader.name} "
+                "--candidate patroni-1 --force), then `iotctl up --no-ha`"
+            )
     shape: dict[str, int | str | None] = {
         "IOT_API_REPLICAS": api_replicas,
         "IOT_SENSOR_WORKERS": sensor_workers,
         "IOT_RABBITMQ_CLUSTER": None if cluster is None else str(cluster).lower(),
+        "IOT_HA": None if ha_ is None else str(ha_).lower(),
     }
     if any(v is not None for v in shape.values()):
         stack_setup.save_stack_shape({k: v for k, v in shape.items() if v is not None})
@@ -201,17 +227,21 @@ def _wait_postgres_socket(s: Settings, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
+            socket_dir, port = ha.local_postgres(s, timeout)
             with psycopg.connect(
-                host=str(s.var / "run" / "postgres"),
-                port=s.postgres_port,
+                host=str(socket_dir),
+                port=port,
                 user="postgres",
                 dbname="postgres",
                 connect_timeout=2,
             ):
                 return
+        except ha.NoPrimary as exc:
+            fail(str(exc))
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
-                fail(f"Postgres did not start: {exc}; see `iotctl logs postgres`")
+                logs = "patroni-1` and `iotctl logs patroni-2" if s.ha else "postgres"
+                fail(f"Postgres did not start: {exc}; see `iotctl logs {logs}`")
             time.sleep(0.5)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from iot import backup
 from iot.settings import RabbitNode, Settings
-from iot.stack import connections
+from iot.stack import connections, ha
 
 
 @dataclass
@@ -300,6 +300,9 @@ def programs(s: Settings) -> list[Program]:
             f"http:http://{h}:{s.nginx_exporter_port}/metrics",
         ),
     ]
+    if s.ha:  # Postgres and Redis highly available (stack/ha.py), on the same addresses
+        progs = [p for p in progs if p.name not in ("postgres", "redis")]
+        progs += [Program(**spec) for spec in ha.program_specs(s)]
     # Backing services that run elsewhere are neither started nor stopped here, nor are the
     # processes of roles other machines run (IOT_ROLES).
     return [
@@ -336,8 +339,18 @@ def runs_here(s: Settings, program: str) -> bool:
 
 
 def service_of(program: str) -> str:
-    """The backing service a program is (``rabbitmq-2`` is RabbitMQ), else the program."""
-    return "rabbitmq" if program.startswith("rabbitmq") else program
+    """The backing service a program is (``rabbitmq-2`` is RabbitMQ, ``patroni-1`` Postgres,
+    ``sentinel-3`` Redis), else the program."""
+    for prefix, service in (
+        ("rabbitmq", "rabbitmq"),
+        ("patroni-", "postgres"),
+        ("etcd-", "postgres"),
+        ("redis-", "redis"),
+        ("sentinel-", "redis"),
+    ):
+        if program.startswith(prefix) and program != "redis-exporter":
+            return service
+    return program
 
 
 def external_programs(s: Settings) -> list[Program]:

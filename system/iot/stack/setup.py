@@ -19,8 +19,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from iot import backup
 from iot.settings import PROJECT_ROOT, STACK_ENV, Settings
-from iot.stack import connections, roles
+from iot.stack import connections, ha, roles
 from iot.stack.processes import programs, supervisord_conf
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -57,6 +58,8 @@ SECRETS = (
     ("IOT_REDIS_PASSWORD", 24),
     ("IOT_FLOWER_PASSWORD", 24),
     ("IOT_MONITORING_PASSWORD", 24),
+    ("IOT_POSTGRES_SUPERUSER_PASSWORD", 24),
+    ("IOT_POSTGRES_REPLICATION_PASSWORD", 24),
 )
 
 
@@ -167,6 +170,8 @@ def ensure_postgres_cluster(s: Settings) -> None:
     data = s.var / "postgres" / "data"
     if (data / "PG_VERSION").exists() or "postgres" in s.external_services:
         return
+    if s.ha:  # Patroni bootstraps a new cluster itself (stack/ha.py)
+        return
     _run(
         [
             "runuser",
@@ -200,6 +205,11 @@ RELOADS = {
     "toxiproxy.json": ("toxiproxy", "sync proxies"),
     "rabbitmq-2.conf": ("rabbitmq-2", "restart"),
     "rabbitmq-3.conf": ("rabbitmq-3", "restart"),
+    # --ha (stack/ha.py): Patroni rereads its file on HUP; haproxy restarts in a moment
+    # (clients reconnect as after a failover)
+    "haproxy.cfg": ("haproxy", "restart"),
+    "patroni-1.yml": ("patroni-1", "signal HUP"),
+    "patroni-2.yml": ("patroni-2", "signal HUP"),
 }
 
 
@@ -305,6 +315,8 @@ def render_configs(s: Settings) -> list[str]:
             path.write_text(text)
             changed.append(name)
         path.chmod(0o600)
+    if s.ha and "postgres" not in s.external_services:
+        changed += ha.render(s, backup.archive_parameters(s))
     return changed
 
 
@@ -338,12 +350,9 @@ def superuser_connection(
             autocommit=autocommit,
             connect_timeout=10,
         )
+    socket_dir, port = ha.local_postgres(s)
     return psycopg.connect(
-        host=str(s.var / "run" / "postgres"),
-        port=s.postgres_port,
-        user="postgres",
-        dbname=dbname,
-        autocommit=autocommit,
+        host=str(socket_dir), port=port, user="postgres", dbname=dbname, autocommit=autocommit
     )
 
 
@@ -368,12 +377,35 @@ def bootstrap_database(s: Settings) -> None:
                 )
             )
         conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(s.postgres_user)))
+        if s.ha:
+            ha_roles(conn, s)
     # The processes' roles, with their grants in the same transaction: a process never logs in
     # as a role that lacks them (migrate() applies them again after new migrations).
     with superuser_connection(s, s.postgres_db, autocommit=False) as conn:
         roles.create(conn, dict(s.postgres_role(r) for r in roles.ROLES))
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(s.postgres_user)))
         roles.apply(conn)
+
+
+def ha_roles(conn: psycopg.Connection[Any], s: Settings) -> None:
+    """The roles Patroni's members log in with over TCP: its superuser (pg_rewind) and the
+    standby's replication role. Patroni creates them when it bootstraps a new cluster, not
+    when it takes over the single Postgres's; set either way (idempotent)."""
+    conn.execute(
+        sql.SQL("ALTER ROLE postgres PASSWORD {}").format(
+            sql.Literal(s.postgres_superuser_password)
+        )
+    )
+    verb = (
+        "ALTER"
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'replicator'").fetchone()
+        else "CREATE"
+    )
+    conn.execute(
+        sql.SQL(verb + " ROLE replicator REPLICATION LOGIN PASSWORD {}").format(
+            sql.Literal(s.postgres_replication_password)
+        )
+    )
 
 
 def migrate(database_url: str) -> list[str]:

@@ -1,0 +1,100 @@
+"""The shape of ``iotctl up --ha`` (iot/stack/ha.py): which processes replace the single
+Postgres and Redis, their configurations, and haproxy on the usual addresses. The failover
+itself is exercised on real processes by the HA experiments."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from iot import backup
+from iot.settings import Settings
+from iot.stack import ha
+from iot.stack.processes import programs, service_of, supervisord_conf
+
+
+@pytest.fixture
+def s(tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path,
+        ha=True,
+        redis_password="r-secret",
+        postgres_superuser_password="su-secret",
+        postgres_replication_password="repl-secret",
+    )
+
+
+def test_ha_replaces_the_single_postgres_and_redis_with_members_haproxy_and_consensus(s):
+    names = [p.name for p in programs(s)]
+    assert "postgres" not in names and "redis" not in names
+    for name in ("etcd-1", "etcd-2", "etcd-3", "patroni-1", "patroni-2", "redis-1", "redis-2"):
+        assert name in names
+    assert {"sentinel-1", "sentinel-2", "sentinel-3", "haproxy"} <= set(names)
+    by_name = {p.name: p for p in programs(s)}
+    assert by_name["patroni-1"].user == "postgres"
+    assert by_name["haproxy"].probe == "sql"  # healthy only when a query reaches a primary
+    # every member listens on a port of its own, none on the addresses haproxy takes
+    ports = [*ha.ETCD_CLIENT_PORTS, *ha.ETCD_PEER_PORTS, *ha.PG_PORTS, *ha.PATRONI_REST_PORTS]
+    ports += [*ha.REDIS_PORTS, *ha.SENTINEL_PORTS, ha.HAPROXY_STATS_PORT]
+    assert len(ports) == len(set(ports))
+    assert not {s.postgres_port, s.redis_port} & set(ports)
+    conf = supervisord_conf(s, programs(s))
+    assert "[program:patroni-2]" in conf and "[program:postgres]" not in conf
+    # the members are Postgres's and Redis's: an external Postgres or Redis excludes them
+    assert {service_of(n) for n in ("patroni-1", "etcd-2")} == {"postgres"}
+    assert {service_of(n) for n in ("redis-2", "sentinel-1")} == {"redis"}
+    assert service_of("redis-exporter") == "redis-exporter"
+    without = Settings(home=s.home, ha=False)
+    assert "postgres" in [p.name for p in programs(without)]
+
+
+def test_patroni_runs_a_synchronous_pair_on_etcds_v2_api_and_archives_its_wal(s):
+    params = backup.archive_parameters(s)
+    first, second = (ha.patroni_config(s, m, params) for m in ha.pg_members(s))
+    assert "etcd" in first and "etcd3" not in first  # v2: no acknowledged write lost on rejoin
+    assert len(first["etcd"]["hosts"]) == 3
+    dcs = first["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] is True and dcs["postgresql"]["use_pg_rewind"] is True
+    assert dcs["postgresql"]["parameters"]["archive_command"] == backup.archive_command(s)
+    # the first member takes over the single Postgres's data: --ha keeps it
+    assert first["postgresql"]["data_dir"] == str(s.var / "postgres" / "data")
+    assert second["postgresql"]["data_dir"] != first["postgresql"]["data_dir"]
+    assert first["postgresql"]["listen"] != second["postgresql"]["listen"]
+    auth = first["postgresql"]["authentication"]
+    assert auth["replication"] == {"username": "replicator", "password": "repl-secret"}
+    assert "host replication replicator 127.0.0.1/32 scram-sha-256" in first["postgresql"]["pg_hba"]
+
+
+def test_haproxy_sends_postgres_to_the_primary_and_redis_to_the_master(s):
+    cfg = ha.haproxy_cfg(s)
+    assert f"bind 127.0.0.1:{s.postgres_port}" in cfg and f"bind 127.0.0.1:{s.redis_port}" in cfg
+    assert "option httpchk GET /primary" in cfg
+    for m in ha.pg_members(s):
+        assert f"server {m.name} 127.0.0.1:{m.port} check port {m.rest_port}" in cfg
+    assert "tcp-check expect string role:master" in cfg
+    assert "on-marked-down shutdown-sessions" in cfg
+    if shutil.which("haproxy"):  # the packages of `scripts/setup.sh --ha`
+        path = s.home / "haproxy.cfg"
+        path.write_text(cfg)
+        check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_render_keeps_what_sentinel_rewrote_and_hides_the_passwords(s):
+    changed = ha.render(s, backup.archive_parameters(s))
+    assert {"haproxy.cfg", "patroni-1.yml", "redis-2.conf", "sentinel-3.conf"} <= set(changed)
+    sentinel = s.var / "ha" / "sentinel-1" / "sentinel.conf"
+    assert "sentinel monitor iot 127.0.0.1 6391 2" in sentinel.read_text()
+    replica = (s.var / "ha" / "redis-2" / "redis.conf").read_text()
+    assert "replicaof 127.0.0.1 6391" in replica and "masterauth r-secret" in replica
+    sentinel.write_text(sentinel.read_text() + "sentinel known-replica iot 127.0.0.1 6392\n")
+    assert ha.render(s, backup.archive_parameters(s)) == []  # nothing changed, nothing undone
+    assert "known-replica" in sentinel.read_text()
+    patroni = ha.pg_members(s)[1].home / "patroni.yml"
+    assert yaml.safe_load(patroni.read_text())["name"] == "patroni-2"
+    for path in (patroni, s.var / "conf" / "haproxy.cfg", sentinel):
+        assert path.stat().st_mode & 0o077 == 0, path
