@@ -300,30 +300,23 @@ def program_specs(s: Settings) -> list[dict[str, Any]]:
                 "stopwaitsecs": 60,
             }
         )
-    for i, port in enumerate(REDIS_PORTS, 1):
-        conf = s.var / "ha" / f"redis-{i}" / "redis.conf"
-        specs.append(
-            {
-                "name": f"redis-{i}",
-                "command": ["/usr/bin/redis-server", str(conf)],
-                "group": "data",
-                "priority": 10,
-                "probe": f"tcp:{port}",
-                "url": f"redis://{h}:{port}",
-            }
-        )
-    for i, port in enumerate(SENTINEL_PORTS, 1):
-        conf = s.var / "ha" / f"sentinel-{i}" / "sentinel.conf"
-        specs.append(
-            {
-                "name": f"sentinel-{i}",
-                "command": ["/usr/bin/redis-sentinel", str(conf)],
-                "group": "data",
-                "priority": 11,
-                "probe": f"tcp:{port}",
-                "url": f"redis://{h}:{port}",
-            }
-        )
+    redis = [
+        ("redis", "redis-server", REDIS_PORTS, 10),
+        ("sentinel", "redis-sentinel", SENTINEL_PORTS, 11),
+    ]
+    for kind, binary, ports, priority in redis:
+        for i, port in enumerate(ports, 1):
+            conf = s.var / "ha" / f"{kind}-{i}" / f"{kind}.conf"
+            specs.append(
+                {
+                    "name": f"{kind}-{i}",
+                    "command": [f"/usr/bin/{binary}", str(conf)],
+                    "group": "data",
+                    "priority": priority,
+                    "probe": f"tcp:{port}",
+                    "url": f"redis://{h}:{port}",
+                }
+            )
     specs.append(
         {
             "name": "haproxy",
