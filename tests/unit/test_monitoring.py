@@ -227,7 +227,8 @@ def test_runbook_iotctl_commands_exist(page: str, words: tuple[str, ...], option
     assert set(options) <= known, f"{shown}: unknown options {set(options) - known}"
     if path in COMPONENT_COMMANDS and arguments:
         s = Settings(secret_key="s" * 32, postgres_password="p" * 24, rabbitmq_password="r" * 24)
-        names = {p.name for p in programs(s)}
+        ha = s.model_copy(update={"ha": True})  # the --ha members' pages name them too
+        names = {p.name for p in programs(s)} | {p.name for p in programs(ha)}
         assert arguments[0] in names, f"{shown}: no component {arguments[0]!r}"
 
 

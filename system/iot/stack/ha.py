@@ -211,6 +211,8 @@ def sentinel_conf(s: Settings, i: int) -> str:
                 f"sentinel down-after-milliseconds {REDIS_MASTER_NAME} 5000",
                 f"sentinel failover-timeout {REDIS_MASTER_NAME} 30000",
                 f"sentinel parallel-syncs {REDIS_MASTER_NAME} 1",
+                # the Redis exporter scrapes the Sentinels with Redis's password
+                f"requirepass {s.redis_password}",
             ]
         )
         + "\n"
@@ -328,6 +330,24 @@ def program_specs(s: Settings) -> list[dict[str, Any]]:
         }
     )
     return specs
+
+
+def scrape_targets(s: Settings) -> dict[str, str]:
+    """Prometheus's targets of the HA members (prometheus.yml's placeholders): Patroni's REST
+    API, etcd, haproxy's exporter, the Sentinels (scraped through the Redis exporter). Empty
+    lists without ``--ha``."""
+    h = s.host
+    on = s.ha and "postgres" not in s.external_services
+
+    def listed(ports: tuple[int, ...]) -> str:
+        return ", ".join(f'"{h}:{p}"' for p in ports) if on else ""
+
+    return {
+        "patroni_targets": listed(PATRONI_REST_PORTS),
+        "etcd_targets": listed(ETCD_CLIENT_PORTS),
+        "haproxy_targets": listed((HAPROXY_STATS_PORT,)),
+        "sentinel_targets": listed(SENTINEL_PORTS),
+    }
 
 
 def render(s: Settings, parameters: dict[str, str]) -> list[str]:

@@ -259,6 +259,7 @@ def render_configs(s: Settings) -> list[str]:
     values["api_targets"] = ", ".join(f'"{a}"' for a in api)
     values["worker_sensors_targets"] = ", ".join(f'"{a}"' for a in sensors)
     values["worker_commandlog_targets"] = ", ".join(f'"{a}"' for a in commandlog)
+    values.update(ha.scrape_targets(s))
     nodes = s.rabbitmq_nodes
     values["rabbitmq_targets"] = ", ".join(
         f'"{s.rabbitmq_host}:{n.prometheus_port}"' for n in nodes
