@@ -15,7 +15,7 @@ import pika
 
 from chaos.toxiproxy import Toxiproxy
 from iot.settings import Settings
-from iot.stack import cluster
+from iot.stack import cluster, ha
 from iot.stack.control import ControlError, Supervisor, rabbitmq_api
 
 # Toxic presets by fault name: (toxic type, attributes, stream).
@@ -25,6 +25,10 @@ TOXICS: dict[str, tuple[str, dict[str, Any], str]] = {
     "reset_peer": ("reset_peer", {"timeout": 500}, "upstream"),
     "bandwidth": ("bandwidth", {"rate": 16}, "downstream"),  # KB/s
 }
+
+
+# Members of `iotctl up --ha` named by their role when the fault starts (kept for the rollback).
+HA_TARGETS = frozenset({"pg-primary", "pg-standby", "redis-master", "redis-replica"})
 
 
 class ActionError(RuntimeError):
@@ -54,6 +58,9 @@ class Actions:
         most client connections (the API's and workers')."""
         if target in self.resolved:
             return self.resolved[target]
+        if target in HA_TARGETS:
+            self.resolved[target] = self._ha_member(target)
+            return self.resolved[target]
         if target.startswith("leader:"):
             name = self._leader(target.partition(":")[2])
         elif target == "busiest-node":
@@ -65,6 +72,25 @@ class Actions:
             raise ActionError(f"{target}: {name!r} is not one of our RabbitMQ nodes")
         self.resolved[target] = program
         return program
+
+    def _ha_member(self, target: str) -> str:
+        """The member of ``iotctl up --ha`` a role names, when the fault starts."""
+        if not self.s.ha:
+            raise ActionError(f"{target} needs the highly available data tier: `iotctl up --ha`")
+        if target.startswith("pg-"):
+            leader = ha.primary(self.s)
+            if leader is None:
+                raise ActionError("no Postgres member is primary")
+            members = [m.name for m in ha.pg_members(self.s)]
+            others = [n for n in members if n != leader.name]
+            return leader.name if target == "pg-primary" else others[0]
+        masters = ha.redis_masters(self.s)
+        if len(masters) != 1:
+            raise ActionError(f"expected one Redis master, found {masters or 'none'}")
+        replicas = [f"redis-{i}" for i in range(1, len(ha.REDIS_PORTS) + 1)]
+        return (
+            masters[0] if target == "redis-master" else next(n for n in replicas if n != masters[0])
+        )
 
     def _leader(self, queue: str) -> str:
         for q in cluster.queues(self.s):

@@ -21,11 +21,12 @@ app = typer.Typer(
 @app.command("list")
 def list_experiments() -> None:
     """Every experiment with its fault and expected alert."""
-    for name in experiment.names() + experiment.cluster_names():
+    for name in experiment.names() + experiment.cluster_names() + experiment.ha_names():
         e = experiment.load(name)
         fault = ", ".join(f"{a['action']} {a['target']}" for a in e.method)
         typer.echo(f"{name:<28} {e.title:<40} {fault}  (alert: {', '.join(e.expect_alert)})")
     typer.echo(f"({', '.join(experiment.cluster_names())}: with `iotctl up --cluster` only)")
+    typer.echo(f"({', '.join(experiment.ha_names())}: with `iotctl up --ha` only)")
 
 
 @app.command("summary")
@@ -91,7 +92,8 @@ def run(
     ] = None,
 ) -> None:
     """Run experiments; a report per run goes to reports/chaos/ (JSON, Markdown, plot).
-    --all includes the cluster's experiments when the stack runs the RabbitMQ cluster.
+    --all includes the cluster's experiments when the stack runs the RabbitMQ cluster, and
+    the HA tier's under `iotctl up --ha`.
     Exit status 1 if any lost, duplicated or unexpected item, or a missed recovery bound
     (with --load: also a load reading answered 201 that is not in Postgres)."""
     if bool(name) == run_all:
@@ -100,7 +102,7 @@ def run(
     background = load_options(load, load_processes, load_devices_file)
     settings = get_settings()
     failed = []
-    every = experiment.names() + (experiment.cluster_names() if settings.rabbitmq_cluster else [])
+    every = experiment.for_stack(settings)
     for n in every if run_all else [name or ""]:
         try:
             exp = experiment.load(n)

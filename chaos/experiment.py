@@ -36,6 +36,7 @@ from loadtest.runner import LoadError
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
 CLUSTER = EXPERIMENTS / "cluster"  # need `iotctl up --cluster` (three RabbitMQ nodes)
+HA = EXPERIMENTS / "ha"  # need `iotctl up --ha` (Patroni, Sentinel, haproxy)
 UNSAFE = Path(__file__).parent / "unsafe"  # deliberately unsafe runs that must FAIL the check
 WARMUP_SECONDS = 5
 WARMUP_WINDOWS = 3  # the steady state must hold for one whole window within this many
@@ -75,8 +76,9 @@ class Experiment:
 
 def load(name: str, folder: Path = EXPERIMENTS) -> Experiment:
     path = folder / f"{name}.yml"
-    if not path.exists() and folder == EXPERIMENTS:
-        path = CLUSTER / f"{name}.yml"
+    for other in (CLUSTER, HA) if folder == EXPERIMENTS else ():
+        if not path.exists():
+            path = other / f"{name}.yml"
     if not path.exists():
         raise ExperimentError(f"no experiment {name!r}; `iotctl chaos list` shows them")
     data = yaml.safe_load(path.read_text())
@@ -94,6 +96,21 @@ def names() -> list[str]:
 def cluster_names() -> list[str]:
     """The experiments that need the RabbitMQ cluster."""
     return sorted(p.stem for p in CLUSTER.glob("*.yml"))
+
+
+def ha_names() -> list[str]:
+    """The experiments that need the highly available data tier."""
+    return sorted(p.stem for p in HA.glob("*.yml"))
+
+
+def for_stack(settings: Settings) -> list[str]:
+    """Every experiment this stack can run: the matrix, and the cluster's and the HA tier's
+    when it runs them."""
+    return (
+        names()
+        + (cluster_names() if settings.rabbitmq_cluster else [])
+        + (ha_names() if settings.ha else [])
+    )
 
 
 def run(
@@ -170,6 +187,8 @@ def _run(
     fault_seconds = fault_seconds if fault_seconds is not None else exp.fault_seconds
     if exp.name in cluster_names() and not settings.rabbitmq_cluster:
         raise ExperimentError(f"{exp.name} needs the RabbitMQ cluster: `iotctl up --cluster`")
+    if exp.name in ha_names() and not settings.ha:
+        raise ExperimentError(f"{exp.name} needs the HA data tier: `iotctl up --ha`")
     load_status = background.status if background is not None else None
     actions = Actions(settings)
     sampler = probes.Sampler(settings)

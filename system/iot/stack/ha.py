@@ -430,3 +430,22 @@ def local_postgres(s: Settings, timeout: float = 60.0) -> tuple[Path, int]:
                 " and `iotctl logs patroni-2`"
             )
         time.sleep(1)
+
+
+def redis_masters(s: Settings, timeout: float = 2.0) -> list[str]:
+    """The Redis members (``redis-1``, ...) that say ``role:master`` now."""
+    import redis
+
+    out = []
+    for i, port in enumerate(REDIS_PORTS, 1):
+        client = redis.Redis(
+            host=s.host, port=port, password=s.redis_password, socket_timeout=timeout
+        )
+        try:
+            if client.info("replication").get("role") == "master":
+                out.append(f"redis-{i}")
+        except (redis.RedisError, OSError):
+            continue
+        finally:
+            client.close()
+    return out
