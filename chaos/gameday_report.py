@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
-from chaos import gameday  # noqa: E402
+from chaos import alertwindows, gameday  # noqa: E402
 from chaos.fleet import Timeline  # noqa: E402
 from chaos.ledger import loss_problems  # noqa: E402
 from chaos.report import REPORTS, counts_table  # noqa: E402
@@ -153,8 +153,6 @@ def build(
     if not drained:
         problems.append("the fleet did not drain")
     still = sorted(left - sticky)
-    if still:
-        problems.append(f"alert(s) still firing after the recovery window: {', '.join(still)}")
     if halted:
         problems.append(f"halted: {halted}")
     if load and load.get("readings", {}).get("missing"):
@@ -187,15 +185,53 @@ def build(
     return r
 
 
+LEFT = "alert(s) still firing after the recovery window"
+
+
+def left_firing(
+    r: dict[str, Any], prom: Prometheus, sticky: frozenset[str]
+) -> tuple[list[str], list[str]] | None:
+    """The alerts firing when the game day stopped waiting for them (``quiet_after_heal_s``
+    after the last heal), from Prometheus's ALERTS series: (left firing, still within their
+    own window). A burn-rate alert outlasts its cause by its short window by design (30
+    minutes for the 6h/30m page), as any alert does by the range its expression averages
+    over (``alertwindows``): those are reported, not counted. None if Prometheus does not
+    answer."""
+    at = r["healed_at"] + r["alerts_quiet_after_heal_s"]
+    try:
+        firing = prom.query('ALERTS{alertstate="firing"}', at)
+    except PromError:
+        return None
+    windows = alertwindows.load()
+    left, within = set(), set()
+    for labels, _ in firing:
+        name = labels.get("alertname", "")
+        if name in sticky or name in r.get("alerts_before", []):
+            continue
+        if at - r["healed_at"] < alertwindows.clears_within({"labels": labels}, windows):
+            within.add(name)
+        else:
+            left.add(name)
+    return sorted(left - within), sorted(within)
+
+
 def judge(r: dict[str, Any], prom: Prometheus, sticky: frozenset[str]) -> None:
-    """Add each fault's SLO breaches and alerts to report ``r``; a silent breach is a
-    problem (every fault that spends a page's worth of budget must alert someone)."""
+    """Add each fault's SLO breaches and alerts to report ``r``, and the alerts left firing
+    by their own windows; a silent breach is a problem (every fault that spends a page's
+    worth of budget must alert someone), as is an alert left firing past its window."""
     try:
         slos = load_slos()
     except PromError:
         slos = []
     r["silent_breaches"] = judge_faults(r, prom, slos, sticky)
-    r["problems"] = [p for p in r["problems"] if not p.startswith("silent breach")]
+    r["problems"] = [
+        p for p in r["problems"] if not p.startswith("silent breach") and not p.startswith(LEFT)
+    ]
+    found = left_firing(r, prom, sticky) if r.get("alerts_judged") else None
+    if found is not None:
+        r["alerts_left_firing"], r["alerts_within_window"] = found
+    if r.get("alerts_left_firing"):
+        r["problems"].append(f"{LEFT}: {', '.join(r['alerts_left_firing'])}")
     for b in r["silent_breaches"]:
         r["problems"].append(
             f"silent breach: fault {b['window']} ({b['kind']}) broke "
@@ -280,6 +316,13 @@ def markdown(r: dict[str, Any]) -> str:
             f"window {o['recovery']:g} s, then up to {o['settle']:g} s for burn-rate alerts' "
             "short windows): " + (", ".join(r["alerts_left_firing"]) or "none") + "."
         )
+        if r.get("alerts_within_window"):
+            lines.append(
+                "Still firing within their own window (a burn-rate alert until its short window "
+                "has passed since the heal; not counted): "
+                + ", ".join(r["alerts_within_window"])
+                + "."
+            )
     if r["alerts_before"]:
         lines.append("Firing before the game day, not judged: " + ", ".join(r["alerts_before"]))
     if r["breaches"]:

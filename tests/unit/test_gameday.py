@@ -112,3 +112,28 @@ def test_a_fault_that_spends_a_page_of_budget_without_any_alert_is_a_silent_brea
     assert faults[0]["alerts_during"] == []
     assert faults[1]["alerts_during"] == ["DependencyProbeFailing"]
     assert faults[2]["slos_broken"]["api-availability"]["spent"] < gameday_report.PAGE_SPEND
+
+
+class FakeAlerts:
+    def __init__(self, firing: list[dict[str, str]]) -> None:
+        self.firing = firing
+
+    def query(self, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
+        return [(labels, 1.0) for labels in self.firing]
+
+
+def test_an_alert_still_within_its_own_window_is_not_left_firing() -> None:
+    r = {"healed_at": 1000.0, "alerts_quiet_after_heal_s": 465.0, "alerts_before": ["Old"]}
+    prom = FakeAlerts(
+        [
+            # the 6h/30m page: its 30-minute short window still holds the faults
+            {"alertname": "CommandLatencyBudgetBurn", "long": "6h", "short": "30m"},
+            # a 1-minute rate alert 465 s after the heal: it should have cleared
+            {"alertname": "APIHighErrorRate"},
+            {"alertname": "ComponentRestarted", "instance": "127.0.0.1:8101"},
+            {"alertname": "Old"},
+        ]
+    )
+    left, within = gameday_report.left_firing(r, prom, frozenset({"ComponentRestarted"}))
+    assert left == ["APIHighErrorRate"]
+    assert within == ["CommandLatencyBudgetBurn"]
