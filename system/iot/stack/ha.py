@@ -211,8 +211,10 @@ def sentinel_conf(s: Settings, i: int) -> str:
                 f"sentinel down-after-milliseconds {REDIS_MASTER_NAME} 5000",
                 f"sentinel failover-timeout {REDIS_MASTER_NAME} 30000",
                 f"sentinel parallel-syncs {REDIS_MASTER_NAME} 1",
-                # the Redis exporter scrapes the Sentinels with Redis's password
+                # the Redis exporter scrapes the Sentinels with Redis's password, and the
+                # Sentinels use it with each other
                 f"requirepass {s.redis_password}",
+                f"sentinel sentinel-pass {s.redis_password}",
             ]
         )
         + "\n"
