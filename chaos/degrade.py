@@ -26,6 +26,7 @@ from chaos.experiment import STICKY_ALERTS
 from chaos.toxiproxy import Toxiproxy
 
 LINKS = ("postgres", "rabbitmq", "redis")
+QUIET_LIMIT = 150.0  # seconds a rest may grow while a quick alert of the last strength clears
 
 
 @dataclass(frozen=True)
@@ -219,9 +220,24 @@ def sweep(
 
     steps: list[Step] = []
 
+    def quiet(limit: float) -> None:
+        """Wait (up to ``limit`` s) until no alert is firing but the burn-rate ones (their
+        5-minute short window outlasts any rest; a step counts them only when they start
+        during it) and the sticky ones: a quick alert left from the previous strength would
+        be in this one's baseline and not be seen firing again."""
+        until = clock() + limit
+        while clock() < until:
+            firing = sample()
+            if firing is not None and not [
+                n for n, _ in firing if not n.endswith("BudgetBurn") and n not in STICKY_ALERTS
+            ]:
+                return
+            sleep(2.0)
+
     def trial(index: int) -> bool:
         if steps:
             wait(rest)
+            quiet(QUIET_LIMIT)
         strength = ladder.strengths[index]
         attributes, toxicity = ladder.toxic_args(strength)
         name = f"degrade_{kind}"
