@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -122,10 +123,13 @@ class Fleet:
         reading_interval: float = 0.5,
         command_rate: float = 5.0,
         lease: float = 30.0,
+        relogin: Callable[[], str] | None = None,
     ) -> None:
         self.base_url = base_url
         self.devices = devices
         self.operator = {"Authorization": f"Bearer {operator_token}"}
+        self.relogin = relogin  # a fresh operator token when the old one expires (401)
+        self._relogged = 0.0
         self.ledger = ledger
         self.timeline = timeline
         self.reading_interval = reading_interval
@@ -255,26 +259,41 @@ class Fleet:
     async def _send_command(self, http: httpx.AsyncClient, d: SimDevice, n: int) -> None:
         key = str(uuid.uuid4())
         body = {"device_id": d.id, "name": "chaos", "args": {"n": n}, "ttl": 3600}
-        headers = {**self.operator, "Idempotency-Key": key}
         self.pending_commands += 1
         try:
             while not self.stop_all.is_set():
+                sent_with = self.operator
+                headers = {**sent_with, "Idempotency-Key": key}
                 r = await self._send(
                     http, "commands", "POST", "/commands", json=body, headers=headers
                 )
                 if r is not None and r.status_code == 201:
                     self.ledger.accept_command(r.json()["id"], d.id)
                     return
+                if r is not None and r.status_code == 401:
+                    # the token expired: another task may have a new one already
+                    if self.operator is not sent_with or await self._fresh_token():
+                        continue
                 if r is not None and r.status_code in (400, 401, 403, 404, 422):
                     raise RuntimeError(f"command refused for good: {r.status_code} {r.text}")
                 await asyncio.sleep(_retry_after(r))
         finally:
             self.pending_commands -= 1
 
+    async def _fresh_token(self) -> bool:
+        """After a 401: a new operator token, at most once a minute (a token refused again
+        right after is refused for good)."""
+        if self.relogin is None or time.monotonic() - self._relogged < 60:
+            return False
+        self._relogged = time.monotonic()
+        token = await asyncio.to_thread(self.relogin)
+        self.operator = {"Authorization": f"Bearer {token}"}
+        return True
+
     async def _reader(self, http: httpx.AsyncClient) -> None:
         while not self.stop_load.is_set():
             d = random.choice(self.devices)
-            await self._send(
+            r = await self._send(
                 http,
                 "sensor_reads",
                 "GET",
@@ -282,4 +301,6 @@ class Fleet:
                 params={"device_id": d.id},
                 headers=self.operator,
             )
+            if r is not None and r.status_code == 401:
+                await self._fresh_token()
             await asyncio.sleep(1.0)

@@ -19,7 +19,7 @@ class Identity:
     def __init__(self, s: Settings, n: int) -> None:
         self.s = s
         self.username = f"chaos-{uuid.uuid4().hex[:10]}"
-        password = uuid.uuid4().hex
+        password = self._password = uuid.uuid4().hex
         self.user_id = uuid.uuid4()
         with psycopg.connect(s.database_direct_url, autocommit=True) as conn:
             conn.execute(
@@ -40,6 +40,16 @@ class Identity:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    def login(self) -> str:
+        """A fresh access token (tokens expire after an hour; a game day lasts longer)."""
+        with httpx.Client(base_url=self.s.base_url, timeout=30) as http:
+            r = http.post(
+                "/auth/token", json={"username": self.username, "password": self._password}
+            )
+            r.raise_for_status()
+        self.token = r.json()["access_token"]
+        return self.token
+
     def remove(self) -> None:
         with httpx.Client(base_url=self.s.base_url, timeout=30) as http:
             for d in self.devices:
@@ -53,6 +63,12 @@ class Identity:
         ledger = Ledger(devices=[d.id for d in self.devices])
         timeline = Timeline()
         fleet = Fleet(
-            self.s.base_url, self.devices, self.token, ledger, timeline, command_rate=command_rate
+            self.s.base_url,
+            self.devices,
+            self.token,
+            ledger,
+            timeline,
+            command_rate=command_rate,
+            relogin=self.login,
         )
         return ledger, timeline, fleet
