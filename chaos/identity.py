@@ -51,6 +51,7 @@ class Identity:
         return self.token
 
     def remove(self) -> None:
+        self.login()  # the run may have outlasted the token
         with httpx.Client(base_url=self.s.base_url, timeout=30) as http:
             for d in self.devices:
                 http.delete(f"/devices/{d.id}", headers=self.headers)
