@@ -297,7 +297,11 @@ def restore(
         os.chown(p, _uid("postgres"), _gid("postgres"))
     data_dir.chmod(0o700)
     log = data_dir / "restore.log"
-    options = f"-p {port} -k {data_dir} -c listen_addresses={s.host} -c max_connections=20"
+    # Recovery refuses settings lower than the primary's (max_connections and friends): take
+    # them from the backup's own control file.
+    options = f"-p {port} -k {data_dir} -c listen_addresses={s.host}" + "".join(
+        f" -c {k}={v}" for k, v in _primary_limits(s, data_dir).items()
+    )
     r = _as_postgres(
         s,
         "pg_ctl",
@@ -322,6 +326,29 @@ def restore(
             return restored_pid(data_dir)
         time.sleep(0.5)
     raise BackupError(f"the restored Postgres still replays WAL after {timeout:g} s: see {log}")
+
+
+_CONTROL_LIMITS = {
+    "max_connections setting": "max_connections",
+    "max_worker_processes setting": "max_worker_processes",
+    "max_wal_senders setting": "max_wal_senders",
+    "max_prepared_xacts setting": "max_prepared_transactions",
+    "max_locks_per_xact setting": "max_locks_per_transaction",
+}
+
+
+def _primary_limits(s: Settings, data_dir: Path) -> dict[str, str]:
+    """The settings a hot standby's recovery needs at least as high as the primary's, read
+    with pg_controldata from the restored data directory."""
+    r = _as_postgres(s, "pg_controldata", str(data_dir))
+    if r.returncode != 0:
+        raise BackupError(f"pg_controldata {data_dir}: {r.stderr.strip()}")
+    out = {}
+    for line in r.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in _CONTROL_LIMITS:
+            out[_CONTROL_LIMITS[key.strip()]] = value.strip()
+    return out
 
 
 def restored_sql(s: Settings, data_dir: Path, port: int, sql: str) -> str:

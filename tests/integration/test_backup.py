@@ -48,7 +48,7 @@ def send(person: Person, device, n: int) -> list[str]:
     ids = []
     for i in range(n):
         r = person.send(device, "set", {"step": i})
-        assert r.status_code == 202, r.text
+        assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     return ids
 
