@@ -202,6 +202,7 @@ def sweep(
     progress: Callable[[str], None],
     search: str = "up",
     on_step: Callable[[Step], None] = lambda step: None,
+    active: Callable[[], set[str]] = set,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Step]:
@@ -221,17 +222,19 @@ def sweep(
     steps: list[Step] = []
 
     def quiet(limit: float) -> None:
-        """Wait (up to ``limit`` s) until no alert is firing but the burn-rate ones (their
-        5-minute short window outlasts any rest; a step counts them only when they start
-        during it) and the sticky ones: a quick alert left from the previous strength would
-        be in this one's baseline and not be seen firing again."""
+        """Wait (up to ``limit`` s) until no alert is pending, and none firing but the
+        burn-rate ones (their 5-minute short window outlasts any rest; a step counts them only
+        when they start during it) and the sticky ones. A quick alert left from the previous
+        strength would be in this one's baseline and not be seen firing again; one still
+        pending would fire during this one and be taken for its."""
         until = clock() + limit
         while clock() < until:
             firing = sample()
-            if firing is not None and not [
-                n for n, _ in firing if not n.endswith("BudgetBurn") and n not in STICKY_ALERTS
-            ]:
-                return
+            if firing is not None:
+                names = {n for n, _ in firing}
+                busy = [n for n in names if not n.endswith("BudgetBurn") and n not in STICKY_ALERTS]
+                if not busy and not (active() - names - STICKY_ALERTS):
+                    return
             sleep(2.0)
 
     def trial(index: int) -> bool:
@@ -374,6 +377,7 @@ def run(
                     progress=progress,
                     search=search,
                     on_step=record,
+                    active=lambda: probes.active_alerts(settings) or set(),
                 )
     finally:
         toxiproxy.reset()

@@ -4,12 +4,14 @@ Every ``INTERVAL_SECONDS`` the replica times one fixed exchange with Postgres an
 Redis, each on a connection of its own (not the request pools: a pool busy with load would
 time the queue for a connection, not the link):
 
-- Postgres: ``SELECT repeat('x', 16384)``: one round trip and 16 KiB back;
-- Redis: ``ECHO`` of 16 KiB: one round trip, 16 KiB each way.
+- Postgres: ``SELECT repeat('x', 2048)``: one round trip and 2 KiB back;
+- Redis: ``ECHO`` of 2 KiB: one round trip, 2 KiB each way.
 
-The payload makes the probe see a narrow link as well as a slow one: on a healthy local link
-the exchange takes about a millisecond; 100 ms of added latency adds 100 ms; a link cut to
-64 KB/s adds a quarter of a second. A probe that gets no answer within ``TIMEOUT_SECONDS``, or
+2 KiB is of the order of the product's common answers (a command with its events, a
+device's latest readings), so a narrow link slows the probe about as much as that traffic:
+on a healthy local link the exchange takes about a millisecond; 100 ms of added latency adds
+100 ms; a link cut to 16 KB/s adds an eighth of a second. (With 16 KiB it paged for narrow
+links that broke no SLO: `iotctl chaos degrade`, docs/decisions.md.) A probe that gets no answer within ``TIMEOUT_SECONDS``, or
 whose connection is reset, counts as a failure and its connection is opened anew next time.
 
 The probe runs in a thread of its own with blocking clients, not on the event loop: a replica
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 5.0
 TIMEOUT_SECONDS = 5.0
-PAYLOAD_BYTES = 16384
+PAYLOAD_BYTES = 2048
 _ECHO = b"x" * PAYLOAD_BYTES
 
 

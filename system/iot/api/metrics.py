@@ -70,7 +70,7 @@ CACHE_ERRORS = Counter("iot_cache_errors_total", "Redis calls that failed in the
 DEPENDENCY_ROUNDTRIP = Histogram(
     "iot_dependency_roundtrip_seconds",
     "Time of the dependency probe's fixed exchange with a backing service (one round trip, "
-    "16 KiB of answer), on a connection of its own; failed probes are not observed",
+    "2 KiB of answer), on a connection of its own; failed probes are not observed",
     ["dependency"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
