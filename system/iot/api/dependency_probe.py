@@ -11,8 +11,9 @@ time the queue for a connection, not the link):
 device's latest readings), so a narrow link slows the probe about as much as that traffic:
 on a healthy local link the exchange takes about a millisecond; 100 ms of added latency adds
 100 ms; a link cut to 16 KB/s adds an eighth of a second. (With 16 KiB it paged for narrow
-links that broke no SLO: `iotctl chaos degrade`, docs/decisions.md.) A probe that gets no answer within ``TIMEOUT_SECONDS``, or
-whose connection is reset, counts as a failure and its connection is opened anew next time.
+links that broke no SLO: `iotctl chaos degrade`, docs/decisions.md.) A probe that gets no
+answer within ``TIMEOUT_SECONDS``, or whose connection is reset, counts as a failure and its
+connection is opened anew next time.
 
 The probe runs in a thread of its own with blocking clients, not on the event loop: a replica
 busy with requests delays its loop's callbacks, and the probe would time that queue instead of
