@@ -375,20 +375,18 @@ def render(s: Settings, parameters: dict[str, str]) -> list[str]:
         path.chmod(0o600)  # passwords
         if path.name == "patroni.yml":
             shutil.chown(path, "postgres", "postgres")
-    for i in range(1, len(REDIS_PORTS) + 1):
-        path = s.var / "ha" / f"redis-{i}" / "redis.conf"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(redis_conf(s, i))
-            path.chmod(0o600)
-            changed.append(f"redis-{i}.conf")
-    for i in range(1, len(SENTINEL_PORTS) + 1):
-        path = s.var / "ha" / f"sentinel-{i}" / "sentinel.conf"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(sentinel_conf(s, i))
-            path.chmod(0o600)
-            changed.append(f"sentinel-{i}.conf")
+    once = [
+        ("redis", len(REDIS_PORTS), redis_conf),
+        ("sentinel", len(SENTINEL_PORTS), sentinel_conf),
+    ]
+    for kind, count, make in once:
+        for i in range(1, count + 1):
+            path = s.var / "ha" / f"{kind}-{i}" / f"{kind}.conf"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(make(s, i))
+                path.chmod(0o600)
+                changed.append(f"{kind}-{i}.conf")
     return changed
 
 
