@@ -55,6 +55,10 @@ CONNECT_ERROR_MEMORY_SECONDS = 10.0  # a failed connect this recent makes a shor
 _last_used: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
     weakref.WeakKeyDictionary()
 )
+# monotonic time at which each pool's check of an idle connection last failed (``_check``)
+_check_failed_at: weakref.WeakKeyDictionary[AsyncConnectionPool, float] = (
+    weakref.WeakKeyDictionary()
+)
 # monotonic time at which each pool last had a use finish in time (``connection``)
 _answered_at: weakref.WeakKeyDictionary[AsyncConnectionPool, float] = weakref.WeakKeyDictionary()
 
@@ -122,6 +126,11 @@ async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
     watchdog = loop.call_later(CHECK_TIMEOUT_SECONDS, sever, conn)
     try:
         await AsyncConnectionPool.check_connection(conn)
+    except Exception:
+        pool = getattr(conn, "_pool", None)  # set by the pool before it checks
+        if pool is not None:
+            _check_failed_at[pool] = time.monotonic()
+        raise
     finally:
         watchdog.cancel()
 
@@ -138,12 +147,20 @@ def _answering(pool: AsyncConnectionPool) -> bool:
 
 
 def _connecting_fails(pool: AsyncConnectionPool) -> bool:
-    """Whether a pool that had no connection to give has too few because connecting fails
-    (an outage: a connection attempt failed within CONNECT_ERROR_MEMORY_SECONDS), rather than
-    because all it has are in use or it is still opening them."""
+    """Whether a pool that had no connection to give has none because the database is away
+    (an outage) rather than because all it has are in use or it is still opening them: a
+    connection attempt, or the check of an idle connection, failed within
+    CONNECT_ERROR_MEMORY_SECONDS.
+
+    The check counts because a pool whose idle connections all went stale spends its whole
+    wait checking one against a database that does not answer (CHECK_TIMEOUT_SECONDS), then
+    has "no connection": read as busy, that request was retried and the next ones waited for
+    their own checks, and a request took 9 s and more to be told 503."""
+    now = time.monotonic()
+    if now - _check_failed_at.get(pool, float("-inf")) < CONNECT_ERROR_MEMORY_SECONDS:
+        return True
     stats = pool.get_stats()
     errors = stats.get("connections_errors", 0)
-    now = time.monotonic()
     seen, last_failed = _connect_errors.get(pool, (0, float("-inf")))
     if errors > seen:
         last_failed = now

@@ -118,6 +118,9 @@ def test_with_postgres_black_holed_requests_answer_503_in_time_then_recover(
     finally:
         proxy.remove_toxic("postgres", toxic)
         proxy.close()
+        # every replica, not only the one serving this person, has its database back before
+        # the next test (its device may be served by another), whatever this one found
+        wait_database_back(settings)
     for r in answers:
         assert r.status_code == 503, r.text
         assert int(r.headers["Retry-After"]) >= 1 and "database" in r.json()["detail"]
@@ -126,9 +129,6 @@ def test_with_postgres_black_holed_requests_answer_503_in_time_then_recover(
         timeout=20,
         what="GET /devices answering 200 again",
     )
-    # every replica, not only the one serving this person, has its database back (the next
-    # test's device may be served by another)
-    wait_database_back(settings)
 
 
 def test_a_full_pool_answers_busy_without_failing_every_other_request(settings, monkeypatch):

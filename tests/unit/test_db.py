@@ -96,6 +96,18 @@ def test_a_short_pool_whose_connects_failed_lately_is_an_outage(monkeypatch) -> 
     assert db._connecting_fails(pool) is True  # type: ignore[arg-type]
 
 
+def test_a_pool_whose_idle_connection_failed_its_check_lately_is_an_outage(monkeypatch) -> None:
+    # every connection still counted in the pool, none answering its check: the database is
+    # away (black-holed), not busy, so requests fail at once instead of each waiting a check
+    pool = _Pool(size=20)
+    assert db._connecting_fails(pool) is False  # type: ignore[arg-type]
+    db._check_failed_at[pool] = time.monotonic()  # type: ignore[index]
+    assert db._connecting_fails(pool) is True  # type: ignore[arg-type]
+    later = time.monotonic() + db.CONNECT_ERROR_MEMORY_SECONDS + 1
+    monkeypatch.setattr(db.time, "monotonic", lambda: later)
+    assert db._connecting_fails(pool) is False  # type: ignore[arg-type]
+
+
 def test_the_api_pool_opens_every_connection_other_pools_grow() -> None:
     from iot.settings import Settings
 
