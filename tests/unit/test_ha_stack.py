@@ -98,3 +98,12 @@ def test_render_keeps_what_sentinel_rewrote_and_hides_the_passwords(s):
     assert yaml.safe_load(patroni.read_text())["name"] == "patroni-2"
     for path in (patroni, s.var / "conf" / "haproxy.cfg", sentinel):
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_patroni_fails_over_within_the_promise_and_by_its_own_rule(s) -> None:
+    dcs = ha.patroni_config(s, ha.pg_members(s)[0], {})["bootstrap"]["dcs"]
+    # Patroni refuses timings that break loop_wait + 2 * retry_timeout <= ttl
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
+    # a lost leader is replaced at worst ttl + loop_wait after its last renewal: inside the
+    # 30 s in which commands must be accepted and delivered again
+    assert dcs["ttl"] + dcs["loop_wait"] < 30

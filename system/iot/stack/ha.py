@@ -41,6 +41,9 @@ SENTINEL_QUORUM = 2
 REDIS_MASTER_NAME = "iot"
 HAPROXY_STATS_PORT = 8404
 SCOPE = "iot"
+TTL_SECONDS = 15
+LOOP_WAIT_SECONDS = 3
+RETRY_TIMEOUT_SECONDS = 6
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,14 @@ def patroni_config(s: Settings, member: PgMember, parameters: dict[str, str]) ->
         "etcd": {"hosts": [f"{h}:{p}" for p in ETCD_CLIENT_PORTS]},
         "bootstrap": {
             "dcs": {
-                "ttl": 30,
-                "loop_wait": 10,
-                "retry_timeout": 10,
+                # A lost primary's leader key lapses TTL_SECONDS after its last renewal and
+                # the standby takes it at its next loop: 12-18 s, within the product's promise
+                # of commands accepted and delivered again 30 s after the primary is lost.
+                # Patroni's defaults (30/10/10) took 20-34 s in docs/ha-engines.md's bench.
+                # Its rule: loop_wait + 2 * retry_timeout <= ttl.
+                "ttl": TTL_SECONDS,
+                "loop_wait": LOOP_WAIT_SECONDS,
+                "retry_timeout": RETRY_TIMEOUT_SECONDS,
                 "maximum_lag_on_failover": 1048576,
                 # A commit waits for the standby: a failover loses no acknowledged write.
                 "synchronous_mode": True,
