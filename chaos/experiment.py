@@ -323,6 +323,7 @@ def _run(
                 "alerts_after_recovery": (
                     None if silence is None else {**silence, "seconds_after_rollback": silent_at}
                 ),
+                "errors_for_seconds": timeline.errors_for(fault_start, fault_end),
                 "timeline": timeline.series(),
                 "error_causes": dict(timeline.causes),
                 "backlog": sampler.backlog,

@@ -60,6 +60,16 @@ class Timeline:
     def errors_between(self, start: float, end: float) -> int:
         return sum(self.errors_by_kind(start, end).values())
 
+    def errors_for(self, start: float, end: float) -> float:
+        """Seconds from ``start`` to the end of the last second in [start, end) with an error
+        answer (0: none). For a fault held while the system fails over (a primary killed
+        and kept down), how long after the fault requests still failed."""
+        with self.lock:
+            last = max(
+                (s for s, v in self.err.items() if start <= s + 1 and s < end and v), default=None
+            )
+        return 0.0 if last is None else round(max(last + 1 - start, 0.0), 1)
+
     def requests_between(self, start: float, end: float) -> int:
         with self.lock:
             ok = sum(sum(v.values()) for s, v in self.ok.items() if start <= s < end)

@@ -9,6 +9,7 @@ import subprocess
 import time
 from typing import Annotated
 
+import httpx
 import typer
 
 from iot import backup
@@ -109,18 +110,14 @@ def up(
             "this machine. Make them highly available where they run, and run "
             "`iotctl up --no-ha` here"
         )
-    if now.ha and ha_ is False:
+    if now.ha and ha_ is False and Supervisor(now).running():
         # The single Postgres runs on patroni-1's data directory: it must be the primary's.
         try:
-            leader = ha.primary(now)
-        except Exception:  # noqa: BLE001 - nothing answers: the stack is down, the data as left
-            leader = None
-        if leader is not None and leader.name != "patroni-1":
-            fail(
-                f"{leader.name} is the Postgres primary: switch back first "
-                f"(patronictl -c var/ha/patroni-1/patroni.yml switchover --leader {leader.name} "
-                "--candidate patroni-1 --force), then `iotctl up --no-ha`"
-            )
+            was = ha.switch_back(now)
+        except (ha.NoPrimary, httpx.HTTPError) as exc:
+            fail(f"cannot go back to one Postgres: {exc}")
+        if was:
+            typer.echo(f"switched the Postgres primary over from {was} to patroni-1")
     shape: dict[str, int | str | None] = {
         "IOT_API_REPLICAS": api_replicas,
         "IOT_SENSOR_WORKERS": sensor_workers,

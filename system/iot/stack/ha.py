@@ -413,6 +413,36 @@ def primary(s: Settings, timeout: float = 2.0) -> PgMember | None:
     return None
 
 
+def switch_back(s: Settings, timeout: float = 90.0) -> str | None:
+    """Make patroni-1 the primary again (the single Postgres of ``--no-ha`` runs on its data):
+    a switchover through Patroni's REST API when another member leads, then a wait until
+    patroni-1 answers as the primary. Returns the member that led before, or None when
+    patroni-1 already did.
+
+    Raises:
+        NoPrimary: no member leads, or patroni-1 did not become the primary within ``timeout``.
+    """
+    first = pg_members(s)[0]
+    leader = primary(s)
+    if leader is None:
+        raise NoPrimary("no Postgres member is primary: see `iotctl logs patroni-1`")
+    if leader.name == first.name:
+        return None
+    r = httpx.post(
+        f"http://{s.host}:{leader.rest_port}/switchover",
+        json={"leader": leader.name, "candidate": first.name},
+        timeout=timeout,
+    )
+    if r.status_code != 200:
+        raise NoPrimary(f"Patroni refused the switchover to {first.name}: {r.text.strip()}")
+    deadline = time.monotonic() + timeout
+    while (now := primary(s)) is None or now.name != first.name:
+        if time.monotonic() > deadline:
+            raise NoPrimary(f"{first.name} is not the primary {timeout:g} s after the switchover")
+        time.sleep(1)
+    return leader.name
+
+
 class NoPrimary(RuntimeError):
     """No Postgres member is primary (a failover in progress, or the cluster not up)."""
 

@@ -1,0 +1,133 @@
+"""The highly available data tier (`iotctl up --ha`): Postgres under Patroni, a primary and a
+synchronous standby on a three-member etcd; Redis with a replica under three Sentinels;
+haproxy where the single Postgres and Redis listened. Its experiments (short forms) lose
+nothing, a killed primary is replaced and commands are accepted and delivered again within
+30 s, each killed member comes back in its new role, and `iotctl up --no-ha` goes back to one
+Postgres with every row.
+
+The module switches the shared stack to HA and back, so it runs with the other chaos
+experiments (marker `chaos`) and leaves the stack in the mode it found it in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from chaos import experiment, report
+from iot.settings import Settings
+from iot.stack import ha
+from tests.chaos.test_cluster import iotctl_up
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
+
+FAILOVER_PROMISE_SECONDS = 30  # commands accepted and delivered again after a primary is lost
+RESTORE: dict[str, bool] = {}  # "single": the module switched the stack to HA
+
+
+@pytest.fixture(scope="module")
+def ha_stack() -> Iterator[Settings]:
+    """The stack with the HA data tier for the module; the mode it was in afterwards (the last
+    test switches back and checks it; this is the fallback if it did not run)."""
+    if not Settings().ha:
+        RESTORE["single"] = True
+        iotctl_up("--ha")
+    try:
+        yield Settings()
+    finally:
+        if RESTORE.pop("single", False):
+            iotctl_up("--no-ha")
+
+
+def patroni_members(s: Settings) -> dict[str, dict]:
+    for m in ha.pg_members(s):
+        try:
+            r = httpx.get(f"http://{s.host}:{m.rest_port}/cluster", timeout=3)
+            return {x["name"]: x for x in r.json()["members"]}
+        except (httpx.HTTPError, ValueError, KeyError):
+            continue
+    return {}
+
+
+def wait_pair(s: Settings, timeout: float = 120) -> dict[str, dict]:
+    """Both Postgres members up: one leader and one synchronous standby streaming from it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = patroni_members(s)
+        roles = sorted(m.get("role", "") for m in members.values())
+        streaming = [m for m in members.values() if m.get("role") == "sync_standby"]
+        if roles == ["leader", "sync_standby"] and streaming[0].get("state") == "streaming":
+            return members
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no leader with a streaming synchronous standby: {members}")
+        time.sleep(2)
+
+
+def sentinel_master(s: Settings, port: int) -> tuple[str, int]:
+    client = redis.Redis(host=s.host, port=port, password=s.redis_password, socket_timeout=3)
+    try:
+        host, master_port = client.execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", ha.REDIS_MASTER_NAME
+        )
+        return host.decode(), int(master_port)
+    finally:
+        client.close()
+
+
+def command_rows(s: Settings) -> int:
+    with psycopg.connect(s.database_direct_url, connect_timeout=10) as conn:
+        row = conn.execute("SELECT count(*) FROM commands").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_postgres_has_a_synchronous_standby_and_redis_a_watched_replica(ha_stack: Settings):
+    s = ha_stack
+    wait_pair(s)
+    assert ha.primary(s) is not None
+    masters = ha.redis_masters(s)
+    assert len(masters) == 1, masters
+    port = ha.REDIS_PORTS[int(masters[0].rsplit("-", 1)[1]) - 1]
+    for sentinel in ha.SENTINEL_PORTS:
+        assert sentinel_master(s, sentinel) == (s.host, port)
+    # the product reaches the primary through haproxy, on the single Postgres's address
+    assert command_rows(s) >= 0
+    primary_port = ha.primary(s).port  # type: ignore[union-attr]
+    with psycopg.connect(s.database_direct_url, connect_timeout=10) as conn:
+        row = conn.execute("SELECT inet_server_port(), pg_is_in_recovery()").fetchone()
+    assert row == (primary_port, False)
+
+
+@pytest.mark.parametrize("name", experiment.ha_names())
+def test_ha_experiment_loses_nothing_and_the_member_comes_back(ha_stack: Settings, name: str):
+    result = experiment.run(experiment.load(name), ha_stack)
+    folder = report.write(result)
+    for kind, counts in result["counts"].items():
+        assert counts["clean"], f"{kind}: {counts} (report: {folder})"
+    assert result["drained"], f"did not drain (report: {folder})"
+    assert result["passed"], f"{result['problems']} (report: {folder})"
+    if name == "ha-kill-primary":
+        # the primary stayed down for the whole fault: every request failed over to the
+        # standby; the last failure tells how long the product was without a primary
+        errors_for = result["errors_for_seconds"]
+        print(f"{name}: requests failed for {errors_for} s after the kill (report: {folder})")
+        assert errors_for <= FAILOVER_PROMISE_SECONDS, f"{errors_for} s (report: {folder})"
+    # the killed member is back, in its new role: a standby streaming again, or a replica
+    wait_pair(ha_stack)
+    assert len(ha.redis_masters(ha_stack)) == 1
+
+
+def test_back_to_one_postgres_keeps_every_row(ha_stack: Settings):
+    if not RESTORE.get("single"):
+        pytest.skip("the stack had the HA data tier before this module: it keeps it")
+    rows = command_rows(ha_stack)
+    out = iotctl_up("--no-ha")  # switches the primary back to patroni-1 first if needed
+    RESTORE.pop("single")
+    s = Settings()
+    assert not s.ha, out
+    assert command_rows(s) == rows
+    assert ha.primary(s) is None  # no Patroni answers any more
