@@ -61,8 +61,14 @@ def wait_pair(s: Settings, timeout: float = 120) -> dict[str, dict]:
         members = patroni_members(s)
         roles = sorted(m.get("role", "") for m in members.values())
         streaming = [m for m in members.values() if m.get("role") == "sync_standby"]
-        if roles == ["leader", "sync_standby"] and streaming[0].get("state") == "streaming":
-            return members
+        # Patroni 3.0 says "running" for a standby that replays (later ones "streaming"); its
+        # lag in bytes is known only while it replicates
+        if roles == ["leader", "sync_standby"] and streaming[0].get("state") in (
+            "running",
+            "streaming",
+        ):
+            if isinstance(streaming[0].get("lag"), int) and streaming[0]["lag"] < 16 << 20:
+                return members
         if time.monotonic() > deadline:
             raise AssertionError(f"no leader with a streaming synchronous standby: {members}")
         time.sleep(2)

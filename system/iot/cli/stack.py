@@ -170,6 +170,8 @@ def up(
     if "postgres" not in s.external_services:  # external: prepared above
         _wait_postgres_socket(s, timeout)
         stack_setup.bootstrap_database(s)
+        if s.ha:  # haproxy needs two good checks of the primary before it routes to it
+            _wait_routed(s, timeout)
     applied = stack_setup.migrate(s.database_direct_url)
     typer.echo(
         f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else "")
@@ -239,6 +241,26 @@ def _wait_postgres_socket(s: Settings, timeout: float) -> None:
             if time.monotonic() > deadline:
                 logs = "patroni-1` and `iotctl logs patroni-2" if s.ha else "postgres"
                 fail(f"Postgres did not start: {exc}; see `iotctl logs {logs}`")
+            time.sleep(0.5)
+
+
+def _wait_routed(s: Settings, timeout: float) -> None:
+    """Wait until a query through haproxy (the product's address of Postgres) reaches the
+    primary."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(s.database_direct_url, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+                return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                fail(
+                    f"haproxy does not reach the Postgres primary: {exc}; "
+                    "see `iotctl logs haproxy`"
+                )
             time.sleep(0.5)
 
 

@@ -298,11 +298,21 @@ def program_specs(s: Settings) -> list[dict[str, Any]]:
                 "url": f"http://{h}:{client}",
             }
         )
-    for m in pg_members(s):
+    join = str(Path(__file__).with_name("ha_join.py"))
+    etcd = [f"http://{h}:{p}" for p in ETCD_CLIENT_PORTS]
+    for i, m in enumerate(pg_members(s)):
+        conf = str(m.home / "patroni.yml")
+        # the first member takes over (or creates) the cluster; the others wait for it to
+        # exist, so that none of them bootstraps an empty one of its own (ha_join.py)
+        command = (
+            ["/usr/bin/patroni", conf]
+            if i == 0
+            else ["/usr/bin/python3", join, str(m.data_dir), conf, *etcd]
+        )
         specs.append(
             {
                 "name": m.name,
-                "command": ["/usr/bin/patroni", str(m.home / "patroni.yml")],
+                "command": command,
                 "group": "data",
                 "priority": 10,
                 # 200 while its Postgres runs, primary or standby

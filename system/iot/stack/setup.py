@@ -167,10 +167,11 @@ def ensure_certificate(s: Settings) -> None:
 
 
 def ensure_postgres_cluster(s: Settings) -> None:
+    """The single Postgres's cluster (var/postgres/data), created when missing. With ``--ha``
+    too: the first Patroni member takes it over, so that member always holds the product's
+    data and ``--no-ha`` finds it there."""
     data = s.var / "postgres" / "data"
     if (data / "PG_VERSION").exists() or "postgres" in s.external_services:
-        return
-    if s.ha:  # Patroni bootstraps a new cluster itself (stack/ha.py)
         return
     _run(
         [
