@@ -124,7 +124,13 @@ def test_ha_experiment_loses_nothing_and_the_member_comes_back(ha_stack: Setting
         assert errors_for <= FAILOVER_PROMISE_SECONDS, f"{errors_for} s (report: {folder})"
     # the killed member is back, in its new role: a standby streaming again, or a replica
     wait_pair(ha_stack)
-    assert len(ha.redis_masters(ha_stack)) == 1
+    # one Redis master, the one every Sentinel names (the killed master restarts as a replica)
+    deadline = time.monotonic() + 30
+    while len(masters := ha.redis_masters(ha_stack)) != 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(masters) == 1, masters
+    port = ha.REDIS_PORTS[int(masters[0].rsplit("-", 1)[1]) - 1]
+    assert {sentinel_master(ha_stack, p) for p in ha.SENTINEL_PORTS} == {(ha_stack.host, port)}
 
 
 def test_back_to_one_postgres_keeps_every_row(ha_stack: Settings):

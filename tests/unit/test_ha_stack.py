@@ -107,3 +107,23 @@ def test_patroni_fails_over_within_the_promise_and_by_its_own_rule(s) -> None:
     # a lost leader is replaced at worst ttl + loop_wait after its last renewal: inside the
     # 30 s in which commands must be accepted and delivered again
     assert dcs["ttl"] + dcs["loop_wait"] < 30
+
+
+def test_members_join_the_cluster_in_the_role_it_gives_them(s, tmp_path: Path) -> None:
+    """patroni-2 waits for the cluster to exist (never bootstraps its own); every Redis member
+    asks the Sentinels who is master before it starts (never a second master)."""
+    from iot.stack import ha_join
+
+    commands = {spec["name"]: spec["command"] for spec in ha.program_specs(s)}
+    assert commands["patroni-1"][0] == "/usr/bin/patroni"
+    assert commands["patroni-2"][1].endswith("ha_join.py") and commands["patroni-2"][2] == "patroni"
+    for name in ("redis-1", "redis-2"):
+        assert commands[name][1:3] == [str(Path(ha_join.__file__)), "redis"]
+        assert commands[name][4:] == [str(p) for p in ha.SENTINEL_PORTS]
+    conf = tmp_path / "redis.conf"
+    conf.write_text(ha.redis_conf(s, 2))
+    parsed = ha_join._conf(str(conf))
+    assert parsed["bind"] == s.host and parsed["port"] == str(ha.REDIS_PORTS[1])
+    assert parsed["requirepass"] == "r-secret"
+    # no Sentinel answers (nothing listens on these ports): start with the file's own role
+    assert ha_join.current_master(s.host, "r-secret", [1, 2]) is None

@@ -307,7 +307,7 @@ def program_specs(s: Settings) -> list[dict[str, Any]]:
         command = (
             ["/usr/bin/patroni", conf]
             if i == 0
-            else ["/usr/bin/python3", join, str(m.data_dir), conf, *etcd]
+            else ["/usr/bin/python3", join, "patroni", str(m.data_dir), conf, *etcd]
         )
         specs.append(
             {
@@ -326,13 +326,21 @@ def program_specs(s: Settings) -> list[dict[str, Any]]:
         ("redis", "redis-server", REDIS_PORTS, 10),
         ("sentinel", "redis-sentinel", SENTINEL_PORTS, 11),
     ]
+    sentinels = [str(p) for p in SENTINEL_PORTS]
     for kind, binary, ports, priority in redis:
         for i, port in enumerate(ports, 1):
             conf = s.var / "ha" / f"{kind}-{i}" / f"{kind}.conf"
+            # a Redis member starts as the replica of whoever the Sentinels name master now
+            # (ha_join.py), never as a second master
+            command = (
+                ["/usr/bin/python3", join, "redis", str(conf), *sentinels]
+                if kind == "redis"
+                else [f"/usr/bin/{binary}", str(conf)]
+            )
             specs.append(
                 {
                     "name": f"{kind}-{i}",
-                    "command": [f"/usr/bin/{binary}", str(conf)],
+                    "command": command,
                     "group": "data",
                     "priority": priority,
                     "probe": f"tcp:{port}",
