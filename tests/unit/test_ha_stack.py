@@ -13,7 +13,7 @@ import yaml
 
 from iot import backup
 from iot.settings import Settings
-from iot.stack import ha
+from iot.stack import ha, ha_conf
 from iot.stack.processes import programs, service_of, supervisord_conf
 
 
@@ -54,7 +54,7 @@ def test_ha_replaces_the_single_postgres_and_redis_with_members_haproxy_and_cons
 
 def test_patroni_runs_a_synchronous_pair_on_etcds_v2_api_and_archives_its_wal(s):
     params = backup.archive_parameters(s)
-    first, second = (ha.patroni_config(s, m, params) for m in ha.pg_members(s))
+    first, second = (ha_conf.patroni_config(s, m, params) for m in ha.pg_members(s))
     assert "etcd" in first and "etcd3" not in first  # v2: no acknowledged write lost on rejoin
     assert len(first["etcd"]["hosts"]) == 3
     dcs = first["bootstrap"]["dcs"]
@@ -70,7 +70,7 @@ def test_patroni_runs_a_synchronous_pair_on_etcds_v2_api_and_archives_its_wal(s)
 
 
 def test_haproxy_sends_postgres_to_the_primary_and_redis_to_the_master(s):
-    cfg = ha.haproxy_cfg(s)
+    cfg = ha_conf.haproxy_cfg(s)
     assert f"bind 127.0.0.1:{s.postgres_port}" in cfg and f"bind 127.0.0.1:{s.redis_port}" in cfg
     assert "option httpchk GET /primary" in cfg
     for m in ha.pg_members(s):
@@ -85,14 +85,14 @@ def test_haproxy_sends_postgres_to_the_primary_and_redis_to_the_master(s):
 
 
 def test_render_keeps_what_sentinel_rewrote_and_hides_the_passwords(s):
-    changed = ha.render(s, backup.archive_parameters(s))
+    changed = ha_conf.render(s, backup.archive_parameters(s))
     assert {"haproxy.cfg", "patroni-1.yml", "redis-2.conf", "sentinel-3.conf"} <= set(changed)
     sentinel = s.var / "ha" / "sentinel-1" / "sentinel.conf"
     assert "sentinel monitor iot 127.0.0.1 6391 2" in sentinel.read_text()
     replica = (s.var / "ha" / "redis-2" / "redis.conf").read_text()
     assert "replicaof 127.0.0.1 6391" in replica and "masterauth r-secret" in replica
     sentinel.write_text(sentinel.read_text() + "sentinel known-replica iot 127.0.0.1 6392\n")
-    assert ha.render(s, backup.archive_parameters(s)) == []  # nothing changed, nothing undone
+    assert ha_conf.render(s, backup.archive_parameters(s)) == []  # nothing changed, nothing undone
     assert "known-replica" in sentinel.read_text()
     patroni = ha.pg_members(s)[1].home / "patroni.yml"
     assert yaml.safe_load(patroni.read_text())["name"] == "patroni-2"
@@ -101,7 +101,7 @@ def test_render_keeps_what_sentinel_rewrote_and_hides_the_passwords(s):
 
 
 def test_patroni_fails_over_within_the_promise_and_by_its_own_rule(s) -> None:
-    dcs = ha.patroni_config(s, ha.pg_members(s)[0], {})["bootstrap"]["dcs"]
+    dcs = ha_conf.patroni_config(s, ha.pg_members(s)[0], {})["bootstrap"]["dcs"]
     # Patroni refuses timings that break loop_wait + 2 * retry_timeout <= ttl
     assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
     # a lost leader is replaced at worst ttl + loop_wait after its last renewal: inside the
@@ -121,7 +121,7 @@ def test_members_join_the_cluster_in_the_role_it_gives_them(s, tmp_path: Path) -
         assert commands[name][1:3] == [str(Path(ha_join.__file__)), "redis"]
         assert commands[name][4:] == [str(p) for p in ha.SENTINEL_PORTS]
     conf = tmp_path / "redis.conf"
-    conf.write_text(ha.redis_conf(s, 2))
+    conf.write_text(ha_conf.redis_conf(s, 2))
     parsed = ha_join._conf(str(conf))
     assert parsed["bind"] == s.host and parsed["port"] == str(ha.REDIS_PORTS[1])
     assert parsed["requirepass"] == "r-secret"

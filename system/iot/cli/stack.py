@@ -118,6 +118,16 @@ def up(
             fail(f"cannot go back to one Postgres: {exc}")
         if was:
             typer.echo(f"switched the Postgres primary over from {was} to patroni-1")
+        sup = Supervisor(now)
+        for member in reversed(ha.pg_members(now)):  # the standby first: no failover
+            sup.stop_program(member.name)
+        for name in ha.stop_leftover_postgres(now):
+            typer.echo(f"{name}: stopped its Postgres, left running by Patroni")
+    if ha_ and not now.ha:
+        # coming from the single Postgres (which ran on patroni-1's data): the standby's copy
+        # is stale, it copies the primary again
+        for name in ha.forget_standbys(now):
+            typer.echo(f"{name}: its copy of the data is behind the single Postgres: copied again")
     shape: dict[str, int | str | None] = {
         "IOT_API_REPLICAS": api_replicas,
         "IOT_SENSOR_WORKERS": sensor_workers,

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from iot import backup
 from iot.settings import PROJECT_ROOT, STACK_ENV, Settings
-from iot.stack import connections, ha, roles
+from iot.stack import connections, ha, ha_conf, roles
 from iot.stack.processes import programs, supervisord_conf
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -318,7 +318,7 @@ def render_configs(s: Settings) -> list[str]:
             changed.append(name)
         path.chmod(0o600)
     if s.ha and "postgres" not in s.external_services:
-        changed += ha.render(s, backup.archive_parameters(s))
+        changed += ha_conf.render(s, backup.archive_parameters(s))
     return changed
 
 
