@@ -17,7 +17,10 @@ down:
 status:
 	$(VENV)/iotctl status
 
+# The HA experiments (tests/chaos/test_ha.py) switch the stack to `iotctl up --ha` and back:
+# they need the failover engines installed.
 test: setup
+	bash scripts/setup-ha.sh
 	$(VENV)/ruff check system tests loadtest chaos
 	$(VENV)/mypy system
 	$(VENV)/iotctl up
@@ -43,6 +46,7 @@ bench:
 
 # The long form of every chaos experiment (the short forms run in `make test`).
 chaos: setup
+	bash scripts/setup-ha.sh
 	$(VENV)/iotctl up
 	$(VENV)/iotctl chaos run --all --long
 

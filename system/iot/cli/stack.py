@@ -110,6 +110,11 @@ def up(
             "this machine. Make them highly available where they run, and run "
             "`iotctl up --no-ha` here"
         )
+    if (ha_ or (ha_ is None and now.ha)) and not ha.engines_installed():
+        fail(
+            "--ha needs Patroni, etcd, haproxy and Redis Sentinel: run `scripts/setup.sh --ha` "
+            "(or `iotctl up --no-ha`)"
+        )
     if now.ha and ha_ is False and Supervisor(now).running():
         # The single Postgres runs on patroni-1's data directory: it must be the primary's.
         try:

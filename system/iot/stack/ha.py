@@ -70,6 +70,14 @@ def pg_members(s: Settings) -> list[PgMember]:
     return out
 
 
+ENGINES = ("/usr/bin/patroni", "/usr/bin/etcd", "/usr/sbin/haproxy", "/usr/bin/redis-sentinel")
+
+
+def engines_installed() -> bool:
+    """Whether the programs ``--ha`` runs are installed (``scripts/setup.sh --ha``)."""
+    return all(Path(p).exists() for p in ENGINES)
+
+
 def etcd_cluster(s: Settings) -> str:
     return ",".join(f"etcd-{i}=http://{s.host}:{peer}" for i, peer in enumerate(ETCD_PEER_PORTS, 1))
 
