@@ -16,7 +16,7 @@ import pika
 from chaos.toxiproxy import Toxiproxy
 from iot.settings import Settings
 from iot.stack import cluster, ha
-from iot.stack.control import ControlError, Supervisor, rabbitmq_api
+from iot.stack.control import Supervisor, rabbitmq_api
 
 # Toxic presets by fault name: (toxic type, attributes, stream).
 TOXICS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -136,13 +136,42 @@ class Actions:
 
     def _kill_hold(self, target: str) -> None:
         """kill -9 of a program, then keep it stopped until the rollback (``ensure_running``)
-        starts it: a node that stays lost for the whole fault, not only while it restarts."""
-        self._kill(target)
+        starts it: a node that stays lost for the whole fault, not only while it restarts.
+
+        The process group is frozen (SIGSTOP) before the supervisor is told to stop it, then
+        killed. Killed first, the supervisor restarted it within a second and the stop that
+        followed reached the new process as a SIGTERM: a graceful shutdown, not a crash
+        (Patroni then hands its leader key over at once, and the failover measured 7 s
+        instead of the 15-18 s of a crash)."""
+        info = self.supervisor.info().get(target)
+        if not info or not info.get("pid"):
+            raise ActionError(f"{target} is not running; cannot kill it")
+        groups = [int(info["pid"]), *self._postgres_group(target)]
+        for group in groups:  # no signal handled, no exit, until the SIGKILL
+            os.killpg(group, signal.SIGSTOP)
         try:
-            self.supervisor.stop_program(target)
-        except ControlError as exc:
-            if "not running" not in str(exc):
-                raise
+            self.supervisor.mark_stopping(target)  # its SIGTERM waits, never delivered
+        finally:
+            for group in groups:
+                os.killpg(group, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while self.supervisor.info().get(target, {}).get("statename") != "STOPPED":
+            if time.monotonic() > deadline:
+                raise ActionError(f"{target} did not stop after kill -9")
+            time.sleep(0.2)
+
+    def _postgres_group(self, program: str) -> list[int]:
+        """The process group of a Patroni member's Postgres (the postmaster and its backends):
+        Patroni starts it in a session of its own, so killing Patroni's group leaves it
+        running. Empty for any other program, or when it does not run."""
+        for m in ha.pg_members(self.s):
+            if m.name == program:
+                try:
+                    pid = int((m.data_dir / "postmaster.pid").read_text().split()[0])
+                    return [os.getpgid(pid)]
+                except (OSError, ValueError, IndexError):
+                    return []
+        return []
 
     def _ensure_running(self, target: str, timeout: float = 60) -> None:
         """Rollback of a kill: make sure the supervisor has the program running again."""

@@ -112,6 +112,11 @@ class Supervisor:
     def stop_program(self, name: str) -> None:
         self._ctl("stop", name)
 
+    def mark_stopping(self, name: str) -> None:
+        """Ask the supervisor to stop a program without waiting for it to exit: from then on
+        it does not restart the program when its process ends."""
+        self._call("stopProcess", name, False)
+
     def start_program(self, name: str) -> None:
         """Start a program; one already running is fine."""
         try:
