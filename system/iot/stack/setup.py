@@ -194,6 +194,14 @@ def ensure_postgres_cluster(s: Settings) -> None:
     )
 
 
+# RabbitMQ's syslog library runs during its boot (and again when a plugin starts it) and opens
+# a UDP socket for sending even when nothing goes to syslog; by default on every interface
+# (`ss -lun` shows it: tests/security/test_exposure.py). Bound to loopback here.
+RABBITMQ_ADVANCED = (
+    "%% Rendered by `iotctl up`.\n"
+    "[{syslog, [{protocol, {rfc3164, udp, [{ip, {127, 0, 0, 1}}]}}]}].\n"
+)
+
 # Which program reads which rendered file, and how it picks up a change while running.
 RELOADS = {
     "nginx.conf": ("nginx", "signal HUP"),
@@ -201,6 +209,7 @@ RELOADS = {
     "alertmanager.yml": ("alertmanager", "signal HUP"),
     "redis.conf": ("redis", "restart"),
     "rabbitmq.conf": ("rabbitmq", "restart"),
+    "rabbitmq-advanced.config": ("rabbitmq", "restart"),
     # proxies added or removed through toxiproxy's API (stack/cluster.py), not a restart that
     # would cut every connection
     "toxiproxy.json": ("toxiproxy", "sync proxies"),
@@ -291,7 +300,7 @@ def render_configs(s: Settings) -> list[str]:
         # for people's curl (runbooks): `curl -K var/conf/monitoring.curl URL`, no password in ps
         "monitoring.curl": f'user = "{s.monitoring_user}:{s.monitoring_password}"\n',
         "rabbitmq-env.conf": "# our node is configured by environment variables\n",
-        "rabbitmq-advanced.config": "[].\n",
+        "rabbitmq-advanced.config": RABBITMQ_ADVANCED,
         "supervisord.conf": supervisord_conf(s, programs(s)),
     }
     if s.external_services:
