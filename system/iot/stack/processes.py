@@ -67,6 +67,11 @@ def programs(s: Settings) -> list[Program]:
                 "shared_buffers=256MB",
                 "-c",
                 "log_min_messages=warning",
+                # one Postgres waits for no standby, whatever Patroni left in postgresql.conf
+                # (after `--no-ha` it runs on patroni-1's data: a commit waiting for a standby
+                # that is gone would hang every write)
+                "-c",
+                "synchronous_standby_names=",
                 # supervisord expands %(...)s in a command: the archive command's %p and %f
                 # reach Postgres as written only when doubled
                 *(c.replace("%", "%%") for c in backup.archive_settings(s)),

@@ -368,8 +368,13 @@ def superuser_connection(
 
 
 def bootstrap_database(s: Settings) -> None:
-    """Create the application role and database (as the cluster's superuser, over the socket)."""
+    """Create the application role and database (as the cluster's superuser, over the socket).
+
+    Both sessions keep their failed statements out of Postgres's log: a statement that sets a
+    password and fails (a read-only or restarting server) would be logged with the password
+    (``log_min_error_statement``)."""
     with superuser_connection(s) as conn:
+        conn.execute("SET log_min_error_statement = panic")
         exists = conn.execute(
             "SELECT 1 FROM pg_roles WHERE rolname = %s", (s.postgres_user,)
         ).fetchone()
@@ -393,6 +398,7 @@ def bootstrap_database(s: Settings) -> None:
     # The processes' roles, with their grants in the same transaction: a process never logs in
     # as a role that lacks them (migrate() applies them again after new migrations).
     with superuser_connection(s, s.postgres_db, autocommit=False) as conn:
+        conn.execute("SET log_min_error_statement = panic")
         roles.create(conn, dict(s.postgres_role(r) for r in roles.ROLES))
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(s.postgres_user)))
         roles.apply(conn)
