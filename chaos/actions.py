@@ -129,10 +129,14 @@ class Actions:
     def _kill(self, target: str) -> None:
         """kill -9 of a supervised program's whole process group (e.g. RabbitMQ's shell and its
         Erlang VM, Postgres and its backends); the supervisor restarts it."""
+        os.killpg(self._pid(target), signal.SIGKILL)
+
+    def _pid(self, target: str) -> int:
+        """The pid (and process group) of a running supervised program."""
         info = self.supervisor.info().get(target)
         if not info or not info.get("pid"):
             raise ActionError(f"{target} is not running; cannot kill it")
-        os.killpg(int(info["pid"]), signal.SIGKILL)
+        return int(info["pid"])
 
     def _kill_hold(self, target: str) -> None:
         """kill -9 of a program, then keep it stopped until the rollback (``ensure_running``)
@@ -143,10 +147,7 @@ class Actions:
         followed reached the new process as a SIGTERM: a graceful shutdown, not a crash
         (Patroni then hands its leader key over at once, and the failover measured 7 s
         instead of the 15-18 s of a crash)."""
-        info = self.supervisor.info().get(target)
-        if not info or not info.get("pid"):
-            raise ActionError(f"{target} is not running; cannot kill it")
-        groups = [int(info["pid"]), *self._postgres_group(target)]
+        groups = [self._pid(target), *self._postgres_group(target)]
         for group in groups:  # no signal handled, no exit, until the SIGKILL
             os.killpg(group, signal.SIGSTOP)
         try:

@@ -10,32 +10,21 @@ the mode it found it in.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pika
 import pytest
 
 from chaos import experiment, report
-from iot.settings import Settings, get_settings
+from iot.settings import Settings
 from iot.stack import cluster
+from tests.chaos.stack_mode import IOTCTL, iotctl_up, switched
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
-IOTCTL = Path(sys.executable).parent / "iotctl"
 SHARED = ("sensors.data", "commands.data", "commands.log")
-
-
-def iotctl_up(*options: str) -> str:
-    result = subprocess.run(
-        [str(IOTCTL), "up", *options], capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, f"iotctl up {' '.join(options)}:\n{result.stdout}{result.stderr}"
-    get_settings.cache_clear()
-    return result.stdout
 
 
 def shared_queues(s: Settings) -> dict[str, dict]:
@@ -47,16 +36,8 @@ RESTORE: dict[str, bool] = {}  # "single": the module switched the stack to the 
 
 @pytest.fixture(scope="module")
 def cluster_stack() -> Iterator[Settings]:
-    """The stack as a three-node cluster for the module; the mode it was in afterwards (the
-    last test switches back and checks it; this is the fallback if it did not run)."""
-    if not Settings().rabbitmq_cluster:
-        RESTORE["single"] = True
-        iotctl_up("--cluster")
-    try:
-        yield Settings()
-    finally:
-        if RESTORE.pop("single", False):
-            iotctl_up("--no-cluster")
+    """The stack as a three-node cluster for the module, then the mode it was in."""
+    yield from switched("cluster", Settings().rabbitmq_cluster, RESTORE)
 
 
 def test_the_cluster_has_three_nodes_and_every_shared_queue_on_each(cluster_stack: Settings):

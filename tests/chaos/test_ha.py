@@ -22,7 +22,7 @@ import redis
 from chaos import experiment, report
 from iot.settings import Settings
 from iot.stack import ha
-from tests.chaos.test_cluster import iotctl_up
+from tests.chaos.stack_mode import iotctl_up, switched
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
@@ -32,16 +32,8 @@ RESTORE: dict[str, bool] = {}  # "single": the module switched the stack to HA
 
 @pytest.fixture(scope="module")
 def ha_stack() -> Iterator[Settings]:
-    """The stack with the HA data tier for the module; the mode it was in afterwards (the last
-    test switches back and checks it; this is the fallback if it did not run)."""
-    if not Settings().ha:
-        RESTORE["single"] = True
-        iotctl_up("--ha")
-    try:
-        yield Settings()
-    finally:
-        if RESTORE.pop("single", False):
-            iotctl_up("--no-ha")
+    """The stack with the HA data tier for the module, then the mode it was in."""
+    yield from switched("ha", Settings().ha, RESTORE)
 
 
 def patroni_members(s: Settings) -> dict[str, dict]:
