@@ -123,13 +123,27 @@ async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
     loop = asyncio.get_running_loop()
     if loop.time() - _last_used.get(conn, float("-inf")) < FRESH_SECONDS and not answered(conn):
         return
-    watchdog = loop.call_later(CHECK_TIMEOUT_SECONDS, sever, conn)
+    unanswered = False
+
+    def cut() -> None:
+        nonlocal unanswered
+        unanswered = True
+        sever(conn)
+
+    watchdog = loop.call_later(CHECK_TIMEOUT_SECONDS, cut)
     try:
         await AsyncConnectionPool.check_connection(conn)
     except Exception:
         pool = getattr(conn, "_pool", None)  # set by the pool before it checks
         if pool is not None:
             _check_failed_at[pool] = time.monotonic()
+            if unanswered:
+                # The path to the database dropped this idle connection without a word, so it
+                # dropped its idle siblings too: drop them all now. Checked one by one, each
+                # dead one would cost a request its whole wait (the check's timeout) and the
+                # pool a back-off, and a replica stayed "down" about 8 s after the database
+                # answered again (docs/decisions.md, "After a black hole").
+                await pool.drain()
         raise
     finally:
         watchdog.cancel()
@@ -241,6 +255,8 @@ async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncCo
         if used is None or used.broken:  # the connection failed, not just this statement
             if not (timed_out and _answering(pool)):  # slow alone is not down (_answering)
                 _mark_down(pool)
+                if timed_out:  # no answer at all: its idle siblings are as dead (_check)
+                    await pool.drain()
         if timed_out:
             raise DatabaseUnavailable("database unavailable (no answer in time)") from exc
         raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc

@@ -161,6 +161,42 @@ def test_a_full_pool_answers_busy_without_failing_every_other_request(settings, 
     assert detail == "database busy; retry later" and one == 1
 
 
+def test_after_a_black_hole_the_pool_serves_at_once_with_new_connections(settings):
+    """Idle connections that a black-holed path dropped are dead after it heals too (toxiproxy
+    closes them half-way; a firewall that lost its state does the same). The first one found
+    dead by its check is evidence for all: the pool drops them together, so the first use after
+    the heal gets a new connection instead of one dead check (the whole wait) per use."""
+    import asyncio
+
+    from iot import db
+    from iot.errors import DatabaseUnavailable
+
+    async def scenario() -> int:
+        pool = db.open_pool(settings, fixed=True)  # through toxiproxy, as the API's
+        await pool.open(wait=True)
+        try:
+            async with db.connection(pool) as conn:
+                await conn.execute("SELECT 1")
+            proxy = Toxiproxy(f"http://{settings.host}:{settings.toxiproxy_port}")
+            toxic = proxy.add_toxic("postgres", "timeout", {"timeout": 0}, stream="upstream")
+            try:
+                with pytest.raises(DatabaseUnavailable):
+                    async with db.connection(pool) as conn:
+                        await conn.execute("SELECT 1")
+            finally:
+                proxy.remove_toxic("postgres", toxic)
+                proxy.close()
+            await asyncio.sleep(db.OUTAGE_HOLD_SECONDS + 0.2)
+            async with db.connection(pool) as conn:
+                row = await (await conn.execute("SELECT 1")).fetchone()
+        finally:
+            await pool.close()
+            wait_database_back(settings)
+        return row["?column?"]
+
+    assert asyncio.run(scenario()) == 1
+
+
 def test_with_the_commands_worker_stopped_commands_are_claimable_at_once_in_order(
     alice: Person, pg: psycopg.Connection, restart_guard
 ):
