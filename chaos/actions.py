@@ -166,11 +166,10 @@ class Actions:
         Patroni starts it in a session of its own, so killing Patroni's group leaves it
         running. Empty for any other program, or when it does not run."""
         for m in ha.pg_members(self.s):
-            if m.name == program:
+            if m.name == program and (pid := ha.postmaster_pid(m)) is not None:
                 try:
-                    pid = int((m.data_dir / "postmaster.pid").read_text().split()[0])
                     return [os.getpgid(pid)]
-                except (OSError, ValueError, IndexError):
+                except OSError:
                     return []
         return []
 

@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import typer
 
-from loadtest import historybench, pollbench, rolloutbench, workerbench, wrk
+from loadtest import commitbench, historybench, pollbench, rolloutbench, workerbench, wrk
 from loadtest.benchkit import cpu_per_request, fmt
 from loadtest.benchkit import create_user as _create_user
 from loadtest.benchkit import fail as _fail
@@ -435,3 +435,4 @@ def poll(
 app.command("worker")(workerbench.worker)
 app.command("history")(historybench.history)
 app.command("rollout")(rolloutbench.run)
+app.command("commit")(commitbench.commit)

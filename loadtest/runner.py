@@ -26,7 +26,7 @@ import httpx
 
 from iot.settings import Settings, get_settings
 from iot.stack.control import ControlError, Supervisor
-from loadtest import cpu, fleet, plots, profiles, render, report, verify
+from loadtest import cpu, fleet, plots, profiles, render, report, verify, workerbench
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports" / "load"
@@ -204,6 +204,7 @@ def _roots(s: Settings, generator_pid: int) -> Callable[[], dict[str, int]]:
             for name, info in supervisor.info().items():
                 if info.get("pid"):
                     found[name] = int(info["pid"])
+            found.update(workerbench.member_postmasters(s, found))
         except (OSError, ControlError, Exception):  # noqa: BLE001 - the stack may be restarting
             pass
         return found

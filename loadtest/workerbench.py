@@ -37,12 +37,22 @@ QUEUE = "sensors.bench"
 METRICS_PORT = 9599  # the bench worker's metrics listener (not one of the stack's ports)
 
 
+def member_postmasters(s: Settings, running: dict[str, int]) -> dict[str, int]:
+    """Under ``--ha`` (Patroni programs among ``running``), each member's Postgres, which is
+    not in its Patroni's process tree (``ha.postmasters``); else nothing."""
+    from iot.stack import ha
+
+    return ha.postmasters(s) if any(n.startswith("patroni-") for n in running) else {}
+
+
 def stack_pids() -> dict[str, int]:
-    """Every supervised process of the stack that runs: name → pid."""
+    """Every supervised process of the stack that runs, and the Postgres of each Patroni
+    member: name → pid."""
     from iot.stack.control import Supervisor
 
-    info = Supervisor(get_settings()).info()
-    return {name: int(p["pid"]) for name, p in info.items() if p.get("pid")}
+    s = get_settings()
+    pids = {name: int(p["pid"]) for name, p in Supervisor(s).info().items() if p.get("pid")}
+    return {**pids, **member_postmasters(s, pids)}
 
 
 def stack_cpu(pids: dict[str, int]) -> dict[str, float]:

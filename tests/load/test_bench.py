@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -218,3 +219,27 @@ def test_cpu_per_request_per_process_and_for_the_stack() -> None:
     # worker-sensors went backwards (restarted) and redis was not seen before: left out
     assert out == {"api-1": 0.5, "nginx": 0.1, "stack": 0.6}
     assert cpu_per_request(before, after, 0) == {}
+
+
+@pytest.mark.integration
+def test_bench_commit_for_two_seconds_reports_latency_and_postgres_cpu(tmp_path: Path) -> None:
+    figures = tmp_path / "commit.json"
+    out = CliRunner().invoke(
+        app, ["commit", "--seconds", "2", "--clients", "2", "--out", str(figures)]
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads(figures.read_text())
+    assert report["commits"] > 0 and report["mode"] in ("single", "ha")
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+    server = [
+        ms
+        for name, ms in report["cpu_ms_per_commit"].items()
+        if name == "postgres" or name.startswith("patroni-")
+    ]
+    assert sum(server) > 0  # the server's work is seen
+    with psycopg.connect(get_settings().database_direct_url) as conn:  # the scratch is gone
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'iot_commitbench%'"
+        ).fetchone()
+    assert left == (0,)

@@ -205,6 +205,28 @@ def scrape_targets(s: Settings) -> dict[str, str]:
     }
 
 
+def postmaster_pid(member: PgMember) -> int | None:
+    """The pid of the member's running Postgres (its ``postmaster.pid``), or None."""
+    try:
+        pid = int((member.data_dir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+def postmasters(s: Settings) -> dict[str, int]:
+    """Each member's running Postgres: ``<member>-postgres`` -> its postmaster's pid. Patroni
+    starts Postgres detached (its parent is init), so CPU read from Patroni's process tree
+    leaves Postgres out: benches and load reports count these trees too."""
+    out = {}
+    for m in pg_members(s):
+        pid = postmaster_pid(m)
+        if pid is not None:
+            out[f"{m.name}-postgres"] = pid
+    return out
+
+
 def primary(s: Settings, timeout: float = 2.0) -> PgMember | None:
     """The member Patroni says is the primary now (its REST API's ``GET /primary`` answers 200
     on the primary alone), or None."""
@@ -244,11 +266,13 @@ def stop_leftover_postgres(s: Settings, timeout: float = 60.0) -> list[str]:
     the members whose Postgres was stopped."""
     stopped = []
     for m in pg_members(s):
+        pid = postmaster_pid(m)
         try:
-            pid = int((m.data_dir / "postmaster.pid").read_text().split()[0])
+            if pid is None:
+                continue
             os.kill(pid, signal.SIGINT)  # a fast shutdown
-        except (OSError, ValueError, IndexError):
-            continue  # no pid file, or no such process
+        except OSError:
+            continue  # gone meanwhile
         stopped.append(m.name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
