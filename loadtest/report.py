@@ -28,8 +28,21 @@ BACKLOG_GROWTH = 1.0  # messages/s a queue may grow by on average over a step an
 
 
 # The product's own processes on the data path of a request (toxiproxy only in the default
-# profile); monitoring is the operations bundle beside it.
-PRODUCT = ("nginx", "api-", "worker-", "postgres", "rabbitmq", "redis", "toxiproxy")
+# profile; under --ha the members, their Postgres, etcd, the Sentinels and haproxy); monitoring
+# is the operations bundle beside it.
+PRODUCT = (
+    "nginx",
+    "api-",
+    "worker-",
+    "postgres",
+    "rabbitmq",
+    "redis",
+    "toxiproxy",
+    "patroni-",
+    "etcd-",
+    "sentinel-",
+    "haproxy",
+)
 MONITORING = ("prometheus", "alertmanager", "flower")
 
 
