@@ -24,7 +24,7 @@ test: setup
 	$(VENV)/ruff check system tests loadtest chaos
 	$(VENV)/mypy system
 	$(VENV)/iotctl up
-	$(VENV)/pytest
+	$(VENV)/pytest --durations=25
 
 test-unit: setup
 	$(VENV)/pytest tests/unit

@@ -15,7 +15,7 @@ import pika
 
 from chaos.toxiproxy import Toxiproxy
 from iot.settings import Settings
-from iot.stack import cluster, ha
+from iot.stack import cluster, ha, ha_hosts
 from iot.stack.control import Supervisor, rabbitmq_api
 
 # Toxic presets by fault name: (toxic type, attributes, stream).
@@ -161,6 +161,25 @@ class Actions:
                 raise ActionError(f"{target} did not stop after kill -9")
             time.sleep(0.2)
 
+    def _host_cut(self, target: str) -> None:
+        """Cut the host a member runs on off the network (its namespace's link down): a real
+        partition. The member keeps running; the others and our processes lose it."""
+        ha_hosts.cut(self._host(target))
+
+    def _host_heal(self, target: str) -> None:
+        ha_hosts.heal(self._host(target))
+
+    def _host(self, target: str) -> ha_hosts.Host:
+        if not self.s.ha_netns:
+            raise ActionError(
+                f"{target}: cutting a host off needs the members on hosts of their own: "
+                "`iotctl up --ha --ha-netns`"
+            )
+        try:
+            return ha_hosts.host(int(target.rsplit("-", 1)[1]))  # patroni-2 runs on host 2
+        except (IndexError, ValueError) as exc:
+            raise ActionError(f"{target} is not a member of the HA data tier") from exc
+
     def _postgres_group(self, program: str) -> list[int]:
         """The process group of a Patroni member's Postgres (the postmaster and its backends):
         Patroni starts it in a session of its own, so killing Patroni's group leaves it
@@ -223,5 +242,9 @@ class Actions:
         self.toxiproxy.close()
 
     def reset_all(self) -> None:
-        """Remove every toxic and re-enable every proxy (the universal rollback)."""
+        """Remove every toxic, re-enable every proxy and join every cut-off host again (the
+        universal rollback)."""
         self.toxiproxy.reset()
+        if self.s.ha and self.s.ha_netns:
+            for n in range(1, ha_hosts.COUNT + 1):
+                ha_hosts.heal(ha_hosts.host(n))

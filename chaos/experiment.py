@@ -109,7 +109,11 @@ def for_stack(settings: Settings) -> list[str]:
     return (
         names()
         + (cluster_names() if settings.rabbitmq_cluster else [])
-        + (ha_names() if settings.ha else [])
+        + (
+            [n for n in ha_names() if settings.ha_netns or not n.startswith("ha-cut-")]
+            if settings.ha
+            else []
+        )
     )
 
 

@@ -33,6 +33,12 @@ class Toxiproxy:
     def proxy(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/proxies/{name}")  # type: ignore[no-any-return]
 
+    def create_proxy(self, name: str, listen: str, upstream: str) -> None:
+        self._call("POST", "/proxies", {"name": name, "listen": listen, "upstream": upstream})
+
+    def delete_proxy(self, name: str) -> None:
+        self._call("DELETE", f"/proxies/{name}")
+
     def set_enabled(self, name: str, enabled: bool) -> None:
         """Disable: the proxy closes its connections and refuses new ones (the service is down)."""
         self._call("POST", f"/proxies/{name}", {"enabled": enabled})

@@ -29,6 +29,9 @@ def _env_files() -> tuple[Path, ...]:
     return (STACK_ENV, PROJECT_ROOT / ".env", PROJECT_ROOT / "var" / "secrets.env")
 
 
+HA_NETNS_SUBNET = "10.79.0"  # the stack's HA hosts as network namespaces (ha_netns)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IOT_", env_file=_env_files(), env_file_encoding="utf-8", extra="ignore"
@@ -216,6 +219,13 @@ class Settings(BaseSettings):
     # `iotctl up --ha` (kept in var/stack.env): Postgres under Patroni (two members, etcd),
     # Redis under Sentinel, haproxy on postgres_port and redis_port (iot/stack/ha.py).
     ha: bool = False
+    # Where the HA members run: host N (1-3) runs etcd-N and Sentinel N, and patroni-N and
+    # redis-N where there are (two of each). Empty: every member on IOT_HOST. ha_netns (kept
+    # in var/stack.env, `iotctl up --ha --ha-netns`): three network namespaces of this machine
+    # stand for the hosts (iot/stack/ha_hosts.py), so that a host can be cut off for real (the
+    # chaos experiment ha-cut-primary); their addresses are then 10.79.0.11-13 unless given.
+    ha_hosts: list[str] = Field(default_factory=list)
+    ha_netns: bool = False
     postgres_superuser_password: str = ""  # the HA members' superuser (Patroni), var/secrets.env
     postgres_replication_password: str = ""  # the HA members' replication role
 
@@ -243,12 +253,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"{address!r} is not host:port (e.g. 10.0.0.5:8101)")
         return value
 
-    @field_validator("external_services", "roles", mode="before")
+    @field_validator("external_services", "roles", "ha_hosts", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _ha_hosts(self) -> Settings:
+        if self.ha_netns and not self.ha_hosts:
+            self.ha_hosts = [f"{HA_NETNS_SUBNET}.{10 + i}" for i in (1, 2, 3)]
+        if self.ha_hosts and len(self.ha_hosts) != 3:
+            raise ValueError(
+                f"IOT_HA_HOSTS names {len(self.ha_hosts)} hosts: it needs three (etcd and the "
+                "Sentinels have a member on each), e.g. 10.0.0.11,10.0.0.12,10.0.0.13"
+            )
+        return self
 
     @model_validator(mode="after")
     def _service_hosts(self) -> Settings:

@@ -22,15 +22,21 @@ def iotctl_up(*options: str) -> str:
     return result.stdout
 
 
-def switched(option: str, already_on: bool, restore: dict[str, bool]) -> Iterator[Settings]:
-    """A module fixture's body: the stack in ``--OPTION`` for the module; afterwards the mode it
-    was in (the module's last test switches back and checks it, popping ``restore["single"]``;
-    this is the fallback if it did not run)."""
+def switched(
+    option: str,
+    already_on: bool,
+    restore: dict[str, bool],
+    on: tuple[str, ...] = (),
+    off: tuple[str, ...] = (),
+) -> Iterator[Settings]:
+    """A module fixture's body: the stack in ``--OPTION`` (with the options ``on``) for the
+    module; afterwards the mode it was in (with ``off``; the module's last test switches back
+    and checks it, popping ``restore["single"]``; this is the fallback if it did not run)."""
     if not already_on:
         restore["single"] = True
-        iotctl_up(f"--{option}")
+        iotctl_up(f"--{option}", *on)
     try:
         yield Settings()
     finally:
         if restore.pop("single", False):
-            iotctl_up(f"--no-{option}")
+            iotctl_up(f"--no-{option}", *off)

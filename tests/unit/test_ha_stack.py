@@ -119,11 +119,78 @@ def test_members_join_the_cluster_in_the_role_it_gives_them(s, tmp_path: Path) -
     assert commands["patroni-2"][1].endswith("ha_join.py") and commands["patroni-2"][2] == "patroni"
     for name in ("redis-1", "redis-2"):
         assert commands[name][1:3] == [str(Path(ha_join.__file__)), "redis"]
-        assert commands[name][4:] == [str(p) for p in ha.SENTINEL_PORTS]
+        assert commands[name][4:] == [f"{s.host}:{p}" for p in ha.SENTINEL_PORTS]
     conf = tmp_path / "redis.conf"
     conf.write_text(ha_conf.redis_conf(s, 2))
     parsed = ha_join._conf(str(conf))
     assert parsed["bind"] == s.host and parsed["port"] == str(ha.REDIS_PORTS[1])
     assert parsed["requirepass"] == "r-secret"
     # no Sentinel answers (nothing listens on these ports): start with the file's own role
-    assert ha_join.current_master(s.host, "r-secret", [1, 2]) is None
+    assert ha_join.current_master("r-secret", [(s.host, 1), (s.host, 2)]) is None
+    assert ha_join.sentinel_address("10.0.0.3:26393") == ("10.0.0.3", 26393)
+
+
+def test_members_on_three_hosts_are_configured_and_reached_at_their_own_addresses(
+    tmp_path: Path,
+) -> None:
+    """IOT_HA_HOSTS puts host N's members (etcd-N, Sentinel N, patroni-N, redis-N) on its
+    address: they listen there, the others and our processes reach them there, and Postgres
+    lets each host in. With IOT_HA_NETNS the hosts are namespaces the supervisor starts the
+    members in (Patroni as postgres through setpriv: every step execs, the pid is Patroni's)."""
+    s = Settings(
+        home=tmp_path,
+        ha=True,
+        ha_netns=True,
+        redis_password="r",
+        postgres_superuser_password="su",
+        postgres_replication_password="re",
+    )
+    one, two, three = s.ha_hosts
+    assert (one, two, three) == ("10.79.0.11", "10.79.0.12", "10.79.0.13")
+    first, second = ha.pg_members(s)
+    assert (first.host, second.host) == (one, two)
+    config = ha_conf.patroni_config(s, second, {})
+    assert config["postgresql"]["listen"] == f"{two}:{ha.PG_PORTS[1]}"
+    assert config["restapi"]["connect_address"] == f"{two}:{ha.PATRONI_REST_PORTS[1]}"
+    assert config["etcd"]["hosts"] == [
+        f"{h}:{p}" for h, p in zip(s.ha_hosts, ha.ETCD_CLIENT_PORTS, strict=True)
+    ]
+    hba = ha_conf.pg_hba(s)
+    for source in (one, two, three, "10.79.0.1"):  # the members, and haproxy via the bridge
+        assert f"host replication replicator {source}/32 scram-sha-256" in hba
+    assert f"host all all {s.host}/32 scram-sha-256" in hba
+    cfg = ha_conf.haproxy_cfg(s)
+    assert f"server patroni-2 {two}:{ha.PG_PORTS[1]} check port" in cfg
+    assert f"server redis-1 {one}:{ha.REDIS_PORTS[0]} check" in cfg
+    assert f"bind {s.host}:{s.postgres_port}" in cfg  # our processes keep their address
+    assert f"sentinel monitor iot {one} {ha.REDIS_PORTS[0]}" in ha_conf.sentinel_conf(s, 3)
+    assert f"bind {three}" in ha_conf.sentinel_conf(s, 3)
+    assert f"replicaof {one} {ha.REDIS_PORTS[0]}" in ha_conf.redis_conf(s, 2)
+    specs = {spec["name"]: spec for spec in ha.program_specs(s)}
+    assert specs["etcd-3"]["command"][:4] == ["/usr/sbin/ip", "netns", "exec", "iothost3"]
+    assert "--listen-peer-urls" in specs["etcd-3"]["command"]
+    assert f"http://{three}:{ha.ETCD_PEER_PORTS[2]}" in specs["etcd-3"]["command"]
+    patroni = specs["patroni-2"]["command"]
+    assert patroni[:5] == ["/usr/sbin/ip", "netns", "exec", "iothost2", "/usr/bin/setpriv"]
+    assert "--reuid=postgres" in patroni and "user" not in specs["patroni-2"]
+    assert specs["redis-2"]["probe"] == f"tcp:{two}:{ha.REDIS_PORTS[1]}"
+    targets = ha.scrape_targets(s)
+    assert targets["etcd_targets"].startswith(f'"{one}:{ha.ETCD_CLIENT_PORTS[0]}"')
+    assert targets["haproxy_targets"] == f'"{s.host}:{ha.HAPROXY_STATS_PORT}"'
+    with pytest.raises(ValueError, match="needs three"):
+        Settings(home=tmp_path, ha_hosts="10.0.0.1,10.0.0.2")
+
+
+def test_members_moved_to_other_addresses_forget_what_held_the_old_ones(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, ha=True, redis_password="r")
+    ha_conf_dir = s.var / "ha"
+    assert ha.place(s) == []  # first start: nothing to forget
+    for kind in ("etcd-1", "redis-1", "sentinel-2"):
+        (ha_conf_dir / kind).mkdir(parents=True, exist_ok=True)
+    (ha_conf_dir / "redis-1" / "redis.conf").write_text("bind 127.0.0.1\n")
+    (ha_conf_dir / "sentinel-2" / "sentinel.conf").write_text("bind 127.0.0.1\n")
+    assert ha.place(s) == []  # same addresses: everything kept
+    moved = Settings(home=tmp_path, ha=True, ha_hosts="10.0.0.1,10.0.0.2,10.0.0.3")
+    assert ha.place(moved) == ["etcd-1", "redis-1", "sentinel-2"]
+    assert not (ha_conf_dir / "etcd-1").exists()
+    assert not (ha_conf_dir / "redis-1" / "redis.conf").exists()

@@ -91,6 +91,14 @@ def up(
         "three-member etcd), Redis with a replica under three Sentinels, haproxy on their "
         "usual ports; or back to one of each (default). Kept like --api-replicas.",
     ),
+    ha_netns: bool | None = typer.Option(
+        None,
+        "--ha-netns/--ha-local",
+        help="With --ha: run the members on three hosts that are network namespaces of this "
+        "machine (10.79.0.11-13), so that a host can be cut off for real (chaos experiment "
+        "ha-cut-primary; needs root); or all on this machine's address (default). Change it "
+        "with the HA tier stopped (`iotctl up --no-ha` first). Kept like --api-replicas.",
+    ),
 ) -> None:
     """Prepare var/ (secrets, TLS, Postgres cluster, configs), start every process under the
     supervisor, apply database migrations, wait until all are healthy and print the URLs.
@@ -115,6 +123,18 @@ def up(
             "--ha needs Patroni, etcd, haproxy and Redis Sentinel: run `scripts/setup.sh --ha` "
             "(or `iotctl up --no-ha`)"
         )
+    if (
+        ha_netns is not None
+        and ha_netns != now.ha_netns
+        and now.ha
+        and ha_ is not False
+        and Supervisor(now).running()
+    ):
+        fail(
+            "the HA members run on "
+            + ("namespaces" if now.ha_netns else "this machine's address")
+            + ": move them with the tier stopped, `iotctl up --no-ha` first"
+        )
     if now.ha and ha_ is False and Supervisor(now).running():
         # The single Postgres runs on patroni-1's data directory: it must be the primary's.
         try:
@@ -138,6 +158,7 @@ def up(
         "IOT_SENSOR_WORKERS": sensor_workers,
         "IOT_RABBITMQ_CLUSTER": None if cluster is None else str(cluster).lower(),
         "IOT_HA": None if ha_ is None else str(ha_).lower(),
+        "IOT_HA_NETNS": None if ha_netns is None else str(ha_netns).lower(),
     }
     if any(v is not None for v in shape.values()):
         stack_setup.save_stack_shape({k: v for k, v in shape.items() if v is not None})
@@ -151,6 +172,9 @@ def up(
     try:
         external.prepare(s, say=typer.echo)  # before anything of ours starts to use them
         stack_setup.make_dirs(s)
+        if s.ha:
+            for name in ha.place(s):
+                typer.echo(f"{name}: held the members' old addresses: removed")
         stack_setup.ensure_certificate(s)
         stack_setup.ensure_postgres_cluster(s)
         if "postgres" not in s.external_services:
@@ -169,6 +193,10 @@ def up(
         sup.start()
         if leaving:
             rabbit_cluster.forget(s, leaving, say=typer.echo)
+        if not s.ha and was_running and now.ha and now.ha_netns:
+            from iot.stack import ha_hosts
+
+            ha_hosts.remove()  # the members are stopped: their hosts go too
     except (stack_setup.SetupError, ControlError) as exc:
         fail(str(exc))
     # The API and the workers learn the nodes at start: after a change, restart them one
@@ -273,8 +301,7 @@ def _wait_routed(s: Settings, timeout: float) -> None:
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
                 fail(
-                    f"haproxy does not reach the Postgres primary: {exc}; "
-                    "see `iotctl logs haproxy`"
+                    f"haproxy does not reach the Postgres primary: {exc}; see `iotctl logs haproxy`"
                 )
             time.sleep(0.5)
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "iotha"
-BRIDGE = f"{PREFIX}-br0"
 SUBNET = "10.77.0"  # 10.77.0.1 the bridge (the client's side), 10.77.0.11.. the hosts
 LOADRUN_LOCK = Path("/tmp/loadrun.lock")
 
@@ -25,7 +24,7 @@ class NetError(RuntimeError):
     """A namespace, link or address could not be set up."""
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(["ip", *args], capture_output=True, text=True)
     if check and done.returncode:
         raise NetError(f"ip {' '.join(args)}: {done.stderr.strip()}")
@@ -76,30 +75,61 @@ class Host:
             prefix += ["runuser", "-u", user, "--"]
         return [*prefix, *command]
 
+    def exec_argv(self, *command: str, user: str | None = None) -> list[str]:
+        """As :meth:`argv`, but every step execs the next (``ip netns exec``, ``setpriv``): the
+        pid a supervisor starts is the command's own, so its signals reach the command."""
+        prefix = ["/usr/sbin/ip", "netns", "exec", self.name]
+        if user:
+            prefix += ["/usr/bin/setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+                       "--"]
+        return [*prefix, *command]
+
 
 @dataclass
 class Net:
     count: int
     hosts: list[Host] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    gateway: str = f"{SUBNET}.1"
+    # the bench's by default; the stack's hosts (``iotctl up --ha`` with IOT_HA_NETNS) have
+    # their own prefix and subnet, so that neither removes the other's
+    prefix: str = PREFIX
+    subnet: str = SUBNET
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.subnet}.1"
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-br0"
+
+    def _planned(self) -> list[Host]:
+        return [Host(f"{self.prefix}{i}", f"{self.subnet}.{10 + i}", f"{self.prefix}{i}-o")
+                for i in range(1, self.count + 1)]
+
+    def attach(self) -> Net | None:
+        """The hosts as an earlier ``open`` left them, without touching them; None when any
+        of them is missing."""
+        if set(h.name for h in self._planned()) - set(_namespaces(self.prefix)):
+            return None
+        self.hosts = self._planned()
+        return self
 
     def open(self) -> Net:
         """Create the bridge and ``count`` hosts (left over ones of an earlier run removed)."""
         self.close()
-        _ip("link", "add", BRIDGE, "type", "bridge")
-        _ip("addr", "add", f"{self.gateway}/24", "dev", BRIDGE)
-        _ip("link", "set", BRIDGE, "up")
-        for i in range(1, self.count + 1):
-            host = Host(f"{PREFIX}{i}", f"{SUBNET}.{10 + i}", f"{PREFIX}{i}-o")
-            _ip("netns", "add", host.name)
-            _ip("link", "add", host.outer, "type", "veth", "peer", "name", "eth0",
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+        for host in self._planned():
+            ip("netns", "add", host.name)
+            ip("link", "add", host.outer, "type", "veth", "peer", "name", "eth0",
                 "netns", host.name)
-            _ip("link", "set", host.outer, "master", BRIDGE)
-            _ip("link", "set", host.outer, "up")
-            _ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", "eth0")
-            _ip("-n", host.name, "link", "set", "eth0", "up")
-            _ip("-n", host.name, "link", "set", "lo", "up")
+            ip("link", "set", host.outer, "master", self.bridge)
+            ip("link", "set", host.outer, "up")
+            ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", "eth0")
+            ip("-n", host.name, "link", "set", "eth0", "up")
+            ip("-n", host.name, "link", "set", "lo", "up")
             self.hosts.append(host)
         return self
 
@@ -132,10 +162,10 @@ class Net:
 
     def cut(self, host: Host) -> None:
         """Cut ``host`` off the bridge: its link down, every other host and the client lose it."""
-        _ip("link", "set", host.outer, "down")
+        ip("link", "set", host.outer, "down")
 
     def heal(self, host: Host) -> None:
-        _ip("link", "set", host.outer, "up")
+        ip("link", "set", host.outer, "up")
 
     def stop_processes(self, grace: float = 10) -> None:
         """End every process started in the hosts: TERM, then KILL after ``grace`` seconds."""
@@ -156,35 +186,35 @@ class Net:
 
     def _pids(self) -> list[int]:
         pids: list[int] = []
-        for name in _namespaces():
-            out = _ip("netns", "pids", name, check=False).stdout
+        for name in _namespaces(self.prefix):
+            out = ip("netns", "pids", name, check=False).stdout
             pids += [int(p) for p in out.split()]
         return pids
 
     def close(self) -> None:
         """Processes, namespaces and bridge gone (also those an interrupted run left)."""
         self.stop_processes()
-        for name in _links():  # before the namespaces: their peers go with them
-            _ip("link", "del", name, check=False)
-        for name in _namespaces():
-            _ip("netns", "del", name, check=False)
-        if _ip("link", "show", BRIDGE, check=False).returncode == 0:
-            _ip("link", "del", BRIDGE, check=False)
+        for name in _links(self.prefix):  # before the namespaces: their peers go with them
+            ip("link", "del", name, check=False)
+        for name in _namespaces(self.prefix):
+            ip("netns", "del", name, check=False)
+        if ip("link", "show", self.bridge, check=False).returncode == 0:
+            ip("link", "del", self.bridge, check=False)
         self.hosts.clear()
 
 
-def _namespaces() -> list[str]:
-    out = _ip("netns", "list", check=False).stdout
+def _namespaces(prefix: str = PREFIX) -> list[str]:
+    out = ip("netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines()
-            if line.split() and line.split()[0].startswith(PREFIX)]
+            if line.split() and line.split()[0].startswith(prefix)]
 
 
-def _links() -> list[str]:
-    """The bench's veth ends in the root namespace (``iothaN-o``)."""
-    out = _ip("-br", "link", "show", check=False).stdout
+def _links(prefix: str = PREFIX) -> list[str]:
+    """The veth ends of ``prefix``'s hosts in the root namespace (``iothaN-o``)."""
+    out = ip("-br", "link", "show", check=False).stdout
     return [line.split()[0].split("@")[0] for line in out.splitlines()
-            if line.split() and line.split()[0].startswith(PREFIX)
-            and line.split()[0].split("@")[0] != BRIDGE]
+            if line.split() and line.split()[0].startswith(prefix)
+            and line.split()[0].split("@")[0] != f"{prefix}-br0"]
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

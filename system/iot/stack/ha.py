@@ -14,8 +14,9 @@ engine"; docs/ha-engines.md has the measurements behind the choice).
   drops (haproxy cuts the sessions of a member marked down), the next one reaches the new
   primary.
 
-Ports on one machine (``HA_*`` below); each member can run elsewhere once ``IOT_HA_HOSTS``
-names the machines (not yet: the netns bench in ``iot.ha`` runs them on three hosts).
+Three hosts (``IOT_HA_HOSTS``; by default all of them IOT_HOST): host N runs etcd-N and
+Sentinel N, and patroni-N and redis-N for N = 1, 2. With ``IOT_HA_NETNS`` the hosts are
+network namespaces of this machine (``ha_hosts.py``), so that one can be cut off for real.
 """
 
 from __future__ import annotations
@@ -52,6 +53,22 @@ class PgMember:
     home: Path  # var/ha/<name>: patroni.yml, pgpass
     data_dir: Path
     socket_dir: Path
+    host: str  # the address it listens on and is reached at
+
+
+def host_of(s: Settings, n: int) -> str:
+    """The address of the data tier's host ``n`` (1-3)."""
+    return s.ha_hosts[n - 1] if s.ha_hosts else s.host
+
+
+def on_host(s: Settings, n: int, command: list[str], user: str | None = None) -> list[str]:
+    """``command`` as the supervisor runs it on host ``n``: unchanged on this machine (the
+    supervisor switches to ``user``), inside host ``n``'s namespace with ``IOT_HA_NETNS``."""
+    if not s.ha_netns:
+        return command
+    from iot.stack import ha_hosts
+
+    return ha_hosts.host(n).exec_argv(*command, user=user)
 
 
 def pg_members(s: Settings) -> list[PgMember]:
@@ -66,7 +83,7 @@ def pg_members(s: Settings) -> list[PgMember]:
             if i == 1
             else (home / "data", home / "run")
         )
-        out.append(PgMember(f"patroni-{i}", port, rest, home, data, run))
+        out.append(PgMember(f"patroni-{i}", port, rest, home, data, run, host_of(s, i)))
     return out
 
 
@@ -79,12 +96,24 @@ def engines_installed() -> bool:
 
 
 def etcd_cluster(s: Settings) -> str:
-    return ",".join(f"etcd-{i}=http://{s.host}:{peer}" for i, peer in enumerate(ETCD_PEER_PORTS, 1))
+    return ",".join(
+        f"etcd-{i}=http://{host_of(s, i)}:{peer}" for i, peer in enumerate(ETCD_PEER_PORTS, 1)
+    )
+
+
+def etcd_clients(s: Settings) -> list[str]:
+    """host:port of every etcd member's client listener."""
+    return [f"{host_of(s, i)}:{p}" for i, p in enumerate(ETCD_CLIENT_PORTS, 1)]
+
+
+def sentinels(s: Settings) -> list[tuple[str, int]]:
+    """(host, port) of every Sentinel."""
+    return [(host_of(s, i), p) for i, p in enumerate(SENTINEL_PORTS, 1)]
 
 
 def etcd_command(s: Settings, i: int) -> list[str]:
     client, peer = ETCD_CLIENT_PORTS[i - 1], ETCD_PEER_PORTS[i - 1]
-    h = s.host
+    h = host_of(s, i)
     return [
         "/usr/bin/etcd",
         "--name",
@@ -118,15 +147,15 @@ def program_specs(s: Settings) -> list[dict[str, Any]]:
         specs.append(
             {
                 "name": f"etcd-{i}",
-                "command": etcd_command(s, i),
+                "command": on_host(s, i, etcd_command(s, i)),
                 "group": "data",
                 "priority": 5,
-                "probe": f"http:http://{h}:{client}/health",
-                "url": f"http://{h}:{client}",
+                "probe": f"http:http://{host_of(s, i)}:{client}/health",
+                "url": f"http://{host_of(s, i)}:{client}",
             }
         )
     join = str(Path(__file__).with_name("ha_join.py"))
-    etcd = [f"http://{h}:{p}" for p in ETCD_CLIENT_PORTS]
+    etcd = [f"http://{a}" for a in etcd_clients(s)]
     for i, m in enumerate(pg_members(s)):
         conf = str(m.home / "patroni.yml")
         # the first member takes over (or creates) the cluster; the others wait for it to
@@ -136,42 +165,42 @@ def program_specs(s: Settings) -> list[dict[str, Any]]:
             if i == 0
             else ["/usr/bin/python3", join, "patroni", str(m.data_dir), conf, *etcd]
         )
-        specs.append(
-            {
-                "name": m.name,
-                "command": command,
-                "group": "data",
-                "priority": 10,
-                # 200 while its Postgres runs, primary or standby
-                "probe": f"http:http://{h}:{m.rest_port}/health",
-                "url": f"postgresql://{h}:{m.port}/{s.postgres_db}",
-                "user": "postgres",
-                "stopwaitsecs": 60,
-            }
-        )
+        spec = {
+            "name": m.name,
+            "command": on_host(s, i + 1, command, user="postgres"),
+            "group": "data",
+            "priority": 10,
+            # 200 while its Postgres runs, primary or standby
+            "probe": f"http:http://{m.host}:{m.rest_port}/health",
+            "url": f"postgresql://{m.host}:{m.port}/{s.postgres_db}",
+            "stopwaitsecs": 60,
+        }
+        if not s.ha_netns:  # in a namespace, setpriv switches (on_host)
+            spec["user"] = "postgres"
+        specs.append(spec)
     redis = [
         ("redis", "redis-server", REDIS_PORTS, 10),
         ("sentinel", "redis-sentinel", SENTINEL_PORTS, 11),
     ]
-    sentinels = [str(p) for p in SENTINEL_PORTS]
+    sentinel_args = [f"{a}:{p}" for a, p in sentinels(s)]
     for kind, binary, ports, priority in redis:
         for i, port in enumerate(ports, 1):
             path = str(s.var / "ha" / f"{kind}-{i}" / f"{kind}.conf")
             # a Redis member starts as the replica of whoever the Sentinels name master now
             # (ha_join.py), never as a second master
             command = (
-                ["/usr/bin/python3", join, "redis", path, *sentinels]
+                ["/usr/bin/python3", join, "redis", path, *sentinel_args]
                 if kind == "redis"
                 else [f"/usr/bin/{binary}", path]
             )
             specs.append(
                 {
                     "name": f"{kind}-{i}",
-                    "command": command,
+                    "command": on_host(s, i, command),
                     "group": "data",
                     "priority": priority,
-                    "probe": f"tcp:{port}",
-                    "url": f"redis://{h}:{port}",
+                    "probe": f"tcp:{host_of(s, i)}:{port}",
+                    "url": f"redis://{host_of(s, i)}:{port}",
                 }
             )
     specs.append(
@@ -194,13 +223,14 @@ def scrape_targets(s: Settings) -> dict[str, str]:
     h = s.host
     on = s.ha and "postgres" not in s.external_services
 
-    def listed(ports: tuple[int, ...]) -> str:
-        return ", ".join(f'"{h}:{p}"' for p in ports) if on else ""
+    def listed(ports: tuple[int, ...], hosts: list[str] | None = None) -> str:
+        addresses = hosts or [host_of(s, i) for i in range(1, len(ports) + 1)]
+        return ", ".join(f'"{a}:{p}"' for a, p in zip(addresses, ports, strict=True)) if on else ""
 
     return {
         "patroni_targets": listed(PATRONI_REST_PORTS),
         "etcd_targets": listed(ETCD_CLIENT_PORTS),
-        "haproxy_targets": listed((HAPROXY_STATS_PORT,)),
+        "haproxy_targets": listed((HAPROXY_STATS_PORT,), [h]),  # haproxy: on this machine
         "sentinel_targets": listed(SENTINEL_PORTS),
     }
 
@@ -233,13 +263,41 @@ def primary(s: Settings, timeout: float = 2.0) -> PgMember | None:
     for m in pg_members(s):
         try:
             if (
-                httpx.get(f"http://{s.host}:{m.rest_port}/primary", timeout=timeout).status_code
+                httpx.get(f"http://{m.host}:{m.rest_port}/primary", timeout=timeout).status_code
                 == 200
             ):
                 return m
         except httpx.HTTPError:
             continue
     return None
+
+
+def place(s: Settings) -> list[str]:
+    """Before the members start: their hosts exist (namespaces with ``IOT_HA_NETNS``), and
+    when the members moved to other addresses since they last ran, what holds the old ones
+    is removed: etcd's data (its members' peer addresses; Patroni writes the cluster into the
+    new etcd from patroni-1's data), Redis's and the Sentinels' files (rendered again), the
+    standby's copy (copied again). Returns what was removed."""
+    if s.ha_netns:
+        from iot.stack import ha_hosts
+
+        ha_hosts.ensure()
+    record = s.var / "ha" / "hosts"
+    where = ",".join(host_of(s, n) for n in (1, 2, 3)) + "\n"
+    removed: list[str] = []
+    if record.exists() and record.read_text() != where:
+        for i in range(1, len(ETCD_CLIENT_PORTS) + 1):
+            if (s.var / "ha" / f"etcd-{i}").exists():
+                shutil.rmtree(s.var / "ha" / f"etcd-{i}")
+                removed.append(f"etcd-{i}")
+        for kind in ("redis", "sentinel"):
+            for conf in sorted((s.var / "ha").glob(f"{kind}-*/{kind}.conf")):
+                conf.unlink()
+                removed.append(conf.parent.name)
+        removed += forget_standbys(s)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(where)
+    return removed
 
 
 def forget_standbys(s: Settings) -> list[str]:
@@ -300,7 +358,7 @@ def switch_back(s: Settings, timeout: float = 90.0) -> str | None:
     if leader.name == first.name:
         return None
     r = httpx.post(
-        f"http://{s.host}:{leader.rest_port}/switchover",
+        f"http://{leader.host}:{leader.rest_port}/switchover",
         json={"leader": leader.name, "candidate": first.name},
         timeout=timeout,
     )
@@ -315,7 +373,7 @@ def switch_back(s: Settings, timeout: float = 90.0) -> str | None:
     # Postgres, that Postgres would outlive it
     while time.monotonic() < deadline:
         try:
-            state = httpx.get(f"http://{s.host}:{leader.rest_port}/patroni", timeout=2).json()
+            state = httpx.get(f"http://{leader.host}:{leader.rest_port}/patroni", timeout=2).json()
         except (httpx.HTTPError, ValueError):
             state = {}
         if state.get("role") == "replica" and state.get("state") == "running":
@@ -358,7 +416,7 @@ def redis_masters(s: Settings, timeout: float = 2.0) -> list[str]:
     out = []
     for i, port in enumerate(REDIS_PORTS, 1):
         client = redis.Redis(
-            host=s.host, port=port, password=s.redis_password, socket_timeout=timeout
+            host=host_of(s, i), port=port, password=s.redis_password, socket_timeout=timeout
         )
         try:
             if client.info("replication").get("role") == "master":

@@ -12,7 +12,6 @@ import yaml
 
 from iot.settings import Settings
 from iot.stack.ha import (
-    ETCD_CLIENT_PORTS,
     HAPROXY_STATS_PORT,
     REDIS_MASTER_NAME,
     REDIS_PORTS,
@@ -20,6 +19,8 @@ from iot.stack.ha import (
     SENTINEL_PORTS,
     SENTINEL_QUORUM,
     PgMember,
+    etcd_clients,
+    host_of,
     pg_members,
 )
 
@@ -32,7 +33,7 @@ def patroni_config(s: Settings, member: PgMember, parameters: dict[str, str]) ->
     """Member ``member``'s Patroni configuration. The settings the stack's single Postgres has
     on its command line are the cluster's parameters here (Patroni owns postgresql.conf), with
     ``parameters`` (the WAL archive's) added."""
-    h = s.host
+    h = member.host
     return {
         "scope": SCOPE,
         "name": member.name,
@@ -40,7 +41,7 @@ def patroni_config(s: Settings, member: PgMember, parameters: dict[str, str]) ->
             "listen": f"{h}:{member.rest_port}",
             "connect_address": f"{h}:{member.rest_port}",
         },
-        "etcd": {"hosts": [f"{h}:{p}" for p in ETCD_CLIENT_PORTS]},
+        "etcd": {"hosts": etcd_clients(s)},
         "bootstrap": {
             "dcs": {
                 # A lost primary's leader key lapses TTL_SECONDS after its last renewal and
@@ -95,12 +96,20 @@ def patroni_config(s: Settings, member: PgMember, parameters: dict[str, str]) ->
 
 def pg_hba(s: Settings) -> list[str]:
     """Local sockets trusted (as the single Postgres: only root and postgres reach them);
-    every TCP client with a password, replication included."""
+    every TCP client with a password, replication included: from this machine, and from each
+    host of the data tier (the members replicate from each other; in namespaces, this
+    machine's processes come from the bridge's address)."""
+    sources = [s.host, *s.ha_hosts]
+    if s.ha_netns:
+        from iot.stack import ha_hosts
+
+        sources.append(ha_hosts.GATEWAY)
+    unique = list(dict.fromkeys(sources))
     return [
         "local all all trust",
         "local replication all trust",
-        f"host replication replicator {s.host}/32 scram-sha-256",
-        f"host all all {s.host}/32 scram-sha-256",
+        *(f"host replication replicator {a}/32 scram-sha-256" for a in unique),
+        *(f"host all all {a}/32 scram-sha-256" for a in unique),
     ]
 
 
@@ -110,7 +119,7 @@ def redis_conf(s: Settings, i: int) -> str:
     port = REDIS_PORTS[i - 1]
     lines = [
         "# Rendered by `iotctl up --ha` when missing; Sentinel rewrites it after a failover.",
-        f"bind {s.host}",
+        f"bind {host_of(s, i)}",
         f"port {port}",
         "protected-mode yes",
         "daemonize no",
@@ -125,7 +134,7 @@ def redis_conf(s: Settings, i: int) -> str:
         f"masterauth {s.redis_password}",
     ]
     if i > 1:
-        lines.append(f"replicaof {s.host} {REDIS_PORTS[0]}")
+        lines.append(f"replicaof {host_of(s, 1)} {REDIS_PORTS[0]}")
     return "\n".join(lines) + "\n"
 
 
@@ -135,11 +144,12 @@ def sentinel_conf(s: Settings, i: int) -> str:
         "\n".join(
             [
                 "# Rendered by `iotctl up --ha` when missing; Sentinel rewrites it.",
-                f"bind {s.host}",
+                f"bind {host_of(s, i)}",
                 f"port {SENTINEL_PORTS[i - 1]}",
                 "daemonize no",
                 f"dir {s.var}/ha/sentinel-{i}",
-                f"sentinel monitor {REDIS_MASTER_NAME} {s.host} {REDIS_PORTS[0]} {SENTINEL_QUORUM}",
+                f"sentinel monitor {REDIS_MASTER_NAME} {host_of(s, 1)} {REDIS_PORTS[0]} "
+                f"{SENTINEL_QUORUM}",
                 f"sentinel auth-pass {REDIS_MASTER_NAME} {s.redis_password}",
                 f"sentinel down-after-milliseconds {REDIS_MASTER_NAME} 5000",
                 f"sentinel failover-timeout {REDIS_MASTER_NAME} 30000",
@@ -159,10 +169,11 @@ def haproxy_cfg(s: Settings) -> str:
     the current primary (Patroni's ``GET /primary``) or master (``role:master``) only."""
     h = s.host
     pg_servers = [
-        f"    server {m.name} {h}:{m.port} check port {m.rest_port}" for m in pg_members(s)
+        f"    server {m.name} {m.host}:{m.port} check port {m.rest_port}" for m in pg_members(s)
     ]
     redis_servers = [
-        f"    server redis-{i} {h}:{port} check" for i, port in enumerate(REDIS_PORTS, 1)
+        f"    server redis-{i} {host_of(s, i)}:{port} check"
+        for i, port in enumerate(REDIS_PORTS, 1)
     ]
     auth = f"AUTH\\ {s.redis_password}\\r\\n"
     return (

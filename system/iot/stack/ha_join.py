@@ -94,9 +94,9 @@ def _command(host: str, port: int, password: str, *args: str) -> list[str] | Non
         return values
 
 
-def current_master(host: str, password: str, sentinels: list[int]) -> tuple[str, int] | None:
+def current_master(password: str, sentinels: list[tuple[str, int]]) -> tuple[str, int] | None:
     """The master the first Sentinel that answers names, or None (none answers)."""
-    for port in sentinels:
+    for host, port in sentinels:
         try:
             answer = _command(
                 host, port, password, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME
@@ -108,10 +108,16 @@ def current_master(host: str, password: str, sentinels: list[int]) -> tuple[str,
     return None
 
 
-def join_redis(config: str, sentinels: list[int]) -> None:
+def sentinel_address(word: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or a bare port, on 127.0.0.1) as a Sentinel's address."""
+    host, _, port = word.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def join_redis(config: str, sentinels: list[tuple[str, int]]) -> None:
     conf = _conf(config)
     host, port = conf["bind"].split()[0], int(conf["port"])
-    master = current_master(host, conf.get("requirepass", ""), sentinels)
+    master = current_master(conf.get("requirepass", ""), sentinels)
     args = [REDIS, config]
     if master is not None and master != (host, port):
         print(f"the Sentinels name {master[0]}:{master[1]} master: starting as its replica")
@@ -123,11 +129,11 @@ def main(argv: list[str]) -> None:
     if len(argv) >= 5 and argv[1] == "patroni":
         join_patroni(argv[2], argv[3], argv[4:])
     elif len(argv) >= 4 and argv[1] == "redis":
-        join_redis(argv[2], [int(p) for p in argv[3:]])
+        join_redis(argv[2], [sentinel_address(w) for w in argv[3:]])
     else:
         sys.exit(
             "usage: ha_join.py patroni DATA_DIR CONFIG ETCD_URL... | "
-            "ha_join.py redis CONFIG SENTINEL_PORT..."
+            "ha_join.py redis CONFIG SENTINEL_HOST:PORT..."
         )
 
 
