@@ -22,6 +22,7 @@ def s(tmp_path: Path) -> Settings:
     return Settings(
         home=tmp_path,
         ha=True,
+        ha_netns=False,  # whatever the machine's own stack runs with (var/stack.env)
         redis_password="r-secret",
         postgres_superuser_password="su-secret",
         postgres_replication_password="repl-secret",
@@ -182,7 +183,7 @@ def test_members_on_three_hosts_are_configured_and_reached_at_their_own_addresse
 
 
 def test_members_moved_to_other_addresses_forget_what_held_the_old_ones(tmp_path: Path) -> None:
-    s = Settings(home=tmp_path, ha=True, redis_password="r")
+    s = Settings(home=tmp_path, ha=True, ha_netns=False, redis_password="r")
     ha_conf_dir = s.var / "ha"
     assert ha.place(s) == []  # first start: nothing to forget
     for kind in ("etcd-1", "redis-1", "sentinel-2"):
@@ -190,7 +191,9 @@ def test_members_moved_to_other_addresses_forget_what_held_the_old_ones(tmp_path
     (ha_conf_dir / "redis-1" / "redis.conf").write_text("bind 127.0.0.1\n")
     (ha_conf_dir / "sentinel-2" / "sentinel.conf").write_text("bind 127.0.0.1\n")
     assert ha.place(s) == []  # same addresses: everything kept
-    moved = Settings(home=tmp_path, ha=True, ha_hosts="10.0.0.1,10.0.0.2,10.0.0.3")
+    moved = Settings(
+        home=tmp_path, ha=True, ha_netns=False, ha_hosts="10.0.0.1,10.0.0.2,10.0.0.3"
+    )
     assert ha.place(moved) == ["etcd-1", "redis-1", "sentinel-2"]
     assert not (ha_conf_dir / "etcd-1").exists()
     assert not (ha_conf_dir / "redis-1" / "redis.conf").exists()

@@ -284,8 +284,10 @@ def place(s: Settings) -> list[str]:
         ha_hosts.ensure()
     record = s.var / "ha" / "hosts"
     where = ",".join(host_of(s, n) for n in (1, 2, 3)) + "\n"
+    # no record: the members ran (if they ever did) before hosts were recorded, on IOT_HOST
+    before = record.read_text() if record.exists() else ",".join([s.host] * 3) + "\n"
     removed: list[str] = []
-    if record.exists() and record.read_text() != where:
+    if before != where:
         for i in range(1, len(ETCD_CLIENT_PORTS) + 1):
             if (s.var / "ha" / f"etcd-{i}").exists():
                 shutil.rmtree(s.var / "ha" / f"etcd-{i}")
