@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
-from iot.settings import get_settings
+from iot.settings import Settings, get_settings
 from iot.stack.processes import service_of
 from loadtest import workerbench
 from loadtest.benchkit import cpu_per_request, fail, fmt
@@ -32,17 +31,12 @@ from loadtest.historybench import scratch_database
 from loadtest.pollbench import percentile
 
 SCRIPT = "INSERT INTO commit_bench (client, v) VALUES (:client_id, random());\n"
-PGBENCH_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-
-
-def _pgbench() -> str:
-    for d in PGBENCH_DIRS:
-        if (d / "pgbench").exists():
-            return str(d / "pgbench")
-    found = shutil.which("pgbench")
-    if not found:
-        fail("pgbench not found: it comes with Debian's postgresql package (scripts/setup.sh)")
-    return found
+def _pgbench(s: Settings) -> str:
+    """Debian's pgbench, beside the Postgres the stack runs (``postgres_bin_dir``)."""
+    path = s.postgres_bin_dir / "pgbench"
+    if not path.exists():
+        fail(f"{path} not found: it comes with Debian's postgresql package (scripts/setup.sh)")
+    return str(path)
 
 
 def _latencies_ms(folder: Path) -> list[float]:
@@ -76,7 +70,7 @@ def commit(
     """Commit latency and Postgres CPU per commit of the running stack (one Postgres, or the
     --ha primary with its synchronous standby): pgbench into a scratch database."""
     s = get_settings()
-    binary = _pgbench()
+    binary = _pgbench(s)
     try:
         with psycopg.connect(s.database_direct_url, connect_timeout=5) as conn:
             conn.execute("SELECT 1")

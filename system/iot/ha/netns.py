@@ -103,16 +103,16 @@ class Net:
     def bridge(self) -> str:
         return f"{self.prefix}-br0"
 
-    def _planned(self) -> list[Host]:
+    def planned(self) -> list[Host]:
         return [Host(f"{self.prefix}{i}", f"{self.subnet}.{10 + i}", f"{self.prefix}{i}-o")
                 for i in range(1, self.count + 1)]
 
     def attach(self) -> Net | None:
         """The hosts as an earlier ``open`` left them, without touching them; None when any
         of them is missing."""
-        if set(h.name for h in self._planned()) - set(_namespaces(self.prefix)):
+        if set(h.name for h in self.planned()) - set(_namespaces(self.prefix)):
             return None
-        self.hosts = self._planned()
+        self.hosts = self.planned()
         return self
 
     def open(self) -> Net:
@@ -121,7 +121,7 @@ class Net:
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
-        for host in self._planned():
+        for host in self.planned():
             ip("netns", "add", host.name)
             ip("link", "add", host.outer, "type", "veth", "peer", "name", "eth0",
                 "netns", host.name)

@@ -327,9 +327,9 @@ def stop_leftover_postgres(s: Settings, timeout: float = 60.0) -> list[str]:
     stopped = []
     for m in pg_members(s):
         pid = postmaster_pid(m)
+        if pid is None:
+            continue
         try:
-            if pid is None:
-                continue
             os.kill(pid, signal.SIGINT)  # a fast shutdown
         except OSError:
             continue  # gone meanwhile

@@ -38,7 +38,7 @@ def _net() -> Net:
 
 def host(n: int) -> Host:
     """Host ``n`` (1-3), whether or not it exists yet."""
-    return _net()._planned()[n - 1]
+    return _net().planned()[n - 1]
 
 
 def ensure() -> list[Host]:
