@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
@@ -50,6 +52,11 @@ class State:
     ingest: Coalescer | None = None
     sensor_names: SensorNames | None = None  # the cap on sensors per device; None: no cap
     rollouts: Rollouts | None = None
+    # credentials being looked up again in the background (``_credential``), by cache key
+    revalidating: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    revalidations: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(REVALIDATE_CONCURRENCY)
+    )
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,12 @@ AppState = Annotated[State, Depends(get_state)]
 _bearer = HTTPBearer(auto_error=False, description="A person's access token or a device token")
 DEVICE_CACHE_MAX = 100_000
 STALE_SECONDS = 3600.0
+# An entry lives its ttl times a random factor in [TTL_SPREAD, 1]: the entries of a fleet that
+# connected together do not lapse together.
+TTL_SPREAD = 0.8
+# Lookups of lapsed entries running in the background at once, per replica: refreshing the
+# cache never takes more of the pool than this from the requests.
+REVALIDATE_CONCURRENCY = 2
 
 
 BUSY_LOOKUP_ATTEMPTS = 2
@@ -125,6 +138,14 @@ async def _credential(
     hit = state.device_cache.get(key)
     if hit and hit[0] > now:
         return hit[1]
+    if hit and _watched(state) and now - hit[0] < state.settings.device_auth_cache_seconds:
+        # Lapsed while this replica hears every change (a rotation or deletion removes the
+        # entry at once, a lost listener empties the cache): still right. Answer from it and
+        # look it up again behind the request, a few at a time, so that a fleet's entries
+        # lapsing together never wait on a slow Postgres together (each lookup one round trip;
+        # at 1.5 s each, 300 devices at once had queued past the pool's wait).
+        _revalidate(state, key, lookup)
+        return hit[1]
     try:
         found = await _look_up(state, lookup)
     except DatabaseUnavailable:
@@ -133,19 +154,56 @@ async def _credential(
         if during_outage is None:
             raise
         return during_outage()
+    return _remember(state, key, found)
+
+
+def _watched(state: State) -> bool:
+    """Whether this replica hears credential changes now (Postgres NOTIFY)."""
+    return state.commands is not None and state.commands.wakeups.listening
+
+
+def _remember(state: State, key: str, found: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Cache what a lookup found under ``key`` (nothing: forget the key); returns ``found``."""
     if found is None:
         state.device_cache.pop(key, None)
         return None
     if len(state.device_cache) >= DEVICE_CACHE_MAX:
         state.device_cache.clear()
-    watched = state.commands is not None and state.commands.wakeups.listening
     ttl = (
         state.settings.device_auth_cache_seconds
-        if watched
+        if _watched(state)
         else state.settings.device_auth_cache_unwatched_seconds
     )
-    state.device_cache[key] = (now + ttl, found)
+    state.device_cache[key] = (time.monotonic() + ttl * random.uniform(TTL_SPREAD, 1.0), found)
     return found
+
+
+def _revalidate(
+    state: State,
+    key: str,
+    lookup: Callable[[psycopg.AsyncConnection[Any]], Awaitable[dict[str, Any] | None]],
+) -> None:
+    """Look ``key`` up again in the background (once at a time per key, at most
+    REVALIDATE_CONCURRENCY lookups at once). A failed lookup leaves the entry as it is: the
+    next request past it tries again, and past its grace the request path looks it up."""
+    if key in state.revalidating:
+        return
+
+    async def again() -> None:
+        try:
+            async with state.revalidations:
+                lapsed = state.device_cache.get(key)
+                if lapsed is None or lapsed[0] > time.monotonic():
+                    return  # forgotten (a change) or refreshed meanwhile
+                found = await _look_up(state, lookup)
+            if state.device_cache.get(key) is lapsed:  # no change arrived during the lookup
+                _remember(state, key, found)
+        except DatabaseUnavailable:
+            return
+        finally:
+            state.revalidating.pop(key, None)
+
+    state.revalidating[key] = asyncio.get_running_loop().create_task(again())
 
 
 async def _device_by_token(state: State, token: str) -> dict[str, Any]:
