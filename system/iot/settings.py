@@ -7,6 +7,7 @@ Values come from the environment (prefix ``IOT_``), then ``.env`` in the project
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,8 +18,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDERS = {"", "change-me", "changeme", "secret", "password", "placeholder"}
-Role = Literal["edge", "api", "sensors", "commandlog", "monitoring"]
+Role = Literal["edge", "api", "sensors", "commandlog", "monitoring", "data-1", "data-2", "data-3"]
+# The product's own processes, by role.
 ROLES: tuple[Role, ...] = ("edge", "api", "sensors", "commandlog", "monitoring")
+# The HA data tier's hosts (`iotctl up --ha`): data-N runs host N's members.
+DATA_ROLES: tuple[Role, ...] = ("data-1", "data-2", "data-3")
 
 
 STACK_ENV = PROJECT_ROOT / "var" / "stack.env"  # the shape `iotctl up --api-replicas ...` chose
@@ -94,9 +98,12 @@ class Settings(BaseSettings):
     # multi-machine deployment"), any of: edge (nginx and its exporter), api (the replicas),
     # sensors (the sensors workers), commandlog (the command-log worker: one in a deployment,
     # it keeps each device's commands in order), monitoring (Prometheus, Alertmanager, Flower,
-    # the Postgres and Redis exporters). Default: all of them. The backing services follow
-    # IOT_EXTERNAL_SERVICES; toxiproxy runs with IOT_VIA_TOXIPROXY or all roles.
-    roles: Annotated[list[Role], NoDecode] = Field(default_factory=lambda: list(ROLES))
+    # the Postgres and Redis exporters); with --ha also data-1, data-2, data-3 (host N of the
+    # data tier: etcd-N and sentinel-N, patroni-N and redis-N for N = 1, 2; its address is the
+    # Nth of IOT_HA_HOSTS). Default: all of them. The backing services follow
+    # IOT_EXTERNAL_SERVICES; toxiproxy runs with IOT_VIA_TOXIPROXY or all roles; with --ha,
+    # haproxy runs on every machine of a product role (its processes reach the primary there).
+    roles: Annotated[list[Role], NoDecode] = Field(default_factory=lambda: [*ROLES, *DATA_ROLES])
     # Processes on other machines, as host:port, comma-separated: API replicas (nginx's upstream
     # and Prometheus' api job include them) and the workers' metrics addresses (Prometheus).
     api_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -220,12 +227,18 @@ class Settings(BaseSettings):
     # Redis under Sentinel, haproxy on postgres_port and redis_port (iot/stack/ha.py).
     ha: bool = False
     # Where the HA members run: host N (1-3) runs etcd-N and Sentinel N, and patroni-N and
-    # redis-N where there are (two of each). Empty: every member on IOT_HOST. ha_netns (kept
+    # redis-N where there are (two of each); the machine whose IOT_ROLES names data-N runs
+    # them (docs/scaling.md, "The HA data tier on machines of its own"). Empty: every member
+    # on IOT_HOST. ha_netns (kept
     # in var/stack.env, `iotctl up --ha --ha-netns`): three network namespaces of this machine
     # stand for the hosts (iot/stack/ha_hosts.py), so that a host can be cut off for real (the
     # chaos experiment ha-cut-primary); their addresses are then 10.79.0.11-13 unless given.
     ha_hosts: list[str] = Field(default_factory=list)
     ha_netns: bool = False
+    # With members on other machines: the networks (CIDR, comma-separated) of the machines
+    # whose processes reach the members (through their own haproxy), let in by pg_hba with a
+    # password. The data tier's hosts are let in already.
+    ha_client_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     postgres_superuser_password: str = ""  # the HA members' superuser (Patroni), var/secrets.env
     postgres_replication_password: str = ""  # the HA members' replication role
 
@@ -253,11 +266,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"{address!r} is not host:port (e.g. 10.0.0.5:8101)")
         return value
 
-    @field_validator("external_services", "roles", "ha_hosts", mode="before")
+    @field_validator("external_services", "roles", "ha_hosts", "ha_client_networks", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("ha_client_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network (e.g. 10.0.1.0/24)") from None
         return value
 
     @model_validator(mode="after")
@@ -268,6 +291,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"IOT_HA_HOSTS names {len(self.ha_hosts)} hosts: it needs three (etcd and the "
                 "Sentinels have a member on each), e.g. 10.0.0.11,10.0.0.12,10.0.0.13"
+            )
+        here = [r for r in DATA_ROLES if r in self.roles]
+        if self.ha and len(here) < len(DATA_ROLES) and not self.ha_hosts:
+            raise ValueError(
+                f"IOT_ROLES names {', '.join(here) or 'no data role'} of data-1, data-2, "
+                "data-3: the other hosts' members run on other machines, so IOT_HA_HOSTS must "
+                "give the three hosts' addresses, e.g. 10.0.0.11,10.0.0.12,10.0.0.13"
             )
         return self
 
@@ -304,8 +334,13 @@ class Settings(BaseSettings):
 
     @property
     def every_role(self) -> bool:
-        """This machine runs all of the product's own processes (the default IOT_ROLES)."""
-        return set(self.roles) == set(ROLES)
+        """This machine runs all of the product's own processes (as by default)."""
+        return set(ROLES) <= set(self.roles)
+
+    @property
+    def product_role(self) -> bool:
+        """This machine runs some of the product's own processes (not only data-tier hosts)."""
+        return bool(set(ROLES) & set(self.roles))
 
     @property
     def var(self) -> Path:

@@ -27,7 +27,7 @@ from iotcore.host import HttpxTransport
 from iot import security
 from iot.settings import Settings, get_settings
 from iot.stack.control import Supervisor, wait_healthy
-from iot.stack.processes import service_of
+from iot.stack.placement import service_of
 
 T = TypeVar("T")
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from iot.settings import PROJECT_ROOT, Settings
-from iot.stack.processes import service_of
+from iot.stack.placement import service_of
 from tests.integration.conftest import Person, eventually, reading, rows_for
 from tests.integration.containers import stack_ports
 

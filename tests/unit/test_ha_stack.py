@@ -14,7 +14,8 @@ import yaml
 from iot import backup
 from iot.settings import Settings
 from iot.stack import ha, ha_conf
-from iot.stack.processes import programs, service_of, supervisord_conf
+from iot.stack.placement import service_of
+from iot.stack.processes import programs, supervisord_conf
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from iot.stack import cluster as rabbit_cluster
 from iot.stack import connections, external, ha
 from iot.stack import setup as stack_setup
 from iot.stack.control import ControlError, Supervisor, probe, wait_healthy
-from iot.stack.processes import external_programs, programs, runs_here, service_of
+from iot.stack.placement import runs_here, service_of
+from iot.stack.processes import external_programs, programs
 
 
 def _print_urls(s: Settings) -> None:
@@ -208,17 +209,20 @@ def up(
     limits = connections.for_settings(s)
     if {"edge", "api"} & set(s.roles):
         typer.echo(connections.summary(limits))
-    typer.echo("supervisor running; waiting for Postgres ...")
     started = time.monotonic()
-    if "postgres" not in s.external_services:  # external: prepared above
-        _wait_postgres_socket(s, timeout)
-        stack_setup.bootstrap_database(s)
-        if s.ha:  # haproxy needs two good checks of the primary before it routes to it
-            _wait_routed(s, timeout)
-    applied = stack_setup.migrate(s.database_direct_url)
-    typer.echo(
-        f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else "")
-    )
+    if s.product_role:
+        typer.echo("supervisor running; waiting for Postgres ...")
+        if "postgres" not in s.external_services:  # external: prepared above
+            _wait_postgres_socket(s, timeout)
+            stack_setup.bootstrap_database(s)
+            if s.ha:  # haproxy needs two good checks of the primary before it routes to it
+                _wait_routed(s, timeout)
+        applied = stack_setup.migrate(s.database_direct_url)
+        typer.echo(
+            f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else "")
+        )
+    else:  # only hosts of the data tier: the machines of the product's roles prepare it
+        typer.echo("supervisor running (the database is prepared by the product's machines)")
 
     def progress(name: str, health: object) -> None:
         typer.echo(f"  {name:<18} healthy  ({time.monotonic() - started:4.1f}s)")
@@ -269,10 +273,8 @@ def _wait_postgres_socket(s: Settings, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            socket_dir, port = ha.local_postgres(s, timeout)
             with psycopg.connect(
-                host=str(socket_dir),
-                port=port,
+                **ha.superuser_address(s, timeout),
                 user="postgres",
                 dbname="postgres",
                 connect_timeout=2,

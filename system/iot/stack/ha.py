@@ -388,6 +388,42 @@ class NoPrimary(RuntimeError):
     """No Postgres member is primary (a failover in progress, or the cluster not up)."""
 
 
+def superuser_address(s: Settings, timeout: float = 60.0) -> dict[str, Any]:
+    """How this machine's superuser tools (roles and databases, backups) reach the Postgres
+    primary, as psycopg's connection arguments: over its socket when the primary's member
+    runs here (and always without ``--ha``), else over TCP with Patroni's superuser password
+    (a machine of the product's roles, the members on machines of their own: IOT_ROLES
+    without that host's data-N).
+
+    Raises:
+        NoPrimary: no member became primary within ``timeout``.
+    """
+    if s.ha:
+        member = _wait_primary(s, timeout)
+        if f"data-{member.name.rsplit('-', 1)[1]}" not in s.roles:
+            return {
+                "host": member.host,
+                "port": member.port,
+                "password": s.postgres_superuser_password,
+            }
+    socket_dir, port = local_postgres(s, timeout)
+    return {"host": str(socket_dir), "port": port}
+
+
+def _wait_primary(s: Settings, timeout: float) -> PgMember:
+    deadline = time.monotonic() + timeout
+    while True:
+        member = primary(s)
+        if member is not None:
+            return member
+        if time.monotonic() > deadline:
+            raise NoPrimary(
+                f"no Postgres member is primary after {timeout:g} s: see `iotctl logs patroni-1`"
+                " and `iotctl logs patroni-2` where they run"
+            )
+        time.sleep(1)
+
+
 def local_postgres(s: Settings, timeout: float = 60.0) -> tuple[Path, int]:
     """(socket directory, port) of the Postgres that this machine's superuser tools use (roles
     and databases, migrations' bootstrap, backups): the single Postgres, or with ``--ha`` the
@@ -398,17 +434,8 @@ def local_postgres(s: Settings, timeout: float = 60.0) -> tuple[Path, int]:
     """
     if not s.ha:
         return s.var / "run" / "postgres", s.postgres_port
-    deadline = time.monotonic() + timeout
-    while True:
-        member = primary(s)
-        if member is not None:
-            return member.socket_dir, member.port
-        if time.monotonic() > deadline:
-            raise NoPrimary(
-                f"no Postgres member is primary after {timeout:g} s: see `iotctl logs patroni-1`"
-                " and `iotctl logs patroni-2`"
-            )
-        time.sleep(1)
+    member = _wait_primary(s, timeout)
+    return member.socket_dir, member.port
 
 
 def redis_masters(s: Settings, timeout: float = 2.0) -> list[str]:

@@ -4,6 +4,7 @@ files, haproxy's, written under var/ by :func:`render`."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -98,18 +99,19 @@ def pg_hba(s: Settings) -> list[str]:
     """Local sockets trusted (as the single Postgres: only root and postgres reach them);
     every TCP client with a password, replication included: from this machine, and from each
     host of the data tier (the members replicate from each other; in namespaces, this
-    machine's processes come from the bridge's address)."""
+    machine's processes come from the bridge's address); the product's other machines from
+    ``IOT_HA_CLIENT_NETWORKS`` (no replication)."""
     sources = [s.host, *s.ha_hosts]
     if s.ha_netns:
         from iot.stack import ha_hosts
 
         sources.append(ha_hosts.GATEWAY)
-    unique = list(dict.fromkeys(sources))
+    unique = [f"{a}/32" for a in dict.fromkeys(sources)]
     return [
         "local all all trust",
         "local replication all trust",
-        *(f"host replication replicator {a}/32 scram-sha-256" for a in unique),
-        *(f"host all all {a}/32 scram-sha-256" for a in unique),
+        *(f"host replication replicator {a} scram-sha-256" for a in unique),
+        *(f"host all all {a} scram-sha-256" for a in [*unique, *s.ha_client_networks]),
     ]
 
 
@@ -232,7 +234,7 @@ def render(s: Settings, parameters: dict[str, str]) -> list[str]:
     for m in pg_members(s):  # Patroni runs as postgres: its home, data and socket are its own
         for d in (m.home, m.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
-            shutil.chown(d, "postgres", "postgres")
+            _give_postgres(d)
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:
@@ -240,7 +242,7 @@ def render(s: Settings, parameters: dict[str, str]) -> list[str]:
             changed.append(path.name if path.parent == conf else f"{path.parent.name}.yml")
         path.chmod(0o600)  # passwords
         if path.name == "patroni.yml":
-            shutil.chown(path, "postgres", "postgres")
+            _give_postgres(path)
     once = [
         ("redis", len(REDIS_PORTS), redis_conf),
         ("sentinel", len(SENTINEL_PORTS), sentinel_conf),
@@ -254,3 +256,15 @@ def render(s: Settings, parameters: dict[str, str]) -> list[str]:
                 path.chmod(0o600)
                 changed.append(f"{kind}-{i}.conf")
     return changed
+
+
+def _give_postgres(path: Path) -> None:
+    """Make ``path`` the postgres user's. Left as it is where that cannot be done: rendering
+    for containers (compose/render.py) as a user other than root, or on a machine without
+    Postgres's packages; the containers' own directories belong to postgres already."""
+    if os.geteuid() != 0:
+        return
+    try:
+        shutil.chown(path, "postgres", "postgres")
+    except LookupError:
+        return

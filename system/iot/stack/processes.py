@@ -14,6 +14,7 @@ from pathlib import Path
 from iot import backup
 from iot.settings import RabbitNode, Settings
 from iot.stack import connections, ha
+from iot.stack.placement import runs_here, service_of
 
 
 @dataclass
@@ -313,49 +314,6 @@ def programs(s: Settings) -> list[Program]:
     return [
         p for p in progs if service_of(p.name) not in s.external_services and runs_here(s, p.name)
     ]
-
-
-def role_of(program: str) -> str | None:
-    """The role (IOT_ROLES) a program belongs to; None for the backing services and
-    toxiproxy, which IOT_EXTERNAL_SERVICES and IOT_VIA_TOXIPROXY decide."""
-    if program.startswith("api-"):
-        return "api"
-    if program.startswith("worker-sensors"):
-        return "sensors"
-    if program == "worker-commandlog":
-        return "commandlog"
-    if program in ("nginx", "nginx-exporter"):
-        return "edge"
-    if program in ("prometheus", "alertmanager", "flower", "postgres-exporter", "redis-exporter"):
-        return "monitoring"
-    return None
-
-
-def runs_here(s: Settings, program: str) -> bool:
-    """Whether this machine runs the program, by its roles. toxiproxy runs when our
-    processes reach the services through it, or (as always before roles) on a machine of
-    every role."""
-    role = role_of(program)
-    if role is not None:
-        return role in s.roles
-    if program == "toxiproxy":
-        return s.via_toxiproxy or s.every_role
-    return True
-
-
-def service_of(program: str) -> str:
-    """The backing service a program is (``rabbitmq-2`` is RabbitMQ, ``patroni-1`` Postgres,
-    ``sentinel-3`` Redis), else the program."""
-    for prefix, service in (
-        ("rabbitmq", "rabbitmq"),
-        ("patroni-", "postgres"),
-        ("etcd-", "postgres"),
-        ("redis-", "redis"),
-        ("sentinel-", "redis"),
-    ):
-        if program.startswith(prefix) and program != "redis-exporter":
-            return service
-    return program
 
 
 def external_programs(s: Settings) -> list[Program]:

@@ -173,6 +173,8 @@ def ensure_postgres_cluster(s: Settings) -> None:
     data = s.var / "postgres" / "data"
     if (data / "PG_VERSION").exists() or "postgres" in s.external_services:
         return
+    if s.ha and "data-1" not in s.roles:  # the first member runs on another machine
+        return
     _run(
         [
             "runuser",
@@ -345,7 +347,8 @@ def _external_upstreams(s: Settings, text: str) -> str:
 def superuser_connection(
     s: Settings, dbname: str = "postgres", autocommit: bool = True
 ) -> psycopg.Connection[Any]:
-    """The cluster's superuser (creates roles and databases): over the stack's socket, or
+    """The cluster's superuser (creates roles and databases): over the stack's socket (with
+    ``--ha``, the primary's, or over TCP when its member runs on another machine), or
     ``IOT_POSTGRES_SUPERUSER_URL`` when Postgres is external."""
     if "postgres" in s.external_services:
         if not s.postgres_superuser_url:
@@ -361,9 +364,8 @@ def superuser_connection(
             autocommit=autocommit,
             connect_timeout=10,
         )
-    socket_dir, port = ha.local_postgres(s)
     return psycopg.connect(
-        host=str(socket_dir), port=port, user="postgres", dbname=dbname, autocommit=autocommit
+        **ha.superuser_address(s), user="postgres", dbname=dbname, autocommit=autocommit
     )
 
 
