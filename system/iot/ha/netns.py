@@ -9,6 +9,7 @@ Needs root (``ip netns``).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -113,6 +114,7 @@ class Net:
         if set(h.name for h in self.planned()) - set(_namespaces(self.prefix)):
             return None
         self.hosts = self.planned()
+        self.allow_forwarding()
         return self
 
     def open(self) -> Net:
@@ -131,7 +133,22 @@ class Net:
             ip("-n", host.name, "link", "set", "eth0", "up")
             ip("-n", host.name, "link", "set", "lo", "up")
             self.hosts.append(host)
+        self.allow_forwarding()
         return self
+
+    def _forward_rule(self) -> list[str]:
+        return ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+
+    def allow_forwarding(self) -> None:
+        """Let the hosts reach each other across the bridge whatever the firewall's FORWARD
+        policy. A Docker engine on the machine sets it to DROP and makes bridged traffic pass
+        through iptables: without this rule the hosts lose each other (etcd without a
+        majority, no primary) as soon as dockerd starts."""
+        if shutil.which("iptables") is None:
+            return
+        rule = self._forward_rule()
+        if subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode != 0:
+            subprocess.run(["iptables", "-I", *rule], capture_output=True, check=False)
 
     def host(self, address: str) -> Host:
         return next(h for h in self.hosts if h.address == address)
@@ -200,6 +217,11 @@ class Net:
             ip("netns", "del", name, check=False)
         if ip("link", "show", self.bridge, check=False).returncode == 0:
             ip("link", "del", self.bridge, check=False)
+        if shutil.which("iptables") is not None:
+            while subprocess.run(
+                ["iptables", "-D", *self._forward_rule()], capture_output=True
+            ).returncode == 0:
+                pass
         self.hosts.clear()
 
 
