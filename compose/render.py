@@ -12,6 +12,10 @@
   ``var/tls/``: the self-signed certificate of nginx.
 - ``env/<program>.env``: each program's environment as the supervisor would set it (database
   role, worker metrics port, Flower's broker API, exporters' data source).
+- ``ha/`` (docker-compose.ha.yml): each member's command, first files and Patroni's
+  configuration from ``iotctl up --ha``'s program definitions, with the three hosts at
+  ``IOT_COMPOSE_HA_NET``.11-13 (default 10.79.1); haproxy's configuration; Prometheus's with
+  the members' targets.
 
 Running it again rewrites ``conf/`` and ``env/`` and keeps the secrets and the certificate.
 """
@@ -19,14 +23,18 @@ Running it again rewrites ``conf/`` and ``env/`` and keeps the secrets and the c
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from secrets import token_hex
 
+import yaml
+
 from iot.settings import Settings
-from iot.stack import setup
+from iot.stack import ha, ha_conf, setup
 from iot.stack.processes import programs
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +47,13 @@ OVERRIDES = {"prometheus_port": 9090}
 # The API replicas and sensors workers the compose file defines.
 API_SERVICES = ("api-1", "api-2")
 SENSORS_SERVICES = ("worker-sensors",)
+# The HA profile (docker-compose.ha.yml): the data tier's three hosts are containers with
+# fixed addresses on the bundle's network (the file's own subnet), as the network namespaces
+# of `iotctl up --ha --ha-netns` are; host N's members share its network.
+HA_NET = os.environ.get("IOT_COMPOSE_HA_NET", "10.79.1")
+HA_HOSTS = [f"{HA_NET}.{10 + i}" for i in (1, 2, 3)]
+HA_JOIN = REPO / "system" / "iot" / "stack" / "ha_join.py"
+HA_MEMBER = re.compile(r"^(etcd|patroni|redis|sentinel)-\d$")
 
 
 def secrets_of(out: Path) -> dict[str, str]:
@@ -59,7 +74,9 @@ def service_of_port(s: Settings) -> dict[int, str]:
         "rabbitmq": tuple(
             p for n in s.rabbitmq_nodes for p in (n.port, n.management_port, n.prometheus_port)
         ),
-        "postgres": (s.postgres_port,),
+        # with --ha, `postgres` and `redis` are haproxy in front of the members (its stats
+        # and metrics on the `postgres` one)
+        "postgres": (s.postgres_port, *((ha.HAPROXY_STATS_PORT,) if s.ha else ())),
         "redis": (s.redis_port,),
         "toxiproxy": (
             s.toxiproxy_port,
@@ -104,7 +121,22 @@ LOOPBACK_ONLY = {
 }
 
 
-def render_stack(out: Path, secrets: dict[str, str], cluster: bool) -> dict[str, str]:
+def compose_hba() -> list[str]:
+    """The members' pg_hba in containers: every container of the bundle's network (their
+    addresses are not fixed, except the data tier's) with a password, as the single Postgres
+    of docker-compose.yml allows."""
+    subnet = f"{HA_NET}.0/24"
+    return [
+        "local all all trust",
+        "local replication all trust",
+        f"host replication replicator {subnet} scram-sha-256",
+        f"host all all {subnet} scram-sha-256",
+    ]
+
+
+def render_stack(
+    out: Path, secrets: dict[str, str], cluster: bool, ha_tier: bool = False
+) -> dict[str, str]:
     """The configuration files and environments of the stack, by path under OUT.
 
     The native code renders (``setup.render_configs``, ``processes.programs``) into a staging
@@ -120,6 +152,9 @@ def render_stack(out: Path, secrets: dict[str, str], cluster: bool) -> dict[str,
         api_replicas=len(API_SERVICES),
         sensor_workers=len(SENSORS_SERVICES),
         rabbitmq_cluster=cluster,
+        ha=ha_tier,
+        ha_hosts=HA_HOSTS if ha_tier else [],
+        ha_netns=False,
         **OVERRIDES,
         **secrets,
     )
@@ -132,6 +167,7 @@ def render_stack(out: Path, secrets: dict[str, str], cluster: bool) -> dict[str,
                 (stage, HOME),
                 (REPO / "monitoring", HOME / "monitoring"),
                 (REPO / "webui", HOME / "webui"),
+                (HA_JOIN, Path("/srv/iot/bin/ha_join.py")),
             ):
                 text = text.replace(str(path), str(inside))
             return text
@@ -161,13 +197,45 @@ def render_stack(out: Path, secrets: dict[str, str], cluster: bool) -> dict[str,
             lambda m: m.group(1) + address_by_owner(m.group(2), owners),
             native("nginx.conf"),
         )
+        if ha_tier:
+            files.update(render_ha_members(s, native, contained))
         for program in programs(s):
+            if HA_MEMBER.match(program.name):
+                continue
             if program.env:
                 env = {k: address_by_owner(contained(v), owners) for k, v in program.env.items()}
                 env.update({k: LOOPBACK_ONLY[k](v) for k, v in env.items() if k in LOOPBACK_ONLY})
                 files[f"env/{program.name}.env"] = "".join(f"{k}={v}\n" for k, v in env.items())
     finally:
         shutil.rmtree(stage)  # it holds the native-only files (supervisord.conf)
+    return files
+
+
+def render_ha_members(
+    s: Settings, native: Callable[[str], str], contained: Callable[[str], str]
+) -> dict[str, str]:
+    """What member-start (compose/images/member-start.sh) runs each member of the HA tier
+    with: its command (``ha/cmd/NAME``, one argument per line), its first files
+    (``ha/seed/NAME/``), ``ha/user/NAME`` for the members that run as postgres, Patroni's
+    configurations (``ha/patroni/``) and haproxy's (``ha/conf/haproxy.cfg``)."""
+    files = {"ha/conf/haproxy.cfg": native("haproxy.cfg")}
+    for program in programs(s):
+        if not HA_MEMBER.match(program.name):
+            continue
+        files[f"ha/cmd/{program.name}"] = "".join(contained(a) + "\n" for a in program.command)
+        if program.user == "postgres":
+            files[f"ha/user/{program.name}"] = "postgres\n"
+    for m in ha.pg_members(s):
+        config = ha_conf.patroni_config(s, m, {})  # no WAL archive, as docker-compose.yml's
+        config["bootstrap"]["pg_hba"] = config["postgresql"]["pg_hba"] = compose_hba()
+        files[f"ha/patroni/{m.name}.yml"] = contained(yaml.safe_dump(config, sort_keys=False))
+    for kind, count, name in (
+        ("redis", len(ha.REDIS_PORTS), "redis.conf"),
+        ("sentinel", len(ha.SENTINEL_PORTS), "sentinel.conf"),
+    ):
+        for i in range(1, count + 1):
+            first = s.var / "ha" / f"{kind}-{i}" / name
+            files[f"ha/seed/{kind}-{i}/{name}"] = contained(first.read_text())
     return files
 
 
@@ -182,9 +250,14 @@ CLUSTER_FILES = (
 )
 
 
+# What docker-compose.ha.yml mounts from OUT/ha instead of OUT (the rest of the stack's files
+# are the same with --ha: only Prometheus learns the members).
+HA_FILES = ("conf/prometheus.yml",)
+
+
 def render(out: Path) -> list[Path]:
-    """Write everything under OUT (the cluster's variants under OUT/cluster); returns the
-    files written."""
+    """Write everything under OUT (the cluster's variants under OUT/cluster, the HA tier's
+    files and variants under OUT/ha); returns the files written."""
     out = out.resolve()
     secrets = secrets_of(out)
     (out / "var" / "tls").mkdir(parents=True, exist_ok=True)
@@ -195,8 +268,11 @@ def render(out: Path) -> list[Path]:
     cookie.chmod(0o400)  # Erlang refuses a cookie that others may read
     single = render_stack(out, secrets, cluster=False)
     cluster = render_stack(out, secrets, cluster=True)
+    with_ha = render_stack(out, secrets, cluster=False, ha_tier=True)
     written = [_write(out / rel, text) for rel, text in single.items()]
     written += [_write(out / "cluster" / rel, cluster[rel]) for rel in CLUSTER_FILES]
+    written += [_write(out / rel, text) for rel, text in with_ha.items() if rel.startswith("ha/")]
+    written += [_write(out / "ha" / rel, with_ha[rel]) for rel in HA_FILES]
     return written
 
 

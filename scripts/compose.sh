@@ -13,7 +13,10 @@
 # A Docker engine is used when one answers; otherwise, as root with Debian's docker.io
 # installed, this script starts dockerd (storage driver vfs) itself and stops it again when it
 # is done (only that dockerd, by its pid). IOT_COMPOSE_CLUSTER=1 runs RabbitMQ as a three-node
-# cluster (compose/docker-compose.cluster.yml). IOT_COMPOSE_BASE builds on another base image
+# cluster (compose/docker-compose.cluster.yml); IOT_COMPOSE_HA=1 the HA data tier
+# (compose/docker-compose.ha.yml: Patroni, etcd, Sentinel, haproxy), whose test also kills the
+# Postgres primary and the Redis master and checks a reading and a command again after each
+# failover. IOT_COMPOSE_BASE builds on another base image
 # (default: the debootstrap one, iot-debian:bookworm; `debian:12-slim` where a registry answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +44,12 @@ SERVICES=(rabbitmq postgres redis toxiproxy migrate api-1 api-2 worker-sensors
           worker-commandlog flower nginx prometheus alertmanager postgres-exporter
           redis-exporter nginx-exporter)
 if [[ "${IOT_COMPOSE_CLUSTER:-}" == 1 ]]; then SERVICES+=(rabbitmq-2 rabbitmq-3 rabbitmq-cluster); fi
+# IOT_COMPOSE_HA=1: the HA data tier (compose/docker-compose.ha.yml).
+HA_MEMBERS=(etcd-1 etcd-2 etcd-3 patroni-1 patroni-2 redis-1 redis-2 sentinel-1 sentinel-2 sentinel-3)
+if [[ "${IOT_COMPOSE_HA:-}" == 1 ]]; then
+  COMPOSE+=(-f compose/docker-compose.ha.yml)
+  SERVICES+=("${HA_MEMBERS[@]}")
+fi
 
 say() { printf '==> [%4ds] %s\n' "$SECONDS" "$*"; }
 die() { printf 'compose: %s\n' "$*" >&2; exit 1; }
@@ -116,11 +125,13 @@ build_services() {
   done
 }
 
-wait_healthy() {
+wait_healthy() {  # wait_healthy SECONDS [SERVICE...]: every service of the stack by default
   local deadline=$((SECONDS + ${1:-300})) pending
+  local services=("${SERVICES[@]}")
+  (($# > 1)) && services=("${@:2}")
   while :; do
     pending=()
-    for svc in "${SERVICES[@]}"; do
+    for svc in "${services[@]}"; do
       [[ "$svc" == migrate || "$svc" == rabbitmq-cluster ]] && continue  # one-shots
       id=$("${COMPOSE[@]}" ps -q "$svc")
       state=$("$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)
@@ -159,6 +170,43 @@ smoke() {
     --exec "${COMPOSE[*]} exec -T api-1"
 }
 
+# The HA tier's failovers (IOT_COMPOSE_HA=1): kill -9 the Postgres primary's member, then the
+# Redis master's, and after each the smoke test again through the new one; the killed member
+# is started again and must rejoin (as a standby, as a replica).
+ha_member_of() {  # ha_member_of pg|redis: the member that is primary / master now
+  "${COMPOSE[@]}" exec -T api-1 python -c "
+import sys
+from iot.settings import Settings
+from iot.stack import ha
+s = Settings(ha=True, ha_hosts=['${IOT_COMPOSE_HA_NET:-10.79.1}.1%d' % i for i in (1, 2, 3)], ha_netns=False)
+if sys.argv[1] == 'pg':
+    m = ha.primary(s)
+    print(m.name if m else '')
+else:
+    print(' '.join(ha.redis_masters(s)))
+" "$1"
+}
+
+failover() {  # failover pg|redis
+  local kind=$1 victim t0 now
+  victim=$(ha_member_of "$kind" | tr -d '\r')
+  [[ -n "$victim" ]] || die "no $kind primary to kill"
+  say "kill -9 of $victim (the $kind primary)"
+  t0=$SECONDS
+  "${COMPOSE[@]}" kill -s KILL "$victim" >/dev/null
+  while :; do
+    now=$(ha_member_of "$kind" | tr -d '\r')
+    [[ -n "$now" && "$now" != "$victim" && "$now" != *" "* ]] && break
+    ((SECONDS - t0 < 120)) || die "no new $kind primary 120 s after the kill"
+    sleep 1
+  done
+  say "$now took over $((SECONDS - t0)) s after the kill"
+  smoke || return 1
+  "${COMPOSE[@]}" start "$victim" >/dev/null
+  wait_healthy 180 "$victim" || die "$victim did not come back"
+  say "$victim is back (as $( [[ $kind == pg ]] && echo standby || echo replica ))"
+}
+
 case "${1:-}" in
   render) render ;;
   build) need_engine; render; build ;;
@@ -178,6 +226,9 @@ case "${1:-}" in
     rc=0
     bash "$0" up || rc=$?
     ((rc != 0)) || smoke || rc=$?
+    if ((rc == 0)) && [[ "${IOT_COMPOSE_HA:-}" == 1 ]]; then
+      (failover pg && failover redis) || rc=$?
+    fi
     bash "$0" down
     say "make compose-test took $((SECONDS - start)) s"
     ((rc == 0)) || die "the compose test failed"
