@@ -49,6 +49,28 @@ def until(what: str, probe: Callable[[], Any], timeout: float = 30) -> Any:
         time.sleep(0.5)
 
 
+# How long a request answered 503 is tried again, as a device does (after the answer's
+# Retry-After): right after a failover of the HA tier a replica answers 503 until it has seen
+# the new primary; the product promises service again within 30 s of a primary's loss.
+PATIENCE_SECONDS = 30.0
+
+
+class PatientClient(httpx.Client):
+    """An HTTP client that tries a request answered 503 again after its Retry-After, for up to
+    PATIENCE_SECONDS, and counts the retries (a 503 means nothing was accepted)."""
+
+    retried = 0
+
+    def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        deadline = time.monotonic() + PATIENCE_SECONDS
+        while True:
+            r = super().request(method, url, **kwargs)
+            if r.status_code != 503 or time.monotonic() > deadline:
+                return r
+            self.retried += 1
+            time.sleep(float(r.headers.get("retry-after", "1")))
+
+
 def run(base_url: str, exec_prefix: list[str]) -> None:
     name, password = f"smoke-{secrets.token_hex(4)}", secrets.token_urlsafe(18)
     step(f"iotctl users create {name} (inside the API container)")
@@ -61,7 +83,7 @@ def run(base_url: str, exec_prefix: list[str]) -> None:
     if created.returncode != 0:
         raise SmokeError(f"iotctl users create failed: {created.stderr or created.stdout}")
 
-    with httpx.Client(base_url=base_url, timeout=40) as http:
+    with PatientClient(base_url=base_url, timeout=40) as http:
         step("POST /auth/token, POST /devices")
         token = expect(
             http.post("/auth/token", json={"username": name, "password": password}), 200, "login"
@@ -137,6 +159,8 @@ def run(base_url: str, exec_prefix: list[str]) -> None:
             raise SmokeError(f"command status {status['status']!r}, expected 'succeeded'")
         step("the command is succeeded")
         http.delete(f"/devices/{device['id']}", headers=person)
+        if http.retried:
+            step(f"{http.retried} answer(s) 503 tried again after their Retry-After")
 
 
 def main() -> int:

@@ -15,8 +15,8 @@
 # is done (only that dockerd, by its pid). IOT_COMPOSE_CLUSTER=1 runs RabbitMQ as a three-node
 # cluster (compose/docker-compose.cluster.yml); IOT_COMPOSE_HA=1 the HA data tier
 # (compose/docker-compose.ha.yml: Patroni, etcd, Sentinel, haproxy), whose test also kills the
-# Postgres primary and the Redis master and checks a reading and a command again after each
-# failover. IOT_COMPOSE_BASE builds on another base image
+# Postgres primary and the Redis master, then cuts the primary's host off the network, and
+# checks a reading and a command again after each failover. IOT_COMPOSE_BASE builds on another base image
 # (default: the debootstrap one, iot-debian:bookworm; `debian:12-slim` where a registry answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -207,6 +207,31 @@ failover() {  # failover pg|redis
   say "$victim is back (as $( [[ $kind == pg ]] && echo standby || echo replica ))"
 }
 
+# The Postgres primary's host cut off the network (its `etcd-N` container, whose network host
+# N's members share, disconnected: a partition, not a kill), then joined again at its address.
+cut_primary_host() {
+  local victim n net cid t0 now
+  victim=$(ha_member_of pg | tr -d '\r')
+  [[ -n "$victim" ]] || die "no pg primary whose host to cut"
+  n=${victim##*-}
+  net="${COMPOSE_PROJECT_NAME}_default"
+  cid=$("${COMPOSE[@]}" ps -q "etcd-$n")
+  say "cutting host $n off the network (etcd-$n, $victim, redis-$n, sentinel-$n keep running)"
+  t0=$SECONDS
+  "$DOCKER" network disconnect "$net" "$cid"
+  while :; do
+    now=$(ha_member_of pg | tr -d '\r')
+    [[ -n "$now" && "$now" != "$victim" ]] && break
+    ((SECONDS - t0 < 120)) || die "no new pg primary 120 s after the cut"
+    sleep 1
+  done
+  say "$now took over $((SECONDS - t0)) s after the cut"
+  smoke || return 1
+  "$DOCKER" network connect --ip "${IOT_COMPOSE_HA_NET:-10.79.1}.1$n" "$net" "$cid"
+  wait_healthy 180 "etcd-$n" "$victim" || die "host $n did not come back"
+  say "host $n is back: $victim follows $now"
+}
+
 case "${1:-}" in
   render) render ;;
   build) need_engine; render; build ;;
@@ -227,12 +252,12 @@ case "${1:-}" in
     bash "$0" up || rc=$?
     ((rc != 0)) || smoke || rc=$?
     if ((rc == 0)) && [[ "${IOT_COMPOSE_HA:-}" == 1 ]]; then
-      (failover pg && failover redis) || rc=$?
+      (failover pg && failover redis && cut_primary_host) || rc=$?
     fi
     bash "$0" down
     say "make compose-test took $((SECONDS - start)) s"
     ((rc == 0)) || die "the compose test failed"
     say "compose test passed"
     ;;
-  *) sed -n '2,17p' "$0"; exit 2 ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
 esac
