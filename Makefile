@@ -92,7 +92,10 @@ gameday: setup
 
 # The Compose bundle for real (compose/README.md): installs Docker's packages, starts dockerd if
 # none answers (and stops it after), builds the images, brings the stack up on its own ports,
-# sends a reading and a command through its nginx, brings it down.
+# sends a reading and a command through its nginx, brings it down. IOT_COMPOSE_CLUSTER=1: with
+# the three-node RabbitMQ cluster; IOT_COMPOSE_HA=1: with the HA data tier, whose Postgres
+# primary and Redis master are killed and whose primary's host is cut off, a reading and a
+# command checked after each failover (compose/README.md).
 compose-test:
 	IOT_SETUP_DOCKER=1 bash scripts/setup.sh
 	bash scripts/compose.sh test
