@@ -35,6 +35,7 @@ import yaml
 
 from iot.settings import Settings
 from iot.stack import ha, ha_conf, setup
+from iot.stack.placement import role_of
 from iot.stack.processes import programs
 
 HERE = Path(__file__).resolve().parent
@@ -53,7 +54,6 @@ SENSORS_SERVICES = ("worker-sensors",)
 HA_NET = os.environ.get("IOT_COMPOSE_HA_NET", "10.79.1")
 HA_HOSTS = [f"{HA_NET}.{10 + i}" for i in (1, 2, 3)]
 HA_JOIN = REPO / "system" / "iot" / "stack" / "ha_join.py"
-HA_MEMBER = re.compile(r"^(etcd|patroni|redis|sentinel)-\d$")
 
 
 def secrets_of(out: Path) -> dict[str, str]:
@@ -119,6 +119,11 @@ LOOPBACK_ONLY = {
     "ERL_EPMD_ADDRESS": lambda v: "127.0.0.1",
     "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": lambda v: v.replace("{0,0,0,0}", "{127,0,0,1}"),
 }
+
+
+def is_member(program: str) -> bool:
+    """Whether a program is a member of the HA data tier (a host's role runs it)."""
+    return (role_of(program) or "").startswith("data-")
 
 
 def compose_hba() -> list[str]:
@@ -200,7 +205,7 @@ def render_stack(
         if ha_tier:
             files.update(render_ha_members(s, native, contained))
         for program in programs(s):
-            if HA_MEMBER.match(program.name):
+            if is_member(program.name):
                 continue
             if program.env:
                 env = {k: address_by_owner(contained(v), owners) for k, v in program.env.items()}
@@ -220,7 +225,7 @@ def render_ha_members(
     configurations (``ha/patroni/``) and haproxy's (``ha/conf/haproxy.cfg``)."""
     files = {"ha/conf/haproxy.cfg": native("haproxy.cfg")}
     for program in programs(s):
-        if not HA_MEMBER.match(program.name):
+        if not is_member(program.name):
             continue
         files[f"ha/cmd/{program.name}"] = "".join(contained(a) + "\n" for a in program.command)
         if program.user == "postgres":

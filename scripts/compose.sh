@@ -187,6 +187,20 @@ else:
 " "$1"
 }
 
+# new_primary pg|redis VICTIM T0 WHAT: wait until one member other than VICTIM is primary (or
+# master), say how long after WHAT (at $SECONDS T0) it took over, and print its name.
+new_primary() {
+  local kind=$1 victim=$2 t0=$3 what=$4 now
+  while :; do
+    now=$(ha_member_of "$kind" | tr -d '\r')
+    [[ -n "$now" && "$now" != "$victim" && "$now" != *" "* ]] && break
+    ((SECONDS - t0 < 120)) || die "no new $kind primary 120 s after the $what"
+    sleep 1
+  done
+  say "$now took over $((SECONDS - t0)) s after the $what" >&2
+  echo "$now"
+}
+
 failover() {  # failover pg|redis
   local kind=$1 victim t0 now
   victim=$(ha_member_of "$kind" | tr -d '\r')
@@ -194,13 +208,7 @@ failover() {  # failover pg|redis
   say "kill -9 of $victim (the $kind primary)"
   t0=$SECONDS
   "${COMPOSE[@]}" kill -s KILL "$victim" >/dev/null
-  while :; do
-    now=$(ha_member_of "$kind" | tr -d '\r')
-    [[ -n "$now" && "$now" != "$victim" && "$now" != *" "* ]] && break
-    ((SECONDS - t0 < 120)) || die "no new $kind primary 120 s after the kill"
-    sleep 1
-  done
-  say "$now took over $((SECONDS - t0)) s after the kill"
+  now=$(new_primary "$kind" "$victim" "$t0" kill) || return 1
   smoke || return 1
   "${COMPOSE[@]}" start "$victim" >/dev/null
   wait_healthy 180 "$victim" || die "$victim did not come back"
@@ -219,13 +227,7 @@ cut_primary_host() {
   say "cutting host $n off the network (etcd-$n, $victim, redis-$n, sentinel-$n keep running)"
   t0=$SECONDS
   "$DOCKER" network disconnect "$net" "$cid"
-  while :; do
-    now=$(ha_member_of pg | tr -d '\r')
-    [[ -n "$now" && "$now" != "$victim" ]] && break
-    ((SECONDS - t0 < 120)) || die "no new pg primary 120 s after the cut"
-    sleep 1
-  done
-  say "$now took over $((SECONDS - t0)) s after the cut"
+  now=$(new_primary pg "$victim" "$t0" cut) || return 1
   smoke || return 1
   "$DOCKER" network connect --ip "${IOT_COMPOSE_HA_NET:-10.79.1}.1$n" "$net" "$cid"
   wait_healthy 180 "etcd-$n" "$victim" || die "host $n did not come back"

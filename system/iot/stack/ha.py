@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from iot.settings import Settings
+from iot.stack.placement import role_of
 
 ETCD_CLIENT_PORTS = (2479, 2481, 2483)
 ETCD_PEER_PORTS = (2480, 2482, 2484)
@@ -400,7 +401,7 @@ def superuser_address(s: Settings, timeout: float = 60.0) -> dict[str, Any]:
     """
     if s.ha:
         member = _wait_primary(s, timeout)
-        if f"data-{member.name.rsplit('-', 1)[1]}" not in s.roles:
+        if role_of(member.name) not in s.roles:
             return {
                 "host": member.host,
                 "port": member.port,
